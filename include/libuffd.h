@@ -1,0 +1,431 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libuffd: serve page faults in user space.
+ *
+ * An application hands libuffd a range of memory and a backing store.  The
+ * first touch of each page traps into the kernel, which queues a message on a
+ * userfaultfd; a handler thread owned by libuffd fetches the data (through
+ * io_uring for file stores) and installs it with UFFDIO_COPY.  Every fault is
+ * classified (minor, major, zero, error) and timed.
+ *
+ * Conventions (the same everywhere in this header):
+ *  - Functions that can fail return 0 (or a count) on success and a negative
+ *    errno, or a negative LUFFD_E_* code, on failure.  luffd_strerror()
+ *    describes both.  Nothing is ever printed unless the application installs
+ *    a print callback with luffd_set_print(), and the library never calls
+ *    exit() or abort().
+ *  - Option structs start with `size_t sz`: set it to sizeof(the struct) (the
+ *    LUFFD_OPTS() macro does it) so the struct can grow without breaking the
+ *    ABI.  A NULL options pointer means "all defaults"; a zero field means
+ *    "the default" for that field.
+ *  - Every constructor names its destructor.
+ */
+#ifndef LIBUFFD_H
+#define LIBUFFD_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <libuffd/version.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifndef LUFFD_API
+#define LUFFD_API __attribute__((visibility("default")))
+#endif
+
+/* Zero-initialise an options struct and set its size field. */
+#define LUFFD_OPTS(type, name, ...) \
+	struct type name = { .sz = sizeof(struct type), __VA_ARGS__ }
+
+/* ------------------------------------------------------------------------
+ * Errors and logging
+ * ---------------------------------------------------------------------- */
+
+/* Library-specific error codes, returned negated like errno values. */
+enum luffd_errno {
+	LUFFD_E_BASE = 4000,
+	/* The kernel has no userfaultfd (CONFIG_USERFAULTFD=n, or seccomp). */
+	LUFFD_E_NOUFFD = 4001,
+	/* Every way of opening a userfaultfd was refused for lack of
+	 * privilege: see luffd_strerror() for the fixes. */
+	LUFFD_E_UFFD_PERM = 4002,
+	/* The kernel's UFFDIO_API handshake failed or lacks a required
+	 * feature (missing-mode faults on anonymous memory). */
+	LUFFD_E_UFFD_API = 4003,
+	/* io_uring is unavailable (kernel.io_uring_disabled, seccomp, old
+	 * kernel). */
+	LUFFD_E_NOURING = 4004,
+	LUFFD_E_MAX
+};
+
+/*
+ * Return a static, human-readable description of err, which may be negative
+ * or positive, an errno value or an LUFFD_E_* code.  Thread-safe.
+ */
+LUFFD_API const char *luffd_strerror(int err);
+
+enum luffd_print_level {
+	LUFFD_WARN,
+	LUFFD_INFO,
+	LUFFD_DEBUG,
+};
+
+typedef int (*luffd_print_fn)(enum luffd_print_level level, const char *fmt,
+			      va_list ap);
+
+/*
+ * Install the process-wide print callback (NULL, the default, silences the
+ * library).  Returns the previous callback.  The callback may be called from
+ * any thread, including handler threads, but never on the fault hot path.
+ */
+LUFFD_API luffd_print_fn luffd_set_print(luffd_print_fn fn);
+
+/* ------------------------------------------------------------------------
+ * Fault records: classification, trace
+ * ---------------------------------------------------------------------- */
+
+/*
+ * How a fault was served.  The rules, in the order they are applied:
+ *  - ERROR: the page could not be served (past the end of the store, a store
+ *    or I/O error).  The faulting thread gets SIGBUS (BUS_ADRERR) through
+ *    UFFDIO_POISON, or through tgkill() on kernels without it.
+ *  - ZERO: the store said the page holds no data (a hole in a sparse file, a
+ *    callback returning 0) and it was installed as zeroes without a read.
+ *  - MINOR: the data was already in memory when the fault was read: in
+ *    libuffd's cache (read-ahead, or a page installed earlier and faulted
+ *    again) or in a memory store.  The faulting thread waited for no read.
+ *  - MAJOR: the faulting thread waited for a store read: it started the
+ *    read, or its page was part of a read already in flight (coalesced).
+ *    Callback stores count as major: the thread waited for the callback.
+ */
+enum luffd_class {
+	LUFFD_MINOR = 0,
+	LUFFD_MAJOR = 1,
+	LUFFD_ZERO = 2,
+	LUFFD_ERROR = 3,
+	LUFFD_NR_CLASSES
+};
+
+/* Returns "minor", "major", "zero", "error" or "?". */
+LUFFD_API const char *luffd_class_name(enum luffd_class c);
+
+/* One served fault. */
+struct luffd_fault {
+	uint64_t time_ns;    /* CLOCK_MONOTONIC when libuffd read the message */
+	uint64_t latency_ns; /* from reading the message to the page installed */
+	uint64_t addr;       /* faulting page (page-aligned) */
+	uint32_t tid;        /* faulting thread, 0 without UFFD_FEATURE_THREAD_ID */
+	uint8_t write;       /* 1 for a write fault */
+	uint8_t cls;         /* enum luffd_class */
+	uint16_t reserved;
+	int32_t error;       /* for LUFFD_ERROR: the negative errno (-ENXIO past
+				the end of the store) */
+};
+
+/*
+ * Trace callback.  Runs on the handler thread that served the fault, once per
+ * fault, synchronously: it delays every fault behind it, must not block, and
+ * must not touch memory registered with libuffd (that would deadlock the
+ * handler on its own fault).
+ */
+typedef void (*luffd_trace_fn)(void *arg, const struct luffd_fault *f);
+
+enum luffd_trace_format {
+	/*
+	 * systemtap pfaults.stp lines:
+	 *   <us since start>:<tid>:<addr>:<r|w>:<minor|major>:<latency us>
+	 * addr in decimal.  Like the script, every class other than major
+	 * prints "minor" (zero and error faults are not major faults).
+	 * "start" is the context's creation time.
+	 */
+	LUFFD_TRACE_PFAULTS = 1,
+	/*
+	 * CSV with a header line:
+	 *   time_ns,tid,addr,rw,class,latency_ns,error
+	 * time_ns since the context's creation, addr in hex (0x...), class one
+	 * of minor|major|zero|error.
+	 */
+	LUFFD_TRACE_CSV = 2,
+};
+
+/* ------------------------------------------------------------------------
+ * Contexts
+ * ---------------------------------------------------------------------- */
+
+struct luffd_ctx;
+
+/* How to obtain the userfaultfd. */
+enum luffd_open_mode {
+	/* Try /dev/userfaultfd, then userfaultfd(2), then userfaultfd(2) with
+	 * UFFD_USER_MODE_ONLY.  The first that works wins. */
+	LUFFD_OPEN_AUTO = 0,
+	LUFFD_OPEN_DEV = 1,        /* /dev/userfaultfd only */
+	LUFFD_OPEN_SYSCALL = 2,    /* userfaultfd(2) without user-mode-only */
+	LUFFD_OPEN_USER_ONLY = 3,  /* userfaultfd(2) with UFFD_USER_MODE_ONLY */
+};
+
+struct luffd_ctx_opts {
+	size_t sz;
+	/* Handler threads, each with its own userfaultfd, io_uring, cache
+	 * share and region set; regions are spread over them.  Default 1. */
+	unsigned int handler_threads;
+	/* io_uring submission queue entries, and the most reads in flight,
+	 * per handler thread.  Default 64, at most 4096. */
+	unsigned int queue_depth;
+	/* Page cache size in bytes for the whole context (split evenly over
+	 * the handler threads).  Memory use never grows beyond it.  Default
+	 * 64 MiB; at least 2 read-ahead windows per handler thread. */
+	size_t cache_bytes;
+	/* Read-ahead window in bytes: a major fault reads this much from the
+	 * faulting page on (clipped to the region and the store's size).
+	 * 0 means the default, 128 KiB (the kernel's read_ahead_kb default);
+	 * use LUFFD_NO_READAHEAD for single-page reads. */
+	size_t readahead_bytes;
+	/* Busy-poll the userfaultfd for this long after serving a fault
+	 * before sleeping (microseconds).  Trades CPU for wake-up latency.
+	 * Default 0. */
+	unsigned int spin_us;
+	enum luffd_open_mode open_mode;
+	/* UFFD_FEATURE_* bits the context must not use even when the kernel
+	 * offers them (for testing fallbacks).  Default 0. */
+	uint64_t disable_features;
+	/* Trace callback (see luffd_trace_fn), NULL for none. */
+	luffd_trace_fn trace_fn;
+	void *trace_arg;
+	/* Trace writer: when trace_format is not 0, the context writes one
+	 * line per fault to trace_fd in that format.  The fd stays owned by
+	 * the caller and must stay open until luffd_ctx_destroy() returns.
+	 * Lines are buffered per handler thread (64 KiB) and written whole;
+	 * luffd_trace_flush() or luffd_ctx_destroy() flushes.  With several
+	 * handler threads, lines are ordered per thread, not globally. */
+	enum luffd_trace_format trace_format;
+	int trace_fd;
+};
+
+#define LUFFD_NO_READAHEAD ((size_t)-1)
+
+/*
+ * Create a context: open its userfaultfd(s), negotiate features, set up the
+ * io_uring(s) and cache, and start the handler thread(s).  On success *ctxp
+ * is set and must be released with luffd_ctx_destroy().  On failure nothing
+ * is left open and the return value says why (LUFFD_E_UFFD_PERM names the
+ * fixes; a print callback, if installed, gets each refusal in detail).
+ *
+ * Thread-safe: several contexts may exist in one process.
+ */
+LUFFD_API int luffd_ctx_create(const struct luffd_ctx_opts *opts,
+			       struct luffd_ctx **ctxp);
+
+/*
+ * Destroy a context.  Regions still registered are unregistered (and, for
+ * luffd_map() regions, unmapped) first, as by luffd_unmap() /
+ * luffd_unregister(): reads in flight are waited for and their data dropped,
+ * and every thread blocked on a fault in them is woken.  A thread that
+ * touches an unmapped luffd_map() region afterwards gets SIGSEGV; one that
+ * touches a luffd_register() range gets the kernel's ordinary behaviour for
+ * that memory (zero-filled pages for anonymous memory).  Trace output is
+ * flushed, handler threads are joined, every fd and buffer is released.
+ * ctx may be NULL.  Must not run concurrently with any other call on ctx.
+ * Must not be called from a callback running on ctx's handler thread
+ * (returns -EDEADLK).
+ */
+LUFFD_API int luffd_ctx_destroy(struct luffd_ctx *ctx);
+
+/* What the kernel offers and what the context uses. */
+struct luffd_features {
+	size_t sz;
+	uint64_t api;            /* UFFD_API */
+	uint64_t kernel;         /* UFFD_FEATURE_* bits the kernel offers */
+	uint64_t enabled;        /* the bits this context enabled */
+	uint64_t ioctls;         /* _UFFDIO_* bits reported by UFFDIO_API */
+	enum luffd_open_mode opened_by; /* how the userfaultfd was obtained */
+	int has_poison;          /* UFFDIO_POISON used for SIGBUS */
+	int has_move;            /* UFFDIO_MOVE available */
+	int has_thread_id;       /* faults carry the thread id */
+	int user_mode_only;      /* kernel-mode accesses fail with EFAULT */
+};
+
+/* Fill *f (f->sz must be set).  Thread-safe. */
+LUFFD_API int luffd_ctx_features(const struct luffd_ctx *ctx,
+				 struct luffd_features *f);
+
+/* Write out buffered trace lines now.  Thread-safe.  Returns 0 or -errno of
+ * the first failed write (a failed write also counts in trace_errors). */
+LUFFD_API int luffd_trace_flush(struct luffd_ctx *ctx);
+
+/* ------------------------------------------------------------------------
+ * Stores
+ * ---------------------------------------------------------------------- */
+
+struct luffd_store;
+
+/* Flags for luffd_store_file() / luffd_store_open(). */
+#define LUFFD_FILE_DIRECT (1u << 0) /* read with O_DIRECT (bypasses the page
+				       cache; the file system must support it) */
+
+/*
+ * File store over fd, read through io_uring.  The store keeps its own
+ * descriptor (a dup, or with LUFFD_FILE_DIRECT a reopen of /proc/self/fd/N
+ * with O_DIRECT), so the caller may close fd at once.  fd must be a regular
+ * file or block device open for reading (-EBADF, -EACCES, -EINVAL
+ * otherwise).  Release with luffd_store_put().
+ */
+LUFFD_API int luffd_store_file(int fd, unsigned int flags,
+			       struct luffd_store **storep);
+
+/* The same, opening path read-only itself. */
+LUFFD_API int luffd_store_open(const char *path, unsigned int flags,
+			       struct luffd_store **storep);
+
+/*
+ * Memory store over [base, base+len).  The memory stays owned by the caller
+ * and must stay valid and unchanged while any region uses the store.  Faults
+ * are served straight from it (no cache) and count as minor.  base must not
+ * lie in memory registered with libuffd.  Release with luffd_store_put().
+ */
+LUFFD_API int luffd_store_memory(const void *base, size_t len,
+				 struct luffd_store **storep);
+
+/*
+ * Callback store: fill() is asked for the data.
+ *
+ * fill(arg, offset, buf, len) is called on the handler thread with a page-
+ * aligned offset into the store, a page-aligned buffer and len a multiple of
+ * the page size (one page, or a read-ahead window).  It returns:
+ *   > 0   the number of bytes written at buf (the rest of len is zeroed; a
+ *         short count means the rest of the window is not needed, pages it
+ *         does not cover at all are asked for again when touched);
+ *   0     the first page holds no data: it is installed as zeroes (ZERO);
+ *   < 0   a negative errno: the faulting thread gets SIGBUS (ERROR).
+ * fill() runs synchronously, delays every fault behind it, and must not
+ * touch memory registered with libuffd (that deadlocks the handler).
+ * size is the store's size in bytes (faults past it get SIGBUS), or
+ * UINT64_MAX for unbounded.  destroy(arg), if not NULL, runs when the last
+ * reference to the store is dropped.  Release with luffd_store_put().
+ */
+struct luffd_callback_ops {
+	size_t sz;
+	ssize_t (*fill)(void *arg, uint64_t offset, void *buf, size_t len);
+	void (*destroy)(void *arg);
+	uint64_t size;
+};
+
+LUFFD_API int luffd_store_callback(const struct luffd_callback_ops *ops,
+				   void *arg, struct luffd_store **storep);
+
+/* Size in bytes the store reported when it was created. */
+LUFFD_API uint64_t luffd_store_size(const struct luffd_store *store);
+
+/*
+ * Drop the caller's reference.  Regions hold their own references, so a
+ * store may be put right after the regions over it are created.  NULL is
+ * ignored.  Thread-safe.
+ */
+LUFFD_API void luffd_store_put(struct luffd_store *store);
+
+/* ------------------------------------------------------------------------
+ * Regions
+ * ---------------------------------------------------------------------- */
+
+/*
+ * Map length bytes of store, starting at offset, lazily, like
+ * mmap(MAP_PRIVATE) of a file: writes stay private, nothing is written back.
+ * prot is PROT_READ, optionally with PROT_WRITE and PROT_EXEC.  flags must be
+ * 0 (reserved).  offset and length must be multiples of the page size and
+ * length non-zero (-EINVAL); offset must lie inside the store (-ENXIO).
+ * Like mmap, the mapping may extend past the end of the store: touching a
+ * page wholly past it raises SIGBUS; the tail of the last page reads as zero.
+ * On success *addrp is the mapping's address; release it with luffd_unmap().
+ * On failure nothing is mapped or registered.  Thread-safe.
+ */
+LUFFD_API int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
+			uint64_t offset, size_t length, int prot,
+			unsigned int flags, void **addrp);
+
+/*
+ * Unmap a region created by luffd_map(); addr and length must be exactly
+ * those of the region (-EINVAL otherwise, -ENOENT if there is no such
+ * region).  Reads in flight for the region are waited for and dropped, and
+ * threads blocked on its faults are woken (they then fault on unmapped
+ * memory: SIGSEGV).  Thread-safe; must not be called from a callback.
+ */
+LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
+
+/*
+ * Register [addr, addr+length), memory the application already owns (an
+ * anonymous private mapping, or shmem, whose pages are not yet populated:
+ * populated pages never fault), so its missing pages are served from store
+ * at offset.  addr, length and offset must be page-aligned, length non-zero
+ * (-EINVAL); the range must not overlap a region of this context (-EEXIST)
+ * and must not be registered with another userfaultfd (-EBUSY); offset must
+ * lie inside the store (-ENXIO).  Release with luffd_unregister(); the
+ * memory itself stays the caller's.  Thread-safe.
+ */
+LUFFD_API int luffd_register(struct luffd_ctx *ctx, void *addr, size_t length,
+			     struct luffd_store *store, uint64_t offset,
+			     unsigned int flags);
+
+/*
+ * Unregister a range registered by luffd_register() (exactly, as for
+ * luffd_unmap()).  Reads in flight are waited for and dropped, blocked
+ * threads are woken and fault again as on ordinary memory.  Thread-safe.
+ */
+LUFFD_API int luffd_unregister(struct luffd_ctx *ctx, void *addr,
+			       size_t length);
+
+/* ------------------------------------------------------------------------
+ * Statistics
+ * ---------------------------------------------------------------------- */
+
+struct luffd_latency {
+	uint64_t count;
+	uint64_t min_ns, max_ns, mean_ns;
+	/* Percentiles from a log-linear histogram: each is within 1/16 (6.25%)
+	 * of the true value. */
+	uint64_t p50_ns, p90_ns, p99_ns, p999_ns;
+};
+
+struct luffd_stats {
+	size_t sz;
+	uint64_t faults[LUFFD_NR_CLASSES]; /* indexed by enum luffd_class */
+	uint64_t bytes_read;      /* bytes returned by store reads */
+	uint64_t reads;           /* store reads issued (one per window) */
+	uint64_t readahead_pages; /* pages read beyond the faulting page */
+	uint64_t coalesced;       /* faults that joined a read in flight */
+	uint64_t evictions;       /* cache pages evicted before use */
+	uint64_t eexist;          /* installs that found the page present */
+	uint64_t eagain;          /* installs retried after -EAGAIN */
+	uint64_t waits;           /* faults that waited for a free cache slot
+				     or read slot */
+	uint64_t trace_errors;    /* trace writes that failed */
+	struct luffd_latency latency[LUFFD_NR_CLASSES];
+};
+
+/*
+ * Snapshot the counters and histograms of ctx (summed over its handler
+ * threads) into *st (st->sz must be set).  Thread-safe and lock-free: the
+ * snapshot is consistent per counter, not across counters, while faults are
+ * being served.
+ */
+LUFFD_API int luffd_stats_get(const struct luffd_ctx *ctx,
+			      struct luffd_stats *st);
+
+/*
+ * Any percentile p (0 < p <= 100) of the service latency of class cls, or
+ * of all classes when cls is LUFFD_NR_CLASSES, into *ns.  Thread-safe.
+ * Returns -ENODATA when no fault of that class has been served.
+ */
+LUFFD_API int luffd_latency_percentile(const struct luffd_ctx *ctx,
+				       enum luffd_class cls, double p,
+				       uint64_t *ns);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LIBUFFD_H */

@@ -1,0 +1,174 @@
+/* SPDX-License-Identifier: MIT */
+/* Contexts: settings, handler threads, teardown. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define DEF_QUEUE_DEPTH 64
+#define DEF_CACHE_BYTES (64u << 20)
+#define DEF_READAHEAD (128u << 10)
+
+/* Features asked for when the kernel offers them.  Events (FORK, REMAP,
+ * REMOVE, UNMAP) are not: without them the kernel handles those changes
+ * itself and later faults simply arrive again. */
+#define WANTED_FEATURES (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_POISON)
+
+
+static int resolve_opts(struct luffd_ctx *ctx, const struct luffd_ctx_opts *o)
+{
+	struct luffd_ctx_opts d = { .sz = sizeof(d) };
+	long ps = sysconf(_SC_PAGESIZE);
+	size_t ra, per_loop;
+
+	if (o) {
+		if (o->sz < sizeof(size_t) || o->sz > sizeof(d))
+			return -EINVAL;
+		memcpy(&d, o, o->sz);
+	}
+	if (ps <= 0 || (ps & (ps - 1)))
+		return -EINVAL;
+	ctx->page_size = (size_t)ps;
+	ctx->page_shift = (unsigned int)__builtin_ctzl((unsigned long)ps);
+
+	ctx->nloops = d.handler_threads ? d.handler_threads : 1;
+	ctx->queue_depth = d.queue_depth ? d.queue_depth : DEF_QUEUE_DEPTH;
+	ctx->cache_bytes = d.cache_bytes ? d.cache_bytes : DEF_CACHE_BYTES;
+	ra = d.readahead_bytes ? d.readahead_bytes : DEF_READAHEAD;
+	if (d.readahead_bytes == LUFFD_NO_READAHEAD)
+		ra = ctx->page_size;
+	if (ctx->nloops > 64 || ctx->queue_depth > LUFFD__MAX_QUEUE_DEPTH)
+		return -EINVAL;
+	if (ra % ctx->page_size || ra > (64u << 20))
+		return -EINVAL;
+	ctx->ra_pages = (uint32_t)(ra / ctx->page_size);
+	per_loop = ctx->cache_bytes / ctx->nloops;
+	/* Room for two windows per handler: one being read while the other
+	 * is consumed. */
+	if (per_loop < 2 * ra || (per_loop >> ctx->page_shift) > UINT32_MAX / 4)
+		return -EINVAL;
+	if ((unsigned int)d.open_mode > LUFFD_OPEN_USER_ONLY)
+		return -EINVAL;
+	if (d.trace_format != 0 && d.trace_format != LUFFD_TRACE_PFAULTS &&
+	    d.trace_format != LUFFD_TRACE_CSV)
+		return -EINVAL;
+	if (d.trace_format && d.trace_fd < 0)
+		return -EBADF;
+	if (d.spin_us > 1000000)
+		return -EINVAL;
+	ctx->spin_us = d.spin_us;
+	ctx->open_mode = d.open_mode;
+	ctx->trace_fn = d.trace_fn;
+	ctx->trace_arg = d.trace_arg;
+	ctx->trace_format = d.trace_format;
+	ctx->trace_fd = d.trace_fd;
+	ctx->features = d.disable_features; /* resolved in create */
+	return 0;
+}
+
+int luffd_ctx_create(const struct luffd_ctx_opts *opts, struct luffd_ctx **ctxp)
+{
+	struct luffd_ctx *ctx;
+	uint64_t disable;
+	uint32_t cache_pages;
+	unsigned int i;
+	int err;
+
+	if (!ctxp)
+		return -EINVAL;
+	ctx = calloc(1, sizeof(*ctx));
+	if (!ctx)
+		return -ENOMEM;
+	err = resolve_opts(ctx, opts);
+	if (err)
+		goto fail_free;
+	disable = ctx->features;
+
+	err = luffd__probe(ctx->open_mode, &ctx->kernel);
+	if (err)
+		goto fail_free;
+	ctx->features = ctx->kernel.features & WANTED_FEATURES & ~disable;
+	ctx->has_poison = ctx->features & UFFD_FEATURE_POISON;
+	if (ctx->trace_format) {
+		err = luffd__trace_header(ctx);
+		if (err)
+			goto fail_free;
+	}
+
+	pthread_mutex_init(&ctx->lock, NULL);
+	ctx->t_start = luffd__now_ns();
+	ctx->loops = calloc(ctx->nloops, sizeof(*ctx->loops));
+	if (!ctx->loops) {
+		err = -ENOMEM;
+		goto fail_lock;
+	}
+	cache_pages = (uint32_t)((ctx->cache_bytes / ctx->nloops) >>
+				 ctx->page_shift);
+	for (i = 0; i < ctx->nloops; i++) {
+		err = luffd__loop_init(&ctx->loops[i], ctx, i, cache_pages);
+		if (err)
+			goto fail_loops;
+	}
+	for (i = 0; i < ctx->nloops; i++) {
+		err = luffd__loop_start(&ctx->loops[i]);
+		if (err)
+			goto fail_loops;
+	}
+	*ctxp = ctx;
+	return 0;
+
+fail_loops:
+	for (i = 0; i < ctx->nloops; i++) {
+		luffd__loop_stop(&ctx->loops[i]);
+		luffd__loop_fini(&ctx->loops[i]);
+	}
+	free(ctx->loops);
+fail_lock:
+	pthread_mutex_destroy(&ctx->lock);
+fail_free:
+	free(ctx);
+	return err;
+}
+
+int luffd_ctx_destroy(struct luffd_ctx *ctx)
+{
+	if (!ctx)
+		return 0;
+	if (luffd__on_handler_thread(ctx))
+		return -EDEADLK;
+	luffd__region_remove_all(ctx);
+	for (unsigned int i = 0; i < ctx->nloops; i++)
+		luffd__loop_stop(&ctx->loops[i]);
+	for (unsigned int i = 0; i < ctx->nloops; i++) {
+		luffd__trace_flush_loop(&ctx->loops[i]);
+		luffd__loop_fini(&ctx->loops[i]);
+	}
+	free(ctx->loops);
+	pthread_mutex_destroy(&ctx->lock);
+	free(ctx);
+	return 0;
+}
+
+int luffd_ctx_features(const struct luffd_ctx *ctx, struct luffd_features *f)
+{
+	struct luffd_features o;
+
+	if (!ctx || !f || f->sz < sizeof(size_t))
+		return -EINVAL;
+	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
+	o.api = ctx->kernel.api;
+	o.kernel = ctx->kernel.features;
+	o.enabled = ctx->features;
+	o.ioctls = ctx->loops[0].ioctls;
+	o.opened_by = ctx->loops[0].opened_by;
+	o.has_poison = ctx->has_poison;
+	o.has_move = (ctx->kernel.features & UFFD_FEATURE_MOVE) != 0;
+	o.has_thread_id = (ctx->features & UFFD_FEATURE_THREAD_ID) != 0;
+	o.user_mode_only = o.opened_by == LUFFD_OPEN_USER_ONLY;
+	memcpy((char *)f + sizeof(f->sz), (char *)&o + sizeof(o.sz),
+	       (f->sz < sizeof(o) ? f->sz : sizeof(o)) - sizeof(o.sz));
+	return 0;
+}

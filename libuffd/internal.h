@@ -1,0 +1,326 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Internal declarations shared by the library's source files.  Non-static
+ * names shared between files start with luffd__; everything here is hidden
+ * from the shared library's ABI (-fvisibility=hidden + libuffd.map).
+ */
+#ifndef LUFFD_INTERNAL_H
+#define LUFFD_INTERNAL_H
+
+#include <liburing.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "compat.h"
+#include "libuffd.h"
+
+#define LUFFD__NIL UINT32_MAX
+#define LUFFD__MSG_BATCH 64
+#define LUFFD__MAX_QUEUE_DEPTH 4096
+#define LUFFD__HIST_BUCKETS 976 /* 16 linear + 60 octaves x 16 sub-buckets */
+#define LUFFD__TRACE_BUF (64 * 1024)
+
+#define LUFFD__UNUSED __attribute__((unused))
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
+struct luffd__loop;
+struct luffd__op;
+
+/* ------------------------------------------------------------------------
+ * Logging (never on the hot path)
+ * ---------------------------------------------------------------------- */
+void luffd__print(enum luffd_print_level level, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+#define pr_warn(fmt, ...) luffd__print(LUFFD_WARN, "libuffd: " fmt, ##__VA_ARGS__)
+#define pr_info(fmt, ...) luffd__print(LUFFD_INFO, "libuffd: " fmt, ##__VA_ARGS__)
+#define pr_debug(fmt, ...) luffd__print(LUFFD_DEBUG, "libuffd: " fmt, ##__VA_ARGS__)
+
+uint64_t luffd__now_ns(void);
+
+/* ------------------------------------------------------------------------
+ * Opening userfaultfd (open.c)
+ * ---------------------------------------------------------------------- */
+struct luffd__kernel {
+	uint64_t api;
+	uint64_t features; /* offered by the kernel */
+	uint64_t ioctls;
+};
+
+/* Learn once per process what the kernel offers (a probe descriptor). */
+int luffd__probe(enum luffd_open_mode mode, struct luffd__kernel *k);
+/* Open a non-blocking, close-on-exec userfaultfd and enable features
+ * (a subset of what luffd__probe reported).  *how says which way worked. */
+int luffd__uffd_open(enum luffd_open_mode mode, uint64_t features, int *fdp,
+		     enum luffd_open_mode *how, uint64_t *ioctls);
+
+/* ------------------------------------------------------------------------
+ * Stores (store.c)
+ * ---------------------------------------------------------------------- */
+/* Capabilities the fault loop acts on; it never asks which kind a store is. */
+#define LUFFD__CAP_DIRECT (1u << 0)     /* bytes addressable in memory: install
+					   straight from them, no cache */
+#define LUFFD__CAP_SHORT_EOF (1u << 1)  /* a short read continues; a read of 0
+					   bytes is the end of the store */
+#define LUFFD__CAP_EMPTY_ZERO (1u << 2) /* a read of 0 bytes means "zero page" */
+#define LUFFD__CAP_HOLES (1u << 3)      /* ask hole() before reading */
+
+/* luffd__store_ops.read return: the read completed synchronously. */
+#define LUFFD__READ_DONE 1
+
+struct luffd__store_ops {
+	/* Queue a read of op->len bytes at op->off into op->iov (return 0)
+	 * or perform it now and set op->res (return LUFFD__READ_DONE), or
+	 * fail (-errno, nothing queued). */
+	int (*read)(struct luffd_store *s, struct luffd__loop *l,
+		    struct luffd__op *op);
+	/* CAP_DIRECT: the address of offset, NULL past the end. */
+	const void *(*direct)(struct luffd_store *s, uint64_t off);
+	/* CAP_HOLES: 1 when [off, off+len) holds no data; else 0 and
+	 * *data_end = where the data run starting at off ends. */
+	int (*hole)(struct luffd_store *s, uint64_t off, uint64_t len,
+		    uint64_t *data_end);
+	void (*destroy)(struct luffd_store *s);
+};
+
+struct luffd_store {
+	atomic_uint refs;
+	unsigned int caps;
+	uint64_t id;   /* unique in the process, never reused: the cache key */
+	uint64_t size; /* bytes, as seen at creation */
+	const struct luffd__store_ops *ops;
+	int fd;        /* file stores */
+	bool direct_io;
+	const unsigned char *mem; /* memory stores */
+	struct luffd_callback_ops cb; /* callback stores */
+	void *cb_arg;
+};
+
+struct luffd_store *luffd__store_get(struct luffd_store *s);
+
+/* ------------------------------------------------------------------------
+ * Cache (cache.c): a bounded set of page slots keyed by (store id, page).
+ * Owned by one handler thread; no locking.
+ * ---------------------------------------------------------------------- */
+enum {
+	LUFFD__SLOT_FREE = 0,
+	LUFFD__SLOT_INFLIGHT,
+	LUFFD__SLOT_READY,
+};
+
+struct luffd__slot {
+	uint64_t store_id;
+	uint64_t pg;       /* page index in the store */
+	uint32_t hnext;    /* hash chain */
+	uint32_t prev, next; /* LRU list (READY) or free list */
+	uint32_t waiters;  /* faults waiting for an INFLIGHT slot */
+	uint8_t state;
+	uint8_t used;      /* installed at least once */
+};
+
+struct luffd__cache {
+	struct luffd__slot *slots;
+	uint32_t nslots;
+	uint32_t *buckets;
+	uint32_t nbuckets; /* power of two */
+	uint32_t free_head;
+	uint32_t nfree;
+	uint32_t ninflight;
+	struct luffd__slot lru_sent; /* LRU sentinel, index nslots */
+	unsigned char *data;
+	size_t data_len;
+	unsigned int page_shift;
+	uint64_t evictions;
+};
+
+int luffd__cache_init(struct luffd__cache *c, uint32_t nslots,
+		      unsigned int page_shift);
+void luffd__cache_fini(struct luffd__cache *c);
+uint32_t luffd__cache_find(struct luffd__cache *c, uint64_t store_id,
+			   uint64_t pg);
+/* A slot for (store_id, pg) in state INFLIGHT, evicting the least recently
+ * used READY page if needed; LUFFD__NIL when every slot is in flight. */
+uint32_t luffd__cache_alloc(struct luffd__cache *c, uint64_t store_id,
+			    uint64_t pg);
+void luffd__cache_ready(struct luffd__cache *c, uint32_t i);
+/* The page was installed: keep it (a second fault on it is minor) but
+ * make it the first to go. */
+void luffd__cache_used(struct luffd__cache *c, uint32_t i);
+void luffd__cache_release(struct luffd__cache *c, uint32_t i);
+static inline void *luffd__cache_data(struct luffd__cache *c, uint32_t i)
+{
+	return c->data + ((size_t)i << c->page_shift);
+}
+/* Slots that could be handed out now (free or evictable). */
+uint32_t luffd__cache_available(const struct luffd__cache *c);
+
+/* ------------------------------------------------------------------------
+ * Regions (region.c)
+ * ---------------------------------------------------------------------- */
+struct luffd__region {
+	uint64_t start, len;
+	uint64_t off;          /* store offset of start */
+	struct luffd_store *store;
+	struct luffd__loop *loop;
+	bool mapped;           /* created by luffd_map(): we munmap it */
+	atomic_bool dead;      /* being removed: serve nothing more */
+	atomic_uint inflight;  /* faults holding the region */
+};
+
+/* Find the live region containing addr (handler thread). Takes a hold on
+ * it (inflight) that luffd__region_put() drops. */
+struct luffd__region *luffd__region_hold(struct luffd__loop *l, uint64_t addr);
+void luffd__region_put(struct luffd__region *r);
+/* Remove every region of ctx, as luffd_unmap()/luffd_unregister() do. */
+void luffd__region_remove_all(struct luffd_ctx *ctx);
+
+/* ------------------------------------------------------------------------
+ * Statistics and trace (stats.c)
+ * ---------------------------------------------------------------------- */
+struct luffd__stats {
+	/* Single writer (the handler thread), any number of readers: plain
+	 * relaxed loads and stores, never a locked instruction. */
+	_Atomic uint64_t faults[LUFFD_NR_CLASSES];
+	_Atomic uint64_t lat_sum[LUFFD_NR_CLASSES];
+	_Atomic uint64_t lat_min[LUFFD_NR_CLASSES];
+	_Atomic uint64_t lat_max[LUFFD_NR_CLASSES];
+	_Atomic uint64_t hist[LUFFD_NR_CLASSES][LUFFD__HIST_BUCKETS];
+	_Atomic uint64_t bytes_read, reads, readahead_pages, coalesced;
+	_Atomic uint64_t evictions, eexist, eagain, waits, trace_errors;
+};
+
+#define luffd__inc(field, n)                                                 \
+	atomic_store_explicit(&(field),                                      \
+			      atomic_load_explicit(&(field),                 \
+						   memory_order_relaxed) + (n), \
+			      memory_order_relaxed)
+
+void luffd__stats_init(struct luffd__stats *s);
+void luffd__stats_record(struct luffd__stats *s, enum luffd_class c,
+			 uint64_t lat_ns);
+unsigned int luffd__hist_index(uint64_t v);
+uint64_t luffd__hist_value(unsigned int idx);
+
+struct luffd__trace {
+	pthread_mutex_t lock; /* the writer's buffer: handler vs. flush() */
+	char *buf;
+	size_t len;
+};
+
+void luffd__trace_emit(struct luffd__loop *l, const struct luffd_fault *f);
+int luffd__trace_flush_loop(struct luffd__loop *l);
+int luffd__trace_header(struct luffd_ctx *ctx);
+
+/* ------------------------------------------------------------------------
+ * The fault loop (loop.c)
+ * ---------------------------------------------------------------------- */
+/* A fault being served: from its message until its page is installed. */
+struct luffd__fault {
+	uint64_t addr;
+	uint64_t t0;
+	struct luffd__region *region; /* held */
+	uint32_t tid;
+	uint32_t next;  /* waiter / pending / retry list */
+	uint8_t write;
+	uint8_t waited; /* waited for a read: MAJOR whatever comes next */
+};
+
+/* A store read in flight: one window of consecutive store pages. */
+struct luffd__op {
+	struct luffd_store *store; /* held */
+	uint64_t off;     /* store offset of the first page */
+	uint64_t len;     /* bytes requested */
+	uint64_t done;    /* bytes already read (short-read continuation) */
+	int64_t res;      /* synchronous stores: the result */
+	uint32_t npages;
+	uint32_t next_free;
+	uint32_t *slot;   /* npages cache slots */
+	struct iovec *iov; /* npages iovecs (advanced on continuation) */
+	struct iovec *iov_mem;
+	uint32_t niov;
+};
+
+struct luffd__flist { uint32_t head, tail; };
+
+struct luffd__loop {
+	struct luffd_ctx *ctx;
+	unsigned int idx;
+	int uffd;
+	int evfd;
+	uint64_t ioctls;
+	enum luffd_open_mode opened_by;
+	struct io_uring ring;
+	bool ring_ok;
+	pthread_t thread;
+	bool started;
+	atomic_bool stop;
+
+	/* Region table: sorted by start, guarded by lock (the handler takes
+	 * it for a lookup, application threads to add or remove). */
+	pthread_mutex_t lock;
+	pthread_cond_t cv; /* inflight of a dead region reached 0 */
+	struct luffd__region **regions;
+	size_t nregions, cap;
+
+	struct luffd__cache cache;
+
+	struct luffd__op *ops;
+	uint32_t nops, free_op, ops_busy;
+	uint32_t *op_slots;
+	struct iovec *op_iov;
+
+	/* Fault records: grown in chunks when every one is in use (there is
+	 * one per blocked thread), never shrunk. */
+	struct luffd__fault *faults;
+	uint32_t nfaults, free_fault;
+	struct luffd__flist pending; /* waiting for a cache or read slot */
+	struct luffd__flist retry;   /* install returned -EAGAIN */
+
+	unsigned char *zero_page;
+	unsigned char *bounce;  /* tail page of a memory store */
+
+	struct uffd_msg msgs[LUFFD__MSG_BATCH];
+	struct luffd__stats stats;
+	struct luffd__trace trace;
+};
+
+int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
+		     unsigned int idx, uint32_t cache_pages);
+int luffd__loop_start(struct luffd__loop *l);
+void luffd__loop_stop(struct luffd__loop *l);
+void luffd__loop_fini(struct luffd__loop *l);
+void luffd__loop_kick(struct luffd__loop *l);
+bool luffd__on_handler_thread(const struct luffd_ctx *ctx);
+
+/* ------------------------------------------------------------------------
+ * Context (context.c)
+ * ---------------------------------------------------------------------- */
+struct luffd_ctx {
+	/* Settings, resolved from luffd_ctx_opts. */
+	unsigned int nloops;
+	unsigned int queue_depth;
+	size_t cache_bytes;
+	uint32_t ra_pages;
+	unsigned int spin_us;
+	enum luffd_open_mode open_mode;
+	uint64_t features; /* enabled UFFD_FEATURE_* */
+	struct luffd__kernel kernel;
+	luffd_trace_fn trace_fn;
+	void *trace_arg;
+	enum luffd_trace_format trace_format;
+	int trace_fd;
+
+	size_t page_size;
+	unsigned int page_shift;
+	uint64_t t_start;
+	bool has_poison;
+
+	pthread_mutex_t lock; /* serialises region creation and removal */
+	atomic_uint next_loop;
+	struct luffd__loop *loops;
+};
+
+#endif /* LUFFD_INTERNAL_H */

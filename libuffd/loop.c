@@ -1,0 +1,894 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The fault loop: one per handler thread, with its own userfaultfd, io_uring,
+ * cache and counters, so nothing on the hot path is shared between handler
+ * threads.
+ *
+ * One iteration: wait on the ring (a multishot poll on the userfaultfd, a
+ * poll on the wake-up eventfd, and the store reads in flight), then
+ *  - complete finished reads: mark their pages ready and install every fault
+ *    waiting on them (MAJOR);
+ *  - read fault messages in batches of 64 and serve each: from the cache
+ *    (MINOR), by joining a read in flight (MAJOR, coalesced), or by starting
+ *    a read of a read-ahead window (MAJOR);
+ *  - retry installs that met -EAGAIN, and faults that waited for a cache or
+ *    read slot.
+ * A slow read never delays a fault on another page: reads complete in any
+ * order and nothing in the loop waits for one.  The loop never touches
+ * registered memory itself (it would fault on it and deadlock).
+ */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define TAG_UFFD ((uint64_t)1)
+#define TAG_EVFD ((uint64_t)2)
+#define FAULTS_INIT 256
+
+/* ------------------------------------------------------------------------
+ * Fault records and lists
+ * ---------------------------------------------------------------------- */
+
+static inline struct luffd__fault *F(struct luffd__loop *l, uint32_t i)
+{
+	return &l->faults[i];
+}
+
+static int grow_faults(struct luffd__loop *l)
+{
+	uint32_t n = l->nfaults ? l->nfaults * 2 : FAULTS_INIT;
+	struct luffd__fault *p;
+
+	if (n > UINT32_MAX / 2)
+		return -ENOMEM;
+	p = realloc(l->faults, (size_t)n * sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	l->faults = p;
+	for (uint32_t i = l->nfaults; i < n; i++)
+		p[i].next = i + 1 < n ? i + 1 : l->free_fault;
+	l->free_fault = l->nfaults;
+	l->nfaults = n;
+	return 0;
+}
+
+/* One record per blocked thread: the pool only grows when more threads are
+ * blocked at once than ever before, so steady state allocates nothing. */
+static uint32_t fault_alloc(struct luffd__loop *l)
+{
+	uint32_t i;
+
+	if (l->free_fault == LUFFD__NIL && grow_faults(l))
+		return LUFFD__NIL;
+	i = l->free_fault;
+	l->free_fault = F(l, i)->next;
+	F(l, i)->next = LUFFD__NIL;
+	return i;
+}
+
+static void fault_free(struct luffd__loop *l, uint32_t i)
+{
+	F(l, i)->next = l->free_fault;
+	l->free_fault = i;
+}
+
+static void flist_push(struct luffd__loop *l, struct luffd__flist *q,
+		       uint32_t i)
+{
+	F(l, i)->next = LUFFD__NIL;
+	if (q->head == LUFFD__NIL)
+		q->head = i;
+	else
+		F(l, q->tail)->next = i;
+	q->tail = i;
+}
+
+/* ------------------------------------------------------------------------
+ * Installing pages
+ * ---------------------------------------------------------------------- */
+
+static int uffd_copy(struct luffd__loop *l, uint64_t addr, const void *src)
+{
+	struct uffdio_copy c = {
+		.dst = addr,
+		.src = (uint64_t)(uintptr_t)src,
+		.len = l->ctx->page_size,
+	};
+
+	if (ioctl(l->uffd, UFFDIO_COPY, &c) == 0)
+		return 0;
+	return c.copy < 0 ? (int)c.copy : -errno;
+}
+
+static int uffd_zeropage(struct luffd__loop *l, uint64_t addr)
+{
+	struct uffdio_zeropage z = {
+		.range = { .start = addr, .len = l->ctx->page_size },
+	};
+
+	if (ioctl(l->uffd, UFFDIO_ZEROPAGE, &z) == 0)
+		return 0;
+	return z.zeropage < 0 ? (int)z.zeropage : -errno;
+}
+
+static int uffd_poison(struct luffd__loop *l, uint64_t addr)
+{
+	struct uffdio_poison p = {
+		.range = { .start = addr, .len = l->ctx->page_size },
+	};
+
+	if (ioctl(l->uffd, UFFDIO_POISON, &p) == 0)
+		return 0;
+	return p.updated < 0 ? (int)p.updated : -errno;
+}
+
+static void uffd_wake(struct luffd__loop *l, uint64_t addr)
+{
+	struct uffdio_range r = { .start = addr, .len = l->ctx->page_size };
+
+	ioctl(l->uffd, UFFDIO_WAKE, &r);
+}
+
+static void record(struct luffd__loop *l, uint32_t fi, enum luffd_class cls,
+		   int err)
+{
+	struct luffd__fault *f = F(l, fi);
+	uint64_t lat = luffd__now_ns() - f->t0;
+
+	luffd__stats_record(&l->stats, cls, lat);
+	if (l->ctx->trace_fn || l->trace.buf) {
+		struct luffd_fault rec = {
+			.time_ns = f->t0,
+			.latency_ns = lat,
+			.addr = f->addr,
+			.tid = f->tid,
+			.write = f->write,
+			.cls = (uint8_t)cls,
+			.error = err,
+		};
+
+		luffd__trace_emit(l, &rec);
+	}
+	luffd__region_put(f->region);
+	fault_free(l, fi);
+}
+
+/* A fault whose region is going away: its thread is woken by the
+ * unregister that follows, nothing is installed and nothing counted. */
+static bool drop_if_dead(struct luffd__loop *l, uint32_t fi)
+{
+	struct luffd__fault *f = F(l, fi);
+
+	if (likely(!atomic_load_explicit(&f->region->dead,
+					 memory_order_acquire)))
+		return false;
+	luffd__region_put(f->region);
+	fault_free(l, fi);
+	return true;
+}
+
+/*
+ * Act on an install's result.  -EEXIST means another fault (or an earlier
+ * message for the same page) installed it: success, but the page may have
+ * been installed by a racing fault whose wake-up this thread missed, so
+ * wake it explicitly.  -EAGAIN means the address space is changing under
+ * us: try again on the next turn.  Any other error (the range was unmapped
+ * behind libuffd's back) still wakes the thread so it never hangs.
+ */
+static void finish(struct luffd__loop *l, uint32_t fi, int ret,
+		   enum luffd_class cls, int err)
+{
+	struct luffd__fault *f = F(l, fi);
+
+	if (ret == -EEXIST) {
+		luffd__inc(l->stats.eexist, 1);
+		uffd_wake(l, f->addr);
+		ret = 0;
+	}
+	if (ret == -EAGAIN) {
+		luffd__inc(l->stats.eagain, 1);
+		flist_push(l, &l->retry, fi);
+		return;
+	}
+	if (ret) {
+		uffd_wake(l, f->addr);
+		cls = LUFFD_ERROR;
+		err = ret;
+	}
+	record(l, fi, cls, err);
+}
+
+static void serve_copy(struct luffd__loop *l, uint32_t fi, const void *src,
+		       enum luffd_class cls)
+{
+	if (drop_if_dead(l, fi))
+		return;
+	if (F(l, fi)->waited)
+		cls = LUFFD_MAJOR;
+	finish(l, fi, uffd_copy(l, F(l, fi)->addr, src), cls, 0);
+}
+
+static void serve_zero(struct luffd__loop *l, uint32_t fi)
+{
+	struct luffd__fault *f = F(l, fi);
+	int ret;
+
+	if (drop_if_dead(l, fi))
+		return;
+	/* A write would fault again on the shared zero page to copy it:
+	 * install a private zeroed page for writes in one go. */
+	if (f->write)
+		ret = uffd_copy(l, f->addr, l->zero_page);
+	else
+		ret = uffd_zeropage(l, f->addr);
+	finish(l, fi, ret, LUFFD_ZERO, 0);
+}
+
+/*
+ * The page cannot be served: SIGBUS in the faulting thread, as mmap does
+ * past the end of a file.  UFFDIO_POISON makes the retried access raise
+ * SIGBUS (BUS_ADRERR) and keeps doing so until the page is zapped.  Without
+ * it, a SIGBUS sent to the thread interrupts its wait (si_code SI_TKILL);
+ * without a thread id either, zeroes are the only way to unblock it.
+ */
+static void serve_error(struct luffd__loop *l, uint32_t fi, int err)
+{
+	struct luffd__fault *f = F(l, fi);
+	int ret;
+
+	if (drop_if_dead(l, fi))
+		return;
+	if (l->ctx->has_poison) {
+		ret = uffd_poison(l, f->addr);
+	} else if (f->tid) {
+		ret = (int)syscall(SYS_tgkill, getpid(), (pid_t)f->tid, SIGBUS);
+		ret = ret < 0 ? -errno : 0;
+	} else {
+		ret = uffd_zeropage(l, f->addr);
+	}
+	if (ret == -EAGAIN) {
+		luffd__inc(l->stats.eagain, 1);
+		flist_push(l, &l->retry, fi);
+		return;
+	}
+	if (ret)
+		uffd_wake(l, f->addr);
+	record(l, fi, LUFFD_ERROR, err);
+}
+
+/* ------------------------------------------------------------------------
+ * Reads
+ * ---------------------------------------------------------------------- */
+
+static void handle_fault(struct luffd__loop *l, uint32_t fi);
+
+static struct luffd__op *op_alloc(struct luffd__loop *l)
+{
+	struct luffd__op *op;
+
+	if (l->free_op == LUFFD__NIL)
+		return NULL;
+	op = &l->ops[l->free_op];
+	l->free_op = op->next_free;
+	l->ops_busy++;
+	return op;
+}
+
+static void op_free(struct luffd__loop *l, struct luffd__op *op)
+{
+	luffd_store_put(op->store);
+	op->store = NULL;
+	op->next_free = l->free_op;
+	l->free_op = (uint32_t)(op - l->ops);
+	l->ops_busy--;
+}
+
+static void complete_op(struct luffd__loop *l, struct luffd__op *op,
+			int64_t res);
+
+static void submit_op(struct luffd__loop *l, struct luffd__op *op)
+{
+	int rc = op->store->ops->read(op->store, l, op);
+
+	if (rc == LUFFD__READ_DONE)
+		complete_op(l, op, op->res);
+	else if (rc < 0)
+		complete_op(l, op, rc);
+}
+
+/* Skip the first n bytes of the op's iovecs (short-read continuation). */
+static void iov_advance(struct luffd__op *op, uint64_t n)
+{
+	while (n && op->niov) {
+		if (n >= op->iov->iov_len) {
+			n -= op->iov->iov_len;
+			op->iov++;
+			op->niov--;
+		} else {
+			op->iov->iov_base = (char *)op->iov->iov_base + n;
+			op->iov->iov_len -= n;
+			n = 0;
+		}
+	}
+}
+
+enum page_fate { PAGE_READY, PAGE_ZERO, PAGE_ERROR, PAGE_ABSENT };
+
+static void settle_page(struct luffd__loop *l, uint32_t slot,
+			enum page_fate fate, int err)
+{
+	struct luffd__cache *c = &l->cache;
+	uint32_t w = c->slots[slot].waiters, next;
+
+	c->slots[slot].waiters = LUFFD__NIL;
+	if (fate == PAGE_READY) {
+		luffd__cache_ready(c, slot);
+		if (w != LUFFD__NIL)
+			luffd__cache_used(c, slot);
+	} else {
+		luffd__cache_release(c, slot);
+	}
+	for (; w != LUFFD__NIL; w = next) {
+		next = F(l, w)->next;
+		switch (fate) {
+		case PAGE_READY:
+			serve_copy(l, w, luffd__cache_data(c, slot),
+				   LUFFD_MAJOR);
+			break;
+		case PAGE_ZERO:
+			serve_zero(l, w);
+			break;
+		case PAGE_ERROR:
+			serve_error(l, w, err);
+			break;
+		case PAGE_ABSENT:
+			/* Not delivered by a short callback answer: ask
+			 * again. */
+			handle_fault(l, w);
+			break;
+		}
+	}
+}
+
+static void complete_op(struct luffd__loop *l, struct luffd__op *op,
+			int64_t res)
+{
+	struct luffd_store *s = op->store;
+	size_t ps = l->ctx->page_size;
+	uint64_t total;
+	int err = 0;
+
+	if ((res == -EAGAIN || res == -EINTR) && s->ops->read) {
+		submit_op(l, op);
+		return;
+	}
+	if (res > 0) {
+		luffd__inc(l->stats.bytes_read, (uint64_t)res);
+		op->done += (uint64_t)res;
+		/* Regular files only come up short at their end, and an
+		 * O_DIRECT read may not resume at an unaligned offset: keep
+		 * reading only after a page-aligned short read. */
+		if ((s->caps & LUFFD__CAP_SHORT_EOF) && op->done < op->len &&
+		    !(op->done & (ps - 1))) {
+			iov_advance(op, (uint64_t)res);
+			submit_op(l, op);
+			return;
+		}
+	} else if (res < 0) {
+		err = (int)res;
+	}
+	total = op->done;
+
+	for (uint32_t k = 0; k < op->npages; k++) {
+		uint64_t at = (uint64_t)k * ps;
+		uint64_t have = total > at ? total - at : 0;
+		uint32_t slot = op->slot[k];
+
+		if (have >= ps) {
+			settle_page(l, slot, PAGE_READY, 0);
+		} else if (have > 0 && !err) {
+			/* The store's last page: zeroes after its end, as
+			 * mmap shows them. */
+			memset((char *)luffd__cache_data(&l->cache, slot) + have,
+			       0, ps - have);
+			settle_page(l, slot, PAGE_READY, 0);
+		} else if (err) {
+			settle_page(l, slot, PAGE_ERROR, err);
+		} else if (s->caps & LUFFD__CAP_EMPTY_ZERO) {
+			settle_page(l, slot, k == 0 ? PAGE_ZERO : PAGE_ABSENT,
+				    0);
+		} else {
+			/* Past the end of the store. */
+			settle_page(l, slot, PAGE_ERROR, -ENXIO);
+		}
+	}
+	op_free(l, op);
+}
+
+/* Start a read for fault fi, whose page is not in the cache. */
+static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
+{
+	struct luffd__fault *f = F(l, fi);
+	struct luffd__region *r = f->region;
+	struct luffd_store *s = r->store;
+	struct luffd__cache *c = &l->cache;
+	unsigned int shift = l->ctx->page_shift;
+	size_t ps = l->ctx->page_size;
+	uint64_t pg = off >> shift, n, lim, data_end = UINT64_MAX;
+	struct luffd__op *op;
+	uint32_t avail;
+
+	if (off >= s->size && !(s->caps & LUFFD__CAP_SHORT_EOF)) {
+		serve_error(l, fi, -ENXIO);
+		return;
+	}
+	if (s->caps & LUFFD__CAP_HOLES) {
+		if (s->ops->hole(s, off, ps, &data_end) == 1) {
+			serve_zero(l, fi);
+			return;
+		}
+	}
+
+	/* The window: read-ahead pages, but not past the region, the store's
+	 * size, the data run (sparse files), or a page already cached. */
+	n = l->ctx->ra_pages;
+	lim = (r->off + r->len - off) >> shift;
+	n = n < lim ? n : lim;
+	lim = s->size > off ? (s->size - off + ps - 1) >> shift : 1;
+	n = n < lim ? n : lim;
+	if (data_end != UINT64_MAX) {
+		lim = data_end > off ? (data_end - off + ps - 1) >> shift : 1;
+		n = n < lim ? n : lim;
+	}
+	if (n < 1)
+		n = 1;
+	for (uint64_t k = 1; k < n; k++)
+		if (luffd__cache_find(c, s->id, pg + k) != LUFFD__NIL) {
+			n = k;
+			break;
+		}
+
+	avail = luffd__cache_available(c);
+	op = avail ? op_alloc(l) : NULL;
+	if (!op) {
+		/* Every slot or read is in flight: wait for one to finish
+		 * (a read always completes, so this cannot deadlock). */
+		luffd__inc(l->stats.waits, 1);
+		flist_push(l, &l->pending, fi);
+		return;
+	}
+	if (n > avail)
+		n = avail;
+
+	op->store = luffd__store_get(s);
+	op->off = off;
+	op->npages = (uint32_t)n;
+	op->len = n * ps;
+	op->done = 0;
+	op->res = 0;
+	op->iov = op->iov_mem;
+	op->niov = 0;
+	for (uint32_t k = 0; k < n; k++) {
+		uint32_t slot = luffd__cache_alloc(c, s->id, pg + k);
+		char *data = luffd__cache_data(c, slot);
+		struct iovec *last = op->niov ? &op->iov[op->niov - 1] : NULL;
+
+		op->slot[k] = slot;
+		/* Slots handed out in order are often adjacent: one iovec
+		 * for each run keeps requests large (O_DIRECT likes that). */
+		if (last && (char *)last->iov_base + last->iov_len == data) {
+			last->iov_len += ps;
+		} else {
+			op->iov[op->niov].iov_base = data;
+			op->iov[op->niov].iov_len = ps;
+			op->niov++;
+		}
+	}
+	luffd__inc(l->stats.evictions, c->evictions);
+	c->evictions = 0;
+	f->waited = 1;
+	f->next = LUFFD__NIL;
+	c->slots[op->slot[0]].waiters = fi;
+	luffd__inc(l->stats.reads, 1);
+	luffd__inc(l->stats.readahead_pages, n - 1);
+	submit_op(l, op);
+}
+
+/* Serve fault fi (its region held). */
+static void handle_fault(struct luffd__loop *l, uint32_t fi)
+{
+	struct luffd__fault *f = F(l, fi);
+	struct luffd__region *r = f->region;
+	struct luffd_store *s = r->store;
+	size_t ps = l->ctx->page_size;
+	uint64_t off = r->off + (f->addr - r->start);
+	uint32_t slot;
+
+	if (drop_if_dead(l, fi))
+		return;
+	if (s->caps & LUFFD__CAP_DIRECT) {
+		const void *src = s->ops->direct(s, off);
+
+		if (!src) {
+			serve_error(l, fi, -ENXIO);
+			return;
+		}
+		if (off + ps > s->size) {
+			memcpy(l->bounce, src, s->size - off);
+			memset(l->bounce + (s->size - off), 0,
+			       ps - (s->size - off));
+			src = l->bounce;
+		}
+		serve_copy(l, fi, src, LUFFD_MINOR);
+		return;
+	}
+
+	slot = luffd__cache_find(&l->cache, s->id, off >> l->ctx->page_shift);
+	if (slot == LUFFD__NIL) {
+		start_read(l, fi, off);
+		return;
+	}
+	if (l->cache.slots[slot].state == LUFFD__SLOT_READY) {
+		serve_copy(l, fi, luffd__cache_data(&l->cache, slot),
+			   LUFFD_MINOR);
+		luffd__cache_used(&l->cache, slot);
+		return;
+	}
+	/* A read of this page is in flight: wait for it with the others. */
+	luffd__inc(l->stats.coalesced, 1);
+	f->waited = 1;
+	f->next = l->cache.slots[slot].waiters;
+	l->cache.slots[slot].waiters = fi;
+}
+
+/* ------------------------------------------------------------------------
+ * Messages and the loop
+ * ---------------------------------------------------------------------- */
+
+static void new_fault(struct luffd__loop *l, const struct uffd_msg *m,
+		      uint64_t t0)
+{
+	uint64_t addr = m->arg.pagefault.address & ~(uint64_t)(l->ctx->page_size - 1);
+	struct luffd__region *r;
+	uint32_t fi;
+
+	r = luffd__region_hold(l, addr);
+	if (!r) {
+		/* Only a region being removed can fault without being in
+		 * the table: its unregister wakes the thread. */
+		return;
+	}
+	fi = fault_alloc(l);
+	if (fi == LUFFD__NIL) {
+		/* Out of memory for bookkeeping: the thread is woken and
+		 * faults again, by which time memory may have been freed. */
+		luffd__region_put(r);
+		uffd_wake(l, addr);
+		return;
+	}
+	*F(l, fi) = (struct luffd__fault){
+		.addr = addr,
+		.t0 = t0,
+		.region = r,
+		.tid = m->arg.pagefault.feat.ptid,
+		.next = LUFFD__NIL,
+		.write = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0,
+	};
+	handle_fault(l, fi);
+}
+
+/* Read and serve every queued message; returns how many were read. */
+static int drain_uffd(struct luffd__loop *l)
+{
+	int total = 0;
+
+	for (;;) {
+		ssize_t n = read(l->uffd, l->msgs, sizeof(l->msgs));
+		uint64_t t0;
+		size_t cnt;
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			break; /* EAGAIN: drained */
+		}
+		t0 = luffd__now_ns();
+		cnt = (size_t)n / sizeof(l->msgs[0]);
+		for (size_t i = 0; i < cnt; i++)
+			if (l->msgs[i].event == UFFD_EVENT_PAGEFAULT)
+				new_fault(l, &l->msgs[i], t0);
+		total += (int)cnt;
+		/* A short batch emptied the queue; a message queued since
+		 * re-arms the poll. */
+		if (cnt < LUFFD__MSG_BATCH)
+			break;
+	}
+	return total;
+}
+
+/* Give the pending and retry lists one more try each. */
+static void rerun(struct luffd__loop *l, struct luffd__flist *q)
+{
+	uint32_t i = q->head, next;
+
+	q->head = q->tail = LUFFD__NIL;
+	for (; i != LUFFD__NIL; i = next) {
+		next = F(l, i)->next;
+		F(l, i)->next = LUFFD__NIL;
+		handle_fault(l, i);
+	}
+}
+
+static int arm_poll(struct luffd__loop *l, int fd, uint64_t tag)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&l->ring);
+
+	if (!sqe) {
+		io_uring_submit(&l->ring);
+		sqe = io_uring_get_sqe(&l->ring);
+		if (!sqe)
+			return -EBUSY;
+	}
+	io_uring_prep_poll_multishot(sqe, fd, POLLIN);
+	io_uring_sqe_set_data64(sqe, tag);
+	return 0;
+}
+
+static void process_cqes(struct luffd__loop *l, bool *uffd_ready)
+{
+	struct io_uring_cqe *cqes[64];
+	struct {
+		uint64_t tag;
+		int32_t res;
+		uint32_t flags;
+	} done[64];
+	unsigned int n;
+
+	do {
+		n = io_uring_peek_batch_cqe(&l->ring, cqes, 64);
+		/* Copy out and consume before acting: acting queues reads,
+		 * whose completions must find room in the CQ ring. */
+		for (unsigned int i = 0; i < n; i++) {
+			done[i].tag = io_uring_cqe_get_data64(cqes[i]);
+			done[i].res = cqes[i]->res;
+			done[i].flags = cqes[i]->flags;
+		}
+		io_uring_cq_advance(&l->ring, n);
+		for (unsigned int i = 0; i < n; i++) {
+			uint64_t tag = done[i].tag, v;
+
+			if (tag == TAG_UFFD) {
+				*uffd_ready = true;
+			} else if (tag == TAG_EVFD) {
+				/* Only wakes the loop; the count is moot. */
+				if (read(l->evfd, &v, sizeof(v)) < 0)
+					v = 0;
+			} else {
+				complete_op(l, (struct luffd__op *)(uintptr_t)tag,
+					    done[i].res);
+				continue;
+			}
+			if (!(done[i].flags & IORING_CQE_F_MORE))
+				arm_poll(l, tag == TAG_UFFD ? l->uffd : l->evfd,
+					 tag);
+		}
+	} while (n == 64);
+}
+
+/* Busy-poll for up to spin_us before sleeping: a handler that sleeps must
+ * be woken by an IPI, which on a VM costs tens of microseconds. */
+static void spin(struct luffd__loop *l)
+{
+	uint64_t budget = (uint64_t)l->ctx->spin_us * 1000;
+	uint64_t deadline = luffd__now_ns() + budget;
+
+	io_uring_submit(&l->ring);
+	while (!atomic_load_explicit(&l->stop, memory_order_relaxed)) {
+		if (io_uring_cq_ready(&l->ring))
+			return;
+		if (drain_uffd(l) > 0) {
+			io_uring_submit(&l->ring);
+			deadline = luffd__now_ns() + budget;
+			continue;
+		}
+		if (luffd__now_ns() >= deadline)
+			return;
+		__builtin_ia32_pause();
+	}
+}
+
+static void *loop_main(void *arg)
+{
+	struct luffd__loop *l = arg;
+	struct io_uring_cqe *cqe;
+
+	while (!atomic_load_explicit(&l->stop, memory_order_acquire)) {
+		bool uffd_ready = false;
+
+		if (l->retry.head != LUFFD__NIL) {
+			/* -EAGAIN: the address space is changing; give
+			 * the change 50 us before trying again. */
+			struct __kernel_timespec ts = { .tv_nsec = 50000 };
+
+			io_uring_submit_and_wait_timeout(&l->ring, &cqe, 1,
+							 &ts, NULL);
+		} else {
+			if (l->ctx->spin_us)
+				spin(l);
+			io_uring_submit_and_wait(&l->ring, 1);
+		}
+		process_cqes(l, &uffd_ready);
+		if (uffd_ready)
+			drain_uffd(l);
+		if (l->retry.head != LUFFD__NIL)
+			rerun(l, &l->retry);
+		if (l->pending.head != LUFFD__NIL)
+			rerun(l, &l->pending);
+	}
+	return NULL;
+}
+
+void luffd__loop_kick(struct luffd__loop *l)
+{
+	uint64_t one = 1;
+
+	if (write(l->evfd, &one, sizeof(one)) < 0) {
+		/* The counter is saturated: the loop is awake anyway. */
+	}
+}
+
+bool luffd__on_handler_thread(const struct luffd_ctx *ctx)
+{
+	pthread_t self = pthread_self();
+
+	for (unsigned int i = 0; i < ctx->nloops; i++)
+		if (ctx->loops[i].started &&
+		    pthread_equal(self, ctx->loops[i].thread))
+			return true;
+	return false;
+}
+
+int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
+		     unsigned int idx, uint32_t cache_pages)
+{
+	struct io_uring_params p;
+	uint32_t qd = ctx->queue_depth, ra = ctx->ra_pages;
+	int err;
+
+	l->ctx = ctx;
+	l->idx = idx;
+	l->uffd = l->evfd = -1;
+	l->free_op = l->free_fault = LUFFD__NIL;
+	l->pending.head = l->pending.tail = LUFFD__NIL;
+	l->retry.head = l->retry.tail = LUFFD__NIL;
+	atomic_init(&l->stop, false);
+	pthread_mutex_init(&l->lock, NULL);
+	pthread_cond_init(&l->cv, NULL);
+	pthread_mutex_init(&l->trace.lock, NULL);
+	luffd__stats_init(&l->stats);
+
+	err = luffd__uffd_open(ctx->open_mode, ctx->features, &l->uffd,
+			       &l->opened_by, &l->ioctls);
+	if (err)
+		return err;
+	l->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (l->evfd < 0)
+		return -errno;
+
+	memset(&p, 0, sizeof(p));
+	/* Room for every read in flight, the two polls and a full batch of
+	 * faults each queuing a read before the next submit. */
+	err = io_uring_queue_init_params(qd + 4 > 8 ? qd + 4 : 8, &l->ring, &p);
+	if (err) {
+		pr_warn("io_uring_queue_init: %s\n", luffd_strerror(err));
+		return err == -ENOSYS || err == -EPERM ? -LUFFD_E_NOURING : err;
+	}
+	l->ring_ok = true;
+
+	err = luffd__cache_init(&l->cache, cache_pages, ctx->page_shift);
+	if (err)
+		return err;
+	l->ops = calloc(qd, sizeof(*l->ops));
+	l->op_slots = calloc((size_t)qd * ra, sizeof(*l->op_slots));
+	l->op_iov = calloc((size_t)qd * ra, sizeof(*l->op_iov));
+	if (!l->ops || !l->op_slots || !l->op_iov)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < qd; i++) {
+		l->ops[i].slot = &l->op_slots[(size_t)i * ra];
+		l->ops[i].iov_mem = &l->op_iov[(size_t)i * ra];
+		l->ops[i].next_free = i + 1 < qd ? i + 1 : LUFFD__NIL;
+	}
+	l->free_op = 0;
+	l->nops = qd;
+	if (grow_faults(l))
+		return -ENOMEM;
+
+	/* One page of zeroes (write faults in holes) and one bounce page
+	 * (the tail of a memory store). */
+	l->zero_page = mmap(NULL, 2 * ctx->page_size, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (l->zero_page == MAP_FAILED) {
+		l->zero_page = NULL;
+		return -ENOMEM;
+	}
+	l->bounce = l->zero_page + ctx->page_size;
+	if (ctx->trace_format) {
+		l->trace.buf = malloc(LUFFD__TRACE_BUF);
+		if (!l->trace.buf)
+			return -ENOMEM;
+	}
+	if (arm_poll(l, l->uffd, TAG_UFFD) || arm_poll(l, l->evfd, TAG_EVFD))
+		return -EBUSY;
+	io_uring_submit(&l->ring);
+	return 0;
+}
+
+int luffd__loop_start(struct luffd__loop *l)
+{
+	sigset_t all, old;
+	int err;
+
+	/* The handler thread takes no signals: they belong to the
+	 * application's threads. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	err = pthread_create(&l->thread, NULL, loop_main, l);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err)
+		return -err;
+	l->started = true;
+	return 0;
+}
+
+void luffd__loop_stop(struct luffd__loop *l)
+{
+	if (!l->started)
+		return;
+	atomic_store_explicit(&l->stop, true, memory_order_release);
+	luffd__loop_kick(l);
+	pthread_join(l->thread, NULL);
+	l->started = false;
+}
+
+void luffd__loop_fini(struct luffd__loop *l)
+{
+	/* The ring first: its teardown waits for reads in flight, which
+	 * write into cache pages. */
+	if (l->ring_ok)
+		io_uring_queue_exit(&l->ring);
+	l->ring_ok = false;
+	for (uint32_t i = 0; l->ops && i < l->nops; i++)
+		if (l->ops[i].store)
+			luffd_store_put(l->ops[i].store);
+	if (l->uffd >= 0)
+		close(l->uffd);
+	if (l->evfd >= 0)
+		close(l->evfd);
+	luffd__cache_fini(&l->cache);
+	if (l->zero_page)
+		munmap(l->zero_page, 2 * l->ctx->page_size);
+	free(l->ops);
+	free(l->op_slots);
+	free(l->op_iov);
+	free(l->faults);
+	free(l->regions);
+	free(l->trace.buf);
+	pthread_mutex_destroy(&l->lock);
+	pthread_cond_destroy(&l->cv);
+	pthread_mutex_destroy(&l->trace.lock);
+	l->uffd = l->evfd = -1;
+	l->ops = NULL;
+	l->faults = NULL;
+	l->regions = NULL;
+	l->trace.buf = NULL;
+	l->zero_page = NULL;
+}

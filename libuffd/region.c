@@ -1,0 +1,328 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Regions: address ranges registered with a context, each served by one
+ * handler thread from a store at an offset.
+ *
+ * Lifetime: a region is created by an application thread, looked up by its
+ * handler thread for every fault, and removed by an application thread.
+ * Removal marks it dead (the handler serves nothing more in it), waits until
+ * no fault holds it (reads in flight finish and their data is dropped), and
+ * only then unregisters the range, which wakes every thread still blocked
+ * on a fault there.  So no install can land in memory that has been
+ * unregistered, unmapped or reused.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+
+#include "internal.h"
+
+/* Index of the first region whose start is > addr. */
+static size_t upper(struct luffd__loop *l, uint64_t addr)
+{
+	size_t lo = 0, hi = l->nregions;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+
+		if (l->regions[mid]->start <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static struct luffd__region *find(struct luffd__loop *l, uint64_t addr)
+{
+	size_t i = upper(l, addr);
+	struct luffd__region *r;
+
+	if (i == 0)
+		return NULL;
+	r = l->regions[i - 1];
+	return addr - r->start < r->len ? r : NULL;
+}
+
+struct luffd__region *luffd__region_hold(struct luffd__loop *l, uint64_t addr)
+{
+	struct luffd__region *r;
+
+	/* Uncontended except while a region of this handler is being added
+	 * or removed. */
+	pthread_mutex_lock(&l->lock);
+	r = find(l, addr);
+	if (r && atomic_load(&r->dead))
+		r = NULL;
+	if (r)
+		atomic_fetch_add(&r->inflight, 1);
+	pthread_mutex_unlock(&l->lock);
+	return r;
+}
+
+void luffd__region_put(struct luffd__region *r)
+{
+	struct luffd__loop *l = r->loop;
+
+	if (atomic_fetch_sub(&r->inflight, 1) == 1 && atomic_load(&r->dead)) {
+		pthread_mutex_lock(&l->lock);
+		pthread_cond_broadcast(&l->cv);
+		pthread_mutex_unlock(&l->lock);
+	}
+}
+
+static bool overlaps(struct luffd_ctx *ctx, uint64_t start, uint64_t len)
+{
+	for (unsigned int i = 0; i < ctx->nloops; i++) {
+		struct luffd__loop *l = &ctx->loops[i];
+		size_t j = upper(l, start + len - 1);
+
+		if (j > 0) {
+			struct luffd__region *r = l->regions[j - 1];
+
+			if (r->start + r->len > start)
+				return true;
+		}
+	}
+	return false;
+}
+
+static int table_insert(struct luffd__loop *l, struct luffd__region *r)
+{
+	size_t i;
+
+	if (l->nregions == l->cap) {
+		size_t cap = l->cap ? l->cap * 2 : 16;
+		void *p = realloc(l->regions, cap * sizeof(*l->regions));
+
+		if (!p)
+			return -ENOMEM;
+		l->regions = p;
+		l->cap = cap;
+	}
+	i = upper(l, r->start);
+	memmove(&l->regions[i + 1], &l->regions[i],
+		(l->nregions - i) * sizeof(*l->regions));
+	l->regions[i] = r;
+	l->nregions++;
+	return 0;
+}
+
+static void table_remove(struct luffd__loop *l, struct luffd__region *r)
+{
+	size_t i = upper(l, r->start) - 1;
+
+	memmove(&l->regions[i], &l->regions[i + 1],
+		(l->nregions - i - 1) * sizeof(*l->regions));
+	l->nregions--;
+}
+
+static int check_range(struct luffd_ctx *ctx, struct luffd_store *store,
+		       uint64_t offset, uint64_t length)
+{
+	uint64_t mask = ctx->page_size - 1;
+
+	if (!store || !length || (length & mask) || (offset & mask))
+		return -EINVAL;
+	if (offset + length < offset)
+		return -EOVERFLOW;
+	if (offset >= store->size)
+		return -ENXIO;
+	return 0;
+}
+
+static int add_region(struct luffd_ctx *ctx, uint64_t start, uint64_t len,
+		      struct luffd_store *store, uint64_t off, bool mapped)
+{
+	struct uffdio_register reg;
+	struct luffd__region *r;
+	struct luffd__loop *l;
+	int err;
+
+	if (start + len < start)
+		return -EOVERFLOW;
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	r->start = start;
+	r->len = len;
+	r->off = off;
+	r->mapped = mapped;
+	atomic_init(&r->dead, false);
+	atomic_init(&r->inflight, 0);
+
+	pthread_mutex_lock(&ctx->lock);
+	if (overlaps(ctx, start, len)) {
+		err = -EEXIST;
+		goto fail;
+	}
+	l = &ctx->loops[atomic_fetch_add(&ctx->next_loop, 1) % ctx->nloops];
+	r->loop = l;
+	r->store = luffd__store_get(store);
+
+	/* In the table before the kernel can deliver a fault for it. */
+	pthread_mutex_lock(&l->lock);
+	err = table_insert(l, r);
+	pthread_mutex_unlock(&l->lock);
+	if (err)
+		goto fail_store;
+
+	memset(&reg, 0, sizeof(reg));
+	reg.range.start = start;
+	reg.range.len = len;
+	reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+	if (ioctl(l->uffd, UFFDIO_REGISTER, &reg) < 0) {
+		err = -errno;
+		goto fail_table;
+	}
+	if (!(reg.ioctls & (1ull << _UFFDIO_COPY))) {
+		struct uffdio_range rg = { .start = start, .len = len };
+
+		ioctl(l->uffd, UFFDIO_UNREGISTER, &rg);
+		err = -EOPNOTSUPP;
+		goto fail_table;
+	}
+	pthread_mutex_unlock(&ctx->lock);
+	return 0;
+
+fail_table:
+	pthread_mutex_lock(&l->lock);
+	table_remove(l, r);
+	pthread_mutex_unlock(&l->lock);
+fail_store:
+	luffd_store_put(r->store);
+fail:
+	pthread_mutex_unlock(&ctx->lock);
+	free(r);
+	return err;
+}
+
+/* Called with ctx->lock held. */
+static void remove_region(struct luffd__region *r)
+{
+	struct luffd__loop *l = r->loop;
+	struct uffdio_range rg = { .start = r->start, .len = r->len };
+
+	pthread_mutex_lock(&l->lock);
+	atomic_store(&r->dead, true);
+	/* Faults parked on the pending list hold the region: let the
+	 * handler drop them now rather than when a slot frees up. */
+	luffd__loop_kick(l);
+	while (atomic_load(&r->inflight))
+		pthread_cond_wait(&l->cv, &l->lock);
+	pthread_mutex_unlock(&l->lock);
+
+	/* Wakes every thread blocked on a fault in the range. */
+	ioctl(l->uffd, UFFDIO_UNREGISTER, &rg);
+	if (r->mapped)
+		munmap((void *)(uintptr_t)r->start, r->len);
+
+	pthread_mutex_lock(&l->lock);
+	table_remove(l, r);
+	pthread_mutex_unlock(&l->lock);
+	luffd_store_put(r->store);
+	free(r);
+}
+
+static int remove_exact(struct luffd_ctx *ctx, void *addr, size_t length,
+			bool mapped)
+{
+	uint64_t start = (uint64_t)(uintptr_t)addr;
+	struct luffd__region *r = NULL;
+	int err = -ENOENT;
+
+	if (!ctx || !addr)
+		return -EINVAL;
+	if (luffd__on_handler_thread(ctx))
+		return -EDEADLK;
+	pthread_mutex_lock(&ctx->lock);
+	for (unsigned int i = 0; i < ctx->nloops && !r; i++) {
+		struct luffd__loop *l = &ctx->loops[i];
+		size_t j = upper(l, start);
+
+		if (j > 0 && l->regions[j - 1]->start == start)
+			r = l->regions[j - 1];
+	}
+	if (r) {
+		if (r->len != length || r->mapped != mapped)
+			err = -EINVAL;
+		else {
+			remove_region(r);
+			err = 0;
+		}
+	}
+	pthread_mutex_unlock(&ctx->lock);
+	return err;
+}
+
+void luffd__region_remove_all(struct luffd_ctx *ctx)
+{
+	pthread_mutex_lock(&ctx->lock);
+	for (unsigned int i = 0; i < ctx->nloops; i++) {
+		struct luffd__loop *l = &ctx->loops[i];
+
+		while (l->nregions)
+			remove_region(l->regions[l->nregions - 1]);
+	}
+	pthread_mutex_unlock(&ctx->lock);
+}
+
+int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
+	      uint64_t offset, size_t length, int prot, unsigned int flags,
+	      void **addrp)
+{
+	void *addr;
+	int err;
+
+	if (!ctx || !addrp || flags)
+		return -EINVAL;
+	if (!(prot & PROT_READ) ||
+	    (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)))
+		return -EINVAL;
+	err = check_range(ctx, store, offset, length);
+	if (err)
+		return err;
+	/* Private anonymous memory: the kernel hands every missing page to
+	 * the handler, writes stay private as with mmap(MAP_PRIVATE). */
+	addr = mmap(NULL, length, prot, MAP_PRIVATE | MAP_ANONYMOUS |
+		    MAP_NORESERVE, -1, 0);
+	if (addr == MAP_FAILED)
+		return -errno;
+	err = add_region(ctx, (uint64_t)(uintptr_t)addr, length, store, offset,
+			 true);
+	if (err) {
+		munmap(addr, length);
+		return err;
+	}
+	*addrp = addr;
+	return 0;
+}
+
+int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length)
+{
+	return remove_exact(ctx, addr, length, true);
+}
+
+int luffd_register(struct luffd_ctx *ctx, void *addr, size_t length,
+		   struct luffd_store *store, uint64_t offset,
+		   unsigned int flags)
+{
+	int err;
+
+	if (!ctx || !addr || flags)
+		return -EINVAL;
+	if ((uintptr_t)addr & (ctx->page_size - 1))
+		return -EINVAL;
+	err = check_range(ctx, store, offset, length);
+	if (err)
+		return err;
+	return add_region(ctx, (uint64_t)(uintptr_t)addr, length, store,
+			  offset, false);
+}
+
+int luffd_unregister(struct luffd_ctx *ctx, void *addr, size_t length)
+{
+	return remove_exact(ctx, addr, length, false);
+}

@@ -1,0 +1,293 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Counters, latency histograms and the trace.
+ *
+ * Each handler thread owns its counters and is their only writer, so an
+ * update is a relaxed load and store (no locked instruction); readers sum
+ * the threads' counters.  Latencies go into a log-linear histogram: values
+ * below 16 ns exactly, then 16 sub-buckets per power of two, so any
+ * percentile read back is within 1/16 of the true value.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define LD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+
+unsigned int luffd__hist_index(uint64_t v)
+{
+	unsigned int msb;
+
+	if (v < 16)
+		return (unsigned int)v;
+	msb = 63u - (unsigned int)__builtin_clzll(v);
+	return (msb - 3) * 16 + (unsigned int)((v >> (msb - 4)) & 15);
+}
+
+/* The middle of bucket idx. */
+uint64_t luffd__hist_value(unsigned int idx)
+{
+	unsigned int msb, sub;
+	uint64_t lo, width;
+
+	if (idx < 16)
+		return idx;
+	msb = idx / 16 + 3;
+	sub = idx % 16;
+	lo = (1ull << msb) | ((uint64_t)sub << (msb - 4));
+	width = 1ull << (msb - 4);
+	return lo + width / 2;
+}
+
+void luffd__stats_init(struct luffd__stats *s)
+{
+	memset(s, 0, sizeof(*s));
+	for (int c = 0; c < LUFFD_NR_CLASSES; c++)
+		atomic_init(&s->lat_min[c], UINT64_MAX);
+}
+
+void luffd__stats_record(struct luffd__stats *s, enum luffd_class c,
+			 uint64_t lat)
+{
+	luffd__inc(s->faults[c], 1);
+	luffd__inc(s->lat_sum[c], lat);
+	luffd__inc(s->hist[c][luffd__hist_index(lat)], 1);
+	if (lat < LD(s->lat_min[c]))
+		atomic_store_explicit(&s->lat_min[c], lat,
+				      memory_order_relaxed);
+	if (lat > LD(s->lat_max[c]))
+		atomic_store_explicit(&s->lat_max[c], lat,
+				      memory_order_relaxed);
+}
+
+/* Sum the histograms of classes [c0, c1) over every loop into h. */
+static uint64_t sum_hist(const struct luffd_ctx *ctx, int c0, int c1,
+			 uint64_t *h)
+{
+	uint64_t total = 0;
+
+	memset(h, 0, sizeof(uint64_t) * LUFFD__HIST_BUCKETS);
+	for (unsigned int i = 0; i < ctx->nloops; i++) {
+		struct luffd__stats *s = &ctx->loops[i].stats;
+
+		for (int c = c0; c < c1; c++)
+			for (unsigned int b = 0; b < LUFFD__HIST_BUCKETS; b++) {
+				uint64_t n = LD(s->hist[c][b]);
+
+				h[b] += n;
+				total += n;
+			}
+	}
+	return total;
+}
+
+static uint64_t hist_pct(const uint64_t *h, uint64_t total, double p,
+			 uint64_t lo, uint64_t hi)
+{
+	uint64_t rank, seen = 0, v;
+
+	/* The smallest value with at least p% of the samples at or below. */
+	rank = (uint64_t)((p / 100.0) * (double)total + 0.999999);
+	if (rank < 1)
+		rank = 1;
+	if (rank > total)
+		rank = total;
+	for (unsigned int b = 0; b < LUFFD__HIST_BUCKETS; b++) {
+		seen += h[b];
+		if (seen >= rank) {
+			v = luffd__hist_value(b);
+			if (v < lo)
+				v = lo;
+			if (v > hi)
+				v = hi;
+			return v;
+		}
+	}
+	return hi;
+}
+
+int luffd_latency_percentile(const struct luffd_ctx *ctx,
+			     enum luffd_class cls, double p, uint64_t *ns)
+{
+	uint64_t h[LUFFD__HIST_BUCKETS], total, lo = UINT64_MAX, hi = 0;
+	int c0 = cls, c1 = cls + 1;
+
+	if (!ctx || !ns || (unsigned int)cls > LUFFD_NR_CLASSES ||
+	    !(p > 0.0 && p <= 100.0))
+		return -EINVAL;
+	if (cls == LUFFD_NR_CLASSES) {
+		c0 = 0;
+		c1 = LUFFD_NR_CLASSES;
+	}
+	total = sum_hist(ctx, c0, c1, h);
+	if (!total)
+		return -ENODATA;
+	for (unsigned int i = 0; i < ctx->nloops; i++)
+		for (int c = c0; c < c1; c++) {
+			uint64_t mn = LD(ctx->loops[i].stats.lat_min[c]);
+			uint64_t mx = LD(ctx->loops[i].stats.lat_max[c]);
+
+			lo = mn < lo ? mn : lo;
+			hi = mx > hi ? mx : hi;
+		}
+	*ns = hist_pct(h, total, p, lo, hi);
+	return 0;
+}
+
+int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
+{
+	struct luffd_stats st;
+	uint64_t h[LUFFD__HIST_BUCKETS];
+
+	if (!ctx || !out || out->sz < offsetof(struct luffd_stats, latency))
+		return -EINVAL;
+	memset(&st, 0, sizeof(st));
+	st.sz = sizeof(st);
+	for (unsigned int i = 0; i < ctx->nloops; i++) {
+		struct luffd__stats *s = &ctx->loops[i].stats;
+
+		for (int c = 0; c < LUFFD_NR_CLASSES; c++)
+			st.faults[c] += LD(s->faults[c]);
+		st.bytes_read += LD(s->bytes_read);
+		st.reads += LD(s->reads);
+		st.readahead_pages += LD(s->readahead_pages);
+		st.coalesced += LD(s->coalesced);
+		st.evictions += LD(s->evictions);
+		st.eexist += LD(s->eexist);
+		st.eagain += LD(s->eagain);
+		st.waits += LD(s->waits);
+		st.trace_errors += LD(s->trace_errors);
+	}
+	for (int c = 0; c < LUFFD_NR_CLASSES; c++) {
+		struct luffd_latency *lat = &st.latency[c];
+		uint64_t total, sum = 0, lo = UINT64_MAX, hi = 0;
+
+		total = sum_hist(ctx, c, c + 1, h);
+		if (!total)
+			continue;
+		for (unsigned int i = 0; i < ctx->nloops; i++) {
+			struct luffd__stats *s = &ctx->loops[i].stats;
+			uint64_t mn = LD(s->lat_min[c]), mx = LD(s->lat_max[c]);
+
+			sum += LD(s->lat_sum[c]);
+			lo = mn < lo ? mn : lo;
+			hi = mx > hi ? mx : hi;
+		}
+		lat->count = total;
+		lat->min_ns = lo;
+		lat->max_ns = hi;
+		lat->mean_ns = sum / total;
+		lat->p50_ns = hist_pct(h, total, 50, lo, hi);
+		lat->p90_ns = hist_pct(h, total, 90, lo, hi);
+		lat->p99_ns = hist_pct(h, total, 99, lo, hi);
+		lat->p999_ns = hist_pct(h, total, 99.9, lo, hi);
+	}
+	/* Copy what the caller's struct has room for. */
+	memcpy((char *)out + sizeof(out->sz), (char *)&st + sizeof(st.sz),
+	       (out->sz < sizeof(st) ? out->sz : sizeof(st)) - sizeof(st.sz));
+	return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Trace writer
+ * ---------------------------------------------------------------------- */
+
+static int write_all(int fd, const char *p, size_t n)
+{
+	while (n) {
+		ssize_t w = write(fd, p, n);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+static int flush_locked(struct luffd__loop *l)
+{
+	int err = 0;
+
+	if (l->trace.len) {
+		err = write_all(l->ctx->trace_fd, l->trace.buf, l->trace.len);
+		if (err)
+			luffd__inc(l->stats.trace_errors, 1);
+		l->trace.len = 0;
+	}
+	return err;
+}
+
+int luffd__trace_flush_loop(struct luffd__loop *l)
+{
+	int err;
+
+	if (!l->trace.buf)
+		return 0;
+	pthread_mutex_lock(&l->trace.lock);
+	err = flush_locked(l);
+	pthread_mutex_unlock(&l->trace.lock);
+	return err;
+}
+
+int luffd__trace_header(struct luffd_ctx *ctx)
+{
+	static const char hdr[] = "time_ns,tid,addr,rw,class,latency_ns,error\n";
+
+	if (ctx->trace_format != LUFFD_TRACE_CSV)
+		return 0;
+	return write_all(ctx->trace_fd, hdr, sizeof(hdr) - 1);
+}
+
+void luffd__trace_emit(struct luffd__loop *l, const struct luffd_fault *f)
+{
+	struct luffd_ctx *ctx = l->ctx;
+	uint64_t since = f->time_ns - ctx->t_start;
+	char line[160];
+	int n;
+
+	if (ctx->trace_fn)
+		ctx->trace_fn(ctx->trace_arg, f);
+	if (!l->trace.buf)
+		return;
+	if (ctx->trace_format == LUFFD_TRACE_PFAULTS)
+		n = snprintf(line, sizeof(line),
+			     "%" PRIu64 ":%" PRIu32 ":%" PRIu64 ":%c:%s:%" PRIu64 "\n",
+			     since / 1000, f->tid, f->addr, f->write ? 'w' : 'r',
+			     f->cls == LUFFD_MAJOR ? "major" : "minor",
+			     f->latency_ns / 1000);
+	else
+		n = snprintf(line, sizeof(line),
+			     "%" PRIu64 ",%" PRIu32 ",0x%" PRIx64 ",%c,%s,%" PRIu64 ",%d\n",
+			     since, f->tid, f->addr, f->write ? 'w' : 'r',
+			     luffd_class_name(f->cls), f->latency_ns, f->error);
+	/* Uncontended unless luffd_trace_flush() runs at this moment; the
+	 * writer is opt-in, and a write(2) happens once per 64 KiB. */
+	pthread_mutex_lock(&l->trace.lock);
+	if (l->trace.len + (size_t)n > LUFFD__TRACE_BUF)
+		flush_locked(l);
+	memcpy(l->trace.buf + l->trace.len, line, (size_t)n);
+	l->trace.len += (size_t)n;
+	pthread_mutex_unlock(&l->trace.lock);
+}
+
+int luffd_trace_flush(struct luffd_ctx *ctx)
+{
+	int err = 0, e;
+
+	if (!ctx)
+		return -EINVAL;
+	for (unsigned int i = 0; i < ctx->nloops; i++) {
+		e = luffd__trace_flush_loop(&ctx->loops[i]);
+		if (e && !err)
+			err = e;
+	}
+	return err;
+}
