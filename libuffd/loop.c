@@ -431,7 +431,9 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 		serve_error(l, fi, -ENXIO);
 		return;
 	}
-	if (s->caps & LUFFD__CAP_HOLES) {
+	/* Past the size seen at creation, the read itself decides: the file
+	 * may have grown, and a read of 0 bytes means SIGBUS. */
+	if ((s->caps & LUFFD__CAP_HOLES) && off < s->size) {
 		if (s->ops->hole(s, off, ps, &data_end) == 1) {
 			serve_zero(l, fi);
 			return;
