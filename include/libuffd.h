@@ -184,7 +184,8 @@ struct luffd_ctx_opts {
 	/* Read-ahead window in bytes: a major fault reads this much from the
 	 * faulting page on (clipped to the region and the store's size).
 	 * 0 means the default, 128 KiB (the kernel's read_ahead_kb default);
-	 * use LUFFD_NO_READAHEAD for single-page reads. */
+	 * use LUFFD_NO_READAHEAD for single-page reads.  A multiple of the
+	 * page size, at most 1024 pages (4 MiB with 4 KiB pages). */
 	size_t readahead_bytes;
 	/* Busy-poll the userfaultfd for this long after serving a fault
 	 * before sleeping (microseconds).  Trades CPU for wake-up latency.

@@ -41,7 +41,8 @@ static int resolve_opts(struct luffd_ctx *ctx, const struct luffd_ctx_opts *o)
 		ra = ctx->page_size;
 	if (ctx->nloops > 64 || ctx->queue_depth > LUFFD__MAX_QUEUE_DEPTH)
 		return -EINVAL;
-	if (ra % ctx->page_size || ra > (64u << 20))
+	/* A window is one readv: at most UIO_MAXIOV (1024) pages. */
+	if (ra % ctx->page_size || ra / ctx->page_size > 1024)
 		return -EINVAL;
 	ctx->ra_pages = (uint32_t)(ra / ctx->page_size);
 	per_loop = ctx->cache_bytes / ctx->nloops;
@@ -107,12 +108,15 @@ int luffd_ctx_create(const struct luffd_ctx_opts *opts, struct luffd_ctx **ctxp)
 	cache_pages = (uint32_t)((ctx->cache_bytes / ctx->nloops) >>
 				 ctx->page_shift);
 	for (i = 0; i < ctx->nloops; i++) {
+		/* A loop that fails half-way is torn down with the rest. */
 		err = luffd__loop_init(&ctx->loops[i], ctx, i, cache_pages);
-		if (err)
+		if (err) {
+			i++;
 			goto fail_loops;
+		}
 	}
-	for (i = 0; i < ctx->nloops; i++) {
-		err = luffd__loop_start(&ctx->loops[i]);
+	for (unsigned int j = 0; j < ctx->nloops; j++) {
+		err = luffd__loop_start(&ctx->loops[j]);
 		if (err)
 			goto fail_loops;
 	}
@@ -120,10 +124,10 @@ int luffd_ctx_create(const struct luffd_ctx_opts *opts, struct luffd_ctx **ctxp)
 	return 0;
 
 fail_loops:
-	for (i = 0; i < ctx->nloops; i++) {
-		luffd__loop_stop(&ctx->loops[i]);
-		luffd__loop_fini(&ctx->loops[i]);
-	}
+	for (unsigned int j = 0; j < i; j++)
+		luffd__loop_stop(&ctx->loops[j]);
+	for (unsigned int j = 0; j < i; j++)
+		luffd__loop_fini(&ctx->loops[j]);
 	free(ctx->loops);
 fail_lock:
 	pthread_mutex_destroy(&ctx->lock);

@@ -30,6 +30,14 @@
 
 #include "internal.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield" ::: "memory")
+#else
+#define cpu_relax() __asm__ __volatile__("" ::: "memory")
+#endif
+
 #define TAG_UFFD ((uint64_t)1)
 #define TAG_EVFD ((uint64_t)2)
 #define FAULTS_INIT 256
@@ -704,7 +712,7 @@ static void spin(struct luffd__loop *l)
 		}
 		if (luffd__now_ns() >= deadline)
 			return;
-		__builtin_ia32_pause();
+		cpu_relax();
 	}
 }
 
