@@ -256,6 +256,8 @@ struct luffd__loop {
 	bool ring_ok;
 	pthread_t thread;
 	bool started;
+	bool init_done; /* the thread's ring set-up finished, with init_err */
+	int init_err;
 	atomic_bool stop;
 
 	/* Region table: sorted by start, guarded by lock (the handler takes

@@ -553,7 +553,19 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 		luffd__cache_used(&l->cache, slot);
 		return;
 	}
-	/* A read of this page is in flight: wait for it with the others. */
+	/* A read of this page is in flight: wait for it with the others.
+	 * A thread whose wait was interrupted (a signal) faults again and
+	 * sends a second message for the same fault; the kernel counts a
+	 * retried fault once, and so does libuffd. */
+	if (f->tid) {
+		for (uint32_t w = l->cache.slots[slot].waiters; w != LUFFD__NIL;
+		     w = F(l, w)->next)
+			if (F(l, w)->tid == f->tid && F(l, w)->addr == f->addr) {
+				luffd__region_put(r);
+				fault_free(l, fi);
+				return;
+			}
+	}
 	luffd__inc(l->stats.coalesced, 1);
 	f->waited = 1;
 	f->next = l->cache.slots[slot].waiters;
@@ -716,10 +728,55 @@ static void spin(struct luffd__loop *l)
 	}
 }
 
+/*
+ * Runs on the handler thread: io_uring delivers a request's task work (poll
+ * wake-ups among them) to the task that submitted it.  Were that an
+ * application thread, each wake-up would interrupt its wait in the fault
+ * and make it fault again, once per message, for as long as a read is in
+ * flight.  So the handler creates its ring and is its only submitter.
+ */
+static int ring_setup(struct luffd__loop *l)
+{
+	static const unsigned int flag_sets[] = {
+		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN, /* 6.0 */
+		IORING_SETUP_COOP_TASKRUN,                              /* 5.19 */
+		0,
+	};
+	uint32_t qd = l->ctx->queue_depth;
+	struct io_uring_params p;
+	int err = -EINVAL;
+
+	for (unsigned int i = 0; i < 3 && err == -EINVAL; i++) {
+		memset(&p, 0, sizeof(p));
+		p.flags = flag_sets[i];
+		/* Room for every read in flight and the two polls. */
+		err = io_uring_queue_init_params(qd + 4 > 8 ? qd + 4 : 8,
+						 &l->ring, &p);
+	}
+	if (err) {
+		pr_warn("io_uring_queue_init: %s\n", luffd_strerror(err));
+		return err == -ENOSYS || err == -EPERM ? -LUFFD_E_NOURING : err;
+	}
+	l->ring_ok = true;
+	if (arm_poll(l, l->uffd, TAG_UFFD) || arm_poll(l, l->evfd, TAG_EVFD))
+		return -EBUSY;
+	err = io_uring_submit(&l->ring);
+	return err < 0 ? err : 0;
+}
+
 static void *loop_main(void *arg)
 {
 	struct luffd__loop *l = arg;
 	struct io_uring_cqe *cqe;
+	int err = ring_setup(l);
+
+	pthread_mutex_lock(&l->lock);
+	l->init_err = err;
+	l->init_done = true;
+	pthread_cond_broadcast(&l->cv);
+	pthread_mutex_unlock(&l->lock);
+	if (err)
+		return NULL;
 
 	while (!atomic_load_explicit(&l->stop, memory_order_acquire)) {
 		bool uffd_ready = false;
@@ -770,7 +827,6 @@ bool luffd__on_handler_thread(const struct luffd_ctx *ctx)
 int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
 		     unsigned int idx, uint32_t cache_pages)
 {
-	struct io_uring_params p;
 	uint32_t qd = ctx->queue_depth, ra = ctx->ra_pages;
 	int err;
 
@@ -793,16 +849,6 @@ int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
 	l->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (l->evfd < 0)
 		return -errno;
-
-	memset(&p, 0, sizeof(p));
-	/* Room for every read in flight, the two polls and a full batch of
-	 * faults each queuing a read before the next submit. */
-	err = io_uring_queue_init_params(qd + 4 > 8 ? qd + 4 : 8, &l->ring, &p);
-	if (err) {
-		pr_warn("io_uring_queue_init: %s\n", luffd_strerror(err));
-		return err == -ENOSYS || err == -EPERM ? -LUFFD_E_NOURING : err;
-	}
-	l->ring_ok = true;
 
 	err = luffd__cache_init(&l->cache, cache_pages, ctx->page_shift);
 	if (err)
@@ -836,9 +882,6 @@ int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
 		if (!l->trace.buf)
 			return -ENOMEM;
 	}
-	if (arm_poll(l, l->uffd, TAG_UFFD) || arm_poll(l, l->evfd, TAG_EVFD))
-		return -EBUSY;
-	io_uring_submit(&l->ring);
 	return 0;
 }
 
@@ -855,6 +898,15 @@ int luffd__loop_start(struct luffd__loop *l)
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (err)
 		return -err;
+	pthread_mutex_lock(&l->lock);
+	while (!l->init_done)
+		pthread_cond_wait(&l->cv, &l->lock);
+	err = l->init_err;
+	pthread_mutex_unlock(&l->lock);
+	if (err) {
+		pthread_join(l->thread, NULL);
+		return err;
+	}
 	l->started = true;
 	return 0;
 }
