@@ -405,6 +405,12 @@ struct luffd_stats {
 				     or read slot */
 	uint64_t trace_errors;    /* trace writes that failed */
 	struct luffd_latency latency[LUFFD_NR_CLASSES];
+	/* Address-space changes the application made under its regions: */
+	uint64_t events_remove;   /* madvise(MADV_DONTNEED/REMOVE) */
+	uint64_t events_unmap;    /* munmap() of (part of) a region */
+	uint64_t events_remap;    /* mremap() that moved (part of) a region */
+	uint64_t orphan_faults;   /* faults outside any region (a mapping
+				     grown by mremap()): SIGBUS */
 };
 
 /*

@@ -11,10 +11,11 @@
 #define DEF_CACHE_BYTES (64u << 20)
 #define DEF_READAHEAD (128u << 10)
 
-/* Features asked for when the kernel offers them.  Events (FORK, REMAP,
- * REMOVE, UNMAP) are not: without them the kernel handles those changes
- * itself and later faults simply arrive again. */
-#define WANTED_FEATURES (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_POISON)
+/* Features asked for when the kernel offers them.  FORK is not: a child
+ * would need a handler of its own (see luffd_map()). */
+#define WANTED_FEATURES (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_POISON | \
+			 UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP | \
+			 UFFD_FEATURE_EVENT_REMAP)
 
 
 static int resolve_opts(struct luffd_ctx *ctx, const struct luffd_ctx_opts *o)

@@ -165,17 +165,39 @@ struct luffd__region {
 	uint64_t off;          /* store offset of start */
 	struct luffd_store *store;
 	struct luffd__loop *loop;
-	bool mapped;           /* created by luffd_map(): we munmap it */
+	bool mapped;           /* created by luffd_map(): we munmap it (guarded
+				  by loop->lock once in the table) */
 	atomic_bool dead;      /* being removed: serve nothing more */
 	atomic_uint inflight;  /* faults holding the region */
+	struct luffd__region *next; /* on loop->dying or loop->zombies */
 };
 
-/* Find the live region containing addr (handler thread). Takes a hold on
+/*
+ * Where a region can be, all guarded by loop->lock:
+ *  - the table: live, found by faults;
+ *  - loop->dying: being removed by luffd_unmap()/luffd_unregister(); faults
+ *    in it are left blocked until the unregister wakes them;
+ *  - loop->zombies: replaced after the application unmapped or moved part
+ *    of it (UNMAP/REMAP events); faults already holding it finish normally,
+ *    and it is freed by an application thread once none holds it.
+ */
+enum luffd__lookup { LUFFD__FOUND, LUFFD__DYING, LUFFD__UNKNOWN };
+
+/* Find the live region containing addr (handler thread) and take a hold on
  * it (inflight) that luffd__region_put() drops. */
-struct luffd__region *luffd__region_hold(struct luffd__loop *l, uint64_t addr);
+struct luffd__region *luffd__region_hold(struct luffd__loop *l, uint64_t addr,
+					 enum luffd__lookup *how);
 void luffd__region_put(struct luffd__region *r);
 /* Remove every region of ctx, as luffd_unmap()/luffd_unregister() do. */
 void luffd__region_remove_all(struct luffd_ctx *ctx);
+/* Handler thread: the application unmapped [start, end) or moved
+ * [from, from+len) to `to`; regions are split and moved to match. */
+void luffd__region_unmapped(struct luffd__loop *l, uint64_t start,
+			    uint64_t end);
+void luffd__region_moved(struct luffd__loop *l, uint64_t from, uint64_t to,
+			 uint64_t len);
+/* Free zombies nobody holds (application threads, under ctx->lock). */
+void luffd__region_reap(struct luffd_ctx *ctx);
 
 /* ------------------------------------------------------------------------
  * Statistics and trace (stats.c)
@@ -190,6 +212,7 @@ struct luffd__stats {
 	_Atomic uint64_t hist[LUFFD_NR_CLASSES][LUFFD__HIST_BUCKETS];
 	_Atomic uint64_t bytes_read, reads, readahead_pages, coalesced;
 	_Atomic uint64_t evictions, eexist, eagain, waits, trace_errors;
+	_Atomic uint64_t ev_remove, ev_unmap, ev_remap, orphans;
 };
 
 #define luffd__inc(field, n)                                                 \
@@ -221,7 +244,7 @@ int luffd__trace_header(struct luffd_ctx *ctx);
 struct luffd__fault {
 	uint64_t addr;
 	uint64_t t0;
-	struct luffd__region *region; /* held */
+	struct luffd__region *region; /* held (NULL while an orphan) */
 	uint32_t tid;
 	uint32_t next;  /* waiter / pending / retry list */
 	uint8_t write;
@@ -266,6 +289,7 @@ struct luffd__loop {
 	pthread_cond_t cv; /* inflight of a dead region reached 0 */
 	struct luffd__region **regions;
 	size_t nregions, cap;
+	struct luffd__region *dying, *zombies;
 
 	struct luffd__cache cache;
 
@@ -280,6 +304,7 @@ struct luffd__loop {
 	uint32_t nfaults, free_fault;
 	struct luffd__flist pending; /* waiting for a cache or read slot */
 	struct luffd__flist retry;   /* install returned -EAGAIN */
+	struct luffd__flist orphans; /* no region yet (see resolve()) */
 
 	unsigned char *zero_page;
 	unsigned char *bounce;  /* tail page of a memory store */

@@ -41,6 +41,7 @@
 #define TAG_UFFD ((uint64_t)1)
 #define TAG_EVFD ((uint64_t)2)
 #define FAULTS_INIT 256
+#define ORPHAN_NS (100 * 1000000ull) /* see resolve() */
 
 /* ------------------------------------------------------------------------
  * Fault records and lists
@@ -576,36 +577,82 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
  * Messages and the loop
  * ---------------------------------------------------------------------- */
 
+/* Serve fault fi, whose region may not be known yet. */
+static void resolve(struct luffd__loop *l, uint32_t fi)
+{
+	struct luffd__fault *f = F(l, fi);
+	enum luffd__lookup how;
+
+	f->region = luffd__region_hold(l, f->addr, &how);
+	if (f->region) {
+		handle_fault(l, fi);
+		return;
+	}
+	if (how == LUFFD__DYING) {
+		/* Its unregister is under way and wakes the thread. */
+		fault_free(l, fi);
+		return;
+	}
+	/*
+	 * No region: the kernel hands fault messages out before events, so
+	 * a fault in a range just moved by mremap() can arrive before the
+	 * REMAP event that says where the range went.  Wait for the event a
+	 * while; a fault that stays unknown (a mapping grown by mremap()
+	 * past its region) gets SIGBUS rather than an endless wait.
+	 */
+	if (luffd__now_ns() - f->t0 < ORPHAN_NS) {
+		flist_push(l, &l->orphans, fi);
+		return;
+	}
+	luffd__inc(l->stats.orphans, 1);
+	if (!l->ctx->has_poison || uffd_poison(l, f->addr))
+		uffd_wake(l, f->addr);
+	fault_free(l, fi);
+}
+
 static void new_fault(struct luffd__loop *l, const struct uffd_msg *m,
 		      uint64_t t0)
 {
 	uint64_t addr = m->arg.pagefault.address & ~(uint64_t)(l->ctx->page_size - 1);
-	struct luffd__region *r;
 	uint32_t fi;
 
-	r = luffd__region_hold(l, addr);
-	if (!r) {
-		/* Only a region being removed can fault without being in
-		 * the table: its unregister wakes the thread. */
-		return;
-	}
 	fi = fault_alloc(l);
 	if (fi == LUFFD__NIL) {
 		/* Out of memory for bookkeeping: the thread is woken and
 		 * faults again, by which time memory may have been freed. */
-		luffd__region_put(r);
 		uffd_wake(l, addr);
 		return;
 	}
 	*F(l, fi) = (struct luffd__fault){
 		.addr = addr,
 		.t0 = t0,
-		.region = r,
 		.tid = m->arg.pagefault.feat.ptid,
 		.next = LUFFD__NIL,
 		.write = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0,
 	};
-	handle_fault(l, fi);
+	resolve(l, fi);
+}
+
+static void event(struct luffd__loop *l, const struct uffd_msg *m)
+{
+	switch (m->event) {
+	case UFFD_EVENT_REMOVE:
+		/* madvise(DONTNEED/REMOVE): the pages are gone and fault
+		 * again, served from the store as before. */
+		luffd__inc(l->stats.ev_remove, 1);
+		break;
+	case UFFD_EVENT_UNMAP:
+		luffd__inc(l->stats.ev_unmap, 1);
+		luffd__region_unmapped(l, m->arg.remove.start, m->arg.remove.end);
+		break;
+	case UFFD_EVENT_REMAP:
+		luffd__inc(l->stats.ev_remap, 1);
+		luffd__region_moved(l, m->arg.remap.from, m->arg.remap.to,
+				    m->arg.remap.len);
+		break;
+	default:
+		break;
+	}
 }
 
 /* Read and serve every queued message; returns how many were read. */
@@ -625,9 +672,13 @@ static int drain_uffd(struct luffd__loop *l)
 		}
 		t0 = luffd__now_ns();
 		cnt = (size_t)n / sizeof(l->msgs[0]);
+		/* In order: an event changes how the faults after it
+		 * resolve. */
 		for (size_t i = 0; i < cnt; i++)
 			if (l->msgs[i].event == UFFD_EVENT_PAGEFAULT)
 				new_fault(l, &l->msgs[i], t0);
+			else
+				event(l, &l->msgs[i]);
 		total += (int)cnt;
 		/* A short batch emptied the queue; a message queued since
 		 * re-arms the poll. */
@@ -637,16 +688,20 @@ static int drain_uffd(struct luffd__loop *l)
 	return total;
 }
 
-/* Give the pending and retry lists one more try each. */
+/* Give the pending, retry or orphan list one more try. */
 static void rerun(struct luffd__loop *l, struct luffd__flist *q)
 {
 	uint32_t i = q->head, next;
+	bool orphans = q == &l->orphans;
 
 	q->head = q->tail = LUFFD__NIL;
 	for (; i != LUFFD__NIL; i = next) {
 		next = F(l, i)->next;
 		F(l, i)->next = LUFFD__NIL;
-		handle_fault(l, i);
+		if (orphans)
+			resolve(l, i);
+		else
+			handle_fault(l, i);
 	}
 }
 
@@ -781,9 +836,11 @@ static void *loop_main(void *arg)
 	while (!atomic_load_explicit(&l->stop, memory_order_acquire)) {
 		bool uffd_ready = false;
 
-		if (l->retry.head != LUFFD__NIL) {
+		if (l->retry.head != LUFFD__NIL ||
+		    l->orphans.head != LUFFD__NIL) {
 			/* -EAGAIN: the address space is changing; give
-			 * the change 50 us before trying again. */
+			 * the change 50 us before trying again (orphans:
+			 * give the REMAP event time to arrive). */
 			struct __kernel_timespec ts = { .tv_nsec = 50000 };
 
 			io_uring_submit_and_wait_timeout(&l->ring, &cqe, 1,
@@ -800,6 +857,8 @@ static void *loop_main(void *arg)
 			rerun(l, &l->retry);
 		if (l->pending.head != LUFFD__NIL)
 			rerun(l, &l->pending);
+		if (l->orphans.head != LUFFD__NIL)
+			rerun(l, &l->orphans);
 	}
 	return NULL;
 }
@@ -836,6 +895,7 @@ int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
 	l->free_op = l->free_fault = LUFFD__NIL;
 	l->pending.head = l->pending.tail = LUFFD__NIL;
 	l->retry.head = l->retry.tail = LUFFD__NIL;
+	l->orphans.head = l->orphans.tail = LUFFD__NIL;
 	atomic_init(&l->stop, false);
 	pthread_mutex_init(&l->lock, NULL);
 	pthread_cond_init(&l->cv, NULL);
@@ -942,6 +1002,15 @@ void luffd__loop_fini(struct luffd__loop *l)
 	free(l->op_slots);
 	free(l->op_iov);
 	free(l->faults);
+	/* Zombies still held by faults that were in flight at destroy (their
+	 * threads were woken by closing the userfaultfd). */
+	while (l->zombies) {
+		struct luffd__region *z = l->zombies;
+
+		l->zombies = z->next;
+		luffd_store_put(z->store);
+		free(z);
+	}
 	free(l->regions);
 	free(l->trace.buf);
 	pthread_mutex_destroy(&l->lock);

@@ -46,7 +46,16 @@ static struct luffd__region *find(struct luffd__loop *l, uint64_t addr)
 	return addr - r->start < r->len ? r : NULL;
 }
 
-struct luffd__region *luffd__region_hold(struct luffd__loop *l, uint64_t addr)
+static bool in_list(struct luffd__region *r, uint64_t addr)
+{
+	for (; r; r = r->next)
+		if (addr - r->start < r->len)
+			return true;
+	return false;
+}
+
+struct luffd__region *luffd__region_hold(struct luffd__loop *l, uint64_t addr,
+					 enum luffd__lookup *how)
 {
 	struct luffd__region *r;
 
@@ -54,10 +63,12 @@ struct luffd__region *luffd__region_hold(struct luffd__loop *l, uint64_t addr)
 	 * or removed. */
 	pthread_mutex_lock(&l->lock);
 	r = find(l, addr);
-	if (r && atomic_load(&r->dead))
-		r = NULL;
-	if (r)
+	if (r) {
 		atomic_fetch_add(&r->inflight, 1);
+		*how = LUFFD__FOUND;
+	} else {
+		*how = in_list(l->dying, addr) ? LUFFD__DYING : LUFFD__UNKNOWN;
+	}
 	pthread_mutex_unlock(&l->lock);
 	return r;
 }
@@ -75,18 +86,23 @@ void luffd__region_put(struct luffd__region *r)
 
 static bool overlaps(struct luffd_ctx *ctx, uint64_t start, uint64_t len)
 {
-	for (unsigned int i = 0; i < ctx->nloops; i++) {
-		struct luffd__loop *l = &ctx->loops[i];
-		size_t j = upper(l, start + len - 1);
+	bool hit = false;
 
+	for (unsigned int i = 0; i < ctx->nloops && !hit; i++) {
+		struct luffd__loop *l = &ctx->loops[i];
+		size_t j;
+
+		/* The handler may split regions (UNMAP, REMAP events). */
+		pthread_mutex_lock(&l->lock);
+		j = upper(l, start + len - 1);
 		if (j > 0) {
 			struct luffd__region *r = l->regions[j - 1];
 
-			if (r->start + r->len > start)
-				return true;
+			hit = r->start + r->len > start;
 		}
+		pthread_mutex_unlock(&l->lock);
 	}
-	return false;
+	return hit;
 }
 
 static int table_insert(struct luffd__loop *l, struct luffd__region *r)
@@ -154,6 +170,7 @@ static int add_region(struct luffd_ctx *ctx, uint64_t start, uint64_t len,
 	atomic_init(&r->inflight, 0);
 
 	pthread_mutex_lock(&ctx->lock);
+	luffd__region_reap(ctx);
 	if (overlaps(ctx, start, len)) {
 		err = -EEXIST;
 		goto fail;
@@ -199,16 +216,30 @@ fail:
 	return err;
 }
 
-/* Called with ctx->lock held. */
+static void unlink_from(struct luffd__region **head, struct luffd__region *r)
+{
+	while (*head != r)
+		head = &(*head)->next;
+	*head = r->next;
+	r->next = NULL;
+}
+
+/*
+ * Called with ctx->lock and l->lock held, r in l's table.  Returns with
+ * l->lock released and r freed.
+ */
 static void remove_region(struct luffd__region *r)
 {
 	struct luffd__loop *l = r->loop;
 	struct uffdio_range rg = { .start = r->start, .len = r->len };
+	bool mapped;
 
-	pthread_mutex_lock(&l->lock);
+	table_remove(l, r);
 	atomic_store(&r->dead, true);
-	/* Faults parked on the pending list hold the region: let the
-	 * handler drop them now rather than when a slot frees up. */
+	r->next = l->dying;
+	l->dying = r;
+	/* Faults parked on the pending or retry lists hold the region: let
+	 * the handler drop them now rather than when a slot frees up. */
 	luffd__loop_kick(l);
 	while (atomic_load(&r->inflight))
 		pthread_cond_wait(&l->cv, &l->lock);
@@ -216,12 +247,15 @@ static void remove_region(struct luffd__region *r)
 
 	/* Wakes every thread blocked on a fault in the range. */
 	ioctl(l->uffd, UFFDIO_UNREGISTER, &rg);
-	if (r->mapped)
-		munmap((void *)(uintptr_t)r->start, r->len);
 
 	pthread_mutex_lock(&l->lock);
-	table_remove(l, r);
+	unlink_from(&l->dying, r);
+	/* Cleared if the application unmapped the range itself meanwhile:
+	 * the address may already belong to someone else. */
+	mapped = r->mapped;
 	pthread_mutex_unlock(&l->lock);
+	if (mapped)
+		munmap((void *)(uintptr_t)r->start, r->len);
 	luffd_store_put(r->store);
 	free(r);
 }
@@ -230,7 +264,6 @@ static int remove_exact(struct luffd_ctx *ctx, void *addr, size_t length,
 			bool mapped)
 {
 	uint64_t start = (uint64_t)(uintptr_t)addr;
-	struct luffd__region *r = NULL;
 	int err = -ENOENT;
 
 	if (!ctx || !addr)
@@ -238,23 +271,50 @@ static int remove_exact(struct luffd_ctx *ctx, void *addr, size_t length,
 	if (luffd__on_handler_thread(ctx))
 		return -EDEADLK;
 	pthread_mutex_lock(&ctx->lock);
-	for (unsigned int i = 0; i < ctx->nloops && !r; i++) {
+	luffd__region_reap(ctx);
+	for (unsigned int i = 0; i < ctx->nloops && err == -ENOENT; i++) {
 		struct luffd__loop *l = &ctx->loops[i];
-		size_t j = upper(l, start);
+		struct luffd__region *r = NULL;
+		size_t j;
 
+		pthread_mutex_lock(&l->lock);
+		j = upper(l, start);
 		if (j > 0 && l->regions[j - 1]->start == start)
 			r = l->regions[j - 1];
-	}
-	if (r) {
-		if (r->len != length || r->mapped != mapped)
-			err = -EINVAL;
-		else {
-			remove_region(r);
-			err = 0;
+		if (!r) {
+			pthread_mutex_unlock(&l->lock);
+			continue;
 		}
+		if (r->len != length || r->mapped != mapped) {
+			pthread_mutex_unlock(&l->lock);
+			err = -EINVAL;
+			break;
+		}
+		remove_region(r); /* unlocks l->lock */
+		err = 0;
 	}
 	pthread_mutex_unlock(&ctx->lock);
 	return err;
+}
+
+void luffd__region_reap(struct luffd_ctx *ctx)
+{
+	for (unsigned int i = 0; i < ctx->nloops; i++) {
+		struct luffd__loop *l = &ctx->loops[i];
+		struct luffd__region **pp, *r;
+
+		pthread_mutex_lock(&l->lock);
+		for (pp = &l->zombies; (r = *pp);) {
+			if (atomic_load(&r->inflight)) {
+				pp = &r->next;
+				continue;
+			}
+			*pp = r->next;
+			luffd_store_put(r->store);
+			free(r);
+		}
+		pthread_mutex_unlock(&l->lock);
+	}
 }
 
 void luffd__region_remove_all(struct luffd_ctx *ctx)
@@ -263,10 +323,103 @@ void luffd__region_remove_all(struct luffd_ctx *ctx)
 	for (unsigned int i = 0; i < ctx->nloops; i++) {
 		struct luffd__loop *l = &ctx->loops[i];
 
-		while (l->nregions)
+		pthread_mutex_lock(&l->lock);
+		while (l->nregions) {
 			remove_region(l->regions[l->nregions - 1]);
+			pthread_mutex_lock(&l->lock);
+		}
+		pthread_mutex_unlock(&l->lock);
 	}
 	pthread_mutex_unlock(&ctx->lock);
+}
+
+/* ------------------------------------------------------------------------
+ * Events: the application changed the address space under the regions
+ * ---------------------------------------------------------------------- */
+
+static struct luffd__region *piece(struct luffd__region *r, uint64_t start,
+				   uint64_t len, uint64_t new_start)
+{
+	struct luffd__region *p = calloc(1, sizeof(*p));
+
+	if (!p)
+		return NULL;
+	p->start = new_start;
+	p->len = len;
+	p->off = r->off + (start - r->start);
+	p->store = luffd__store_get(r->store);
+	p->loop = r->loop;
+	p->mapped = r->mapped;
+	atomic_init(&p->dead, false);
+	atomic_init(&p->inflight, 0);
+	return p;
+}
+
+static void insert_piece(struct luffd__loop *l, struct luffd__region *p)
+{
+	if (p && table_insert(l, p)) {
+		luffd_store_put(p->store);
+		free(p);
+	}
+}
+
+/*
+ * Replace the regions overlapping [start, end) by what is left of them
+ * outside it, and, when `to` is not 0, add the part inside it moved to
+ * `to` (REMAP).  Handler thread, l->lock held.  The replaced region becomes
+ * a zombie: faults holding it finish (an install into the unmapped part
+ * fails and wakes the thread).  If a piece cannot be allocated, the range
+ * it covers is left without a region and its faults get SIGBUS: the
+ * address space change itself cannot be refused.
+ */
+static void reshape(struct luffd__loop *l, uint64_t start, uint64_t end,
+		    uint64_t to)
+{
+	struct luffd__region *dead;
+
+	for (dead = l->dying; dead; dead = dead->next)
+		if (dead->start < end && start < dead->start + dead->len)
+			dead->mapped = false;
+	for (;;) {
+		size_t j = upper(l, end - 1);
+		struct luffd__region *r;
+		uint64_t a, b, rend;
+
+		if (j == 0)
+			break;
+		r = l->regions[j - 1];
+		rend = r->start + r->len;
+		if (rend <= start)
+			break;
+		a = r->start > start ? r->start : start;
+		b = rend < end ? rend : end;
+		table_remove(l, r);
+		if (r->start < a)
+			insert_piece(l, piece(r, r->start, a - r->start,
+					      r->start));
+		if (b < rend)
+			insert_piece(l, piece(r, b, rend - b, b));
+		if (to)
+			insert_piece(l, piece(r, a, b - a, to + (a - start)));
+		r->next = l->zombies;
+		l->zombies = r;
+	}
+}
+
+void luffd__region_unmapped(struct luffd__loop *l, uint64_t start,
+			    uint64_t end)
+{
+	pthread_mutex_lock(&l->lock);
+	reshape(l, start, end, 0);
+	pthread_mutex_unlock(&l->lock);
+}
+
+void luffd__region_moved(struct luffd__loop *l, uint64_t from, uint64_t to,
+			 uint64_t len)
+{
+	pthread_mutex_lock(&l->lock);
+	reshape(l, from, from + len, to);
+	pthread_mutex_unlock(&l->lock);
 }
 
 int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
@@ -290,6 +443,10 @@ int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
 		    MAP_NORESERVE, -1, 0);
 	if (addr == MAP_FAILED)
 		return -errno;
+	/* A child process would inherit the range unregistered and see
+	 * zeroes where the store has data; without it, a child that touches
+	 * the range gets SIGSEGV instead of wrong data. */
+	madvise(addr, length, MADV_DONTFORK);
 	err = add_region(ctx, (uint64_t)(uintptr_t)addr, length, store, offset,
 			 true);
 	if (err) {

@@ -161,6 +161,10 @@ int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
 		st.eagain += LD(s->eagain);
 		st.waits += LD(s->waits);
 		st.trace_errors += LD(s->trace_errors);
+		st.events_remove += LD(s->ev_remove);
+		st.events_unmap += LD(s->ev_unmap);
+		st.events_remap += LD(s->ev_remap);
+		st.orphan_faults += LD(s->orphans);
 	}
 	for (int c = 0; c < LUFFD_NR_CLASSES; c++) {
 		struct luffd_latency *lat = &st.latency[c];
