@@ -206,7 +206,17 @@ struct luffd_ctx_opts {
 	 * handler threads, lines are ordered per thread, not globally. */
 	enum luffd_trace_format trace_format;
 	int trace_fd;
+	/* A file store read that has not completed after this long is
+	 * cancelled and its faults get SIGBUS (ERROR, -ETIMEDOUT), so a dead
+	 * NFS server, FIFO or socket never freezes the faulting threads.
+	 * Reads of local regular files cannot be interrupted once under way
+	 * and finish on their own.  Callback stores run synchronously and are
+	 * not timed.  0 means the default, 30000 ms; LUFFD_NO_TIMEOUT waits
+	 * forever. */
+	unsigned int read_timeout_ms;
 };
+
+#define LUFFD_NO_TIMEOUT ((unsigned int)-1)
 
 #define LUFFD_NO_READAHEAD ((size_t)-1)
 
@@ -254,6 +264,15 @@ struct luffd_features {
 /* Fill *f (f->sz must be set).  Thread-safe. */
 LUFFD_API int luffd_ctx_features(const struct luffd_ctx *ctx,
 				 struct luffd_features *f);
+
+/*
+ * Wait until every fault whose page is installed by now has been counted,
+ * timed and traced.  A handler records a fault right after the install
+ * that wakes its thread, so a thread that reads the stats straight after
+ * its own touch may otherwise miss its last fault.  Costs one round trip to
+ * each handler thread.  Thread-safe; -EDEADLK from a callback.
+ */
+LUFFD_API int luffd_ctx_sync(struct luffd_ctx *ctx);
 
 /* Write out buffered trace lines now.  Thread-safe.  Returns 0 or -errno of
  * the first failed write (a failed write also counts in trace_errors). */
@@ -411,13 +430,16 @@ struct luffd_stats {
 	uint64_t events_remap;    /* mremap() that moved (part of) a region */
 	uint64_t orphan_faults;   /* faults outside any region (a mapping
 				     grown by mremap()): SIGBUS */
+	uint64_t read_timeouts;   /* store reads cancelled by read_timeout_ms */
 };
 
 /*
  * Snapshot the counters and histograms of ctx (summed over its handler
  * threads) into *st (st->sz must be set).  Thread-safe and lock-free: the
  * snapshot is consistent per counter, not across counters, while faults are
- * being served.
+ * being served.  A fault is counted just after its thread is woken: call
+ * luffd_ctx_sync() first for a snapshot that includes every fault the
+ * caller has seen served.
  */
 LUFFD_API int luffd_stats_get(const struct luffd_ctx *ctx,
 			      struct luffd_stats *st);

@@ -61,6 +61,9 @@ static int resolve_opts(struct luffd_ctx *ctx, const struct luffd_ctx_opts *o)
 	if (d.spin_us > 1000000)
 		return -EINVAL;
 	ctx->spin_us = d.spin_us;
+	ctx->read_timeout_ms = d.read_timeout_ms ? d.read_timeout_ms : 30000;
+	if (d.read_timeout_ms == LUFFD_NO_TIMEOUT)
+		ctx->read_timeout_ms = 0;
 	ctx->open_mode = d.open_mode;
 	ctx->trace_fn = d.trace_fn;
 	ctx->trace_arg = d.trace_arg;
@@ -175,5 +178,25 @@ int luffd_ctx_features(const struct luffd_ctx *ctx, struct luffd_features *f)
 	o.user_mode_only = o.opened_by == LUFFD_OPEN_USER_ONLY;
 	memcpy((char *)f + sizeof(f->sz), (char *)&o + sizeof(o.sz),
 	       (f->sz < sizeof(o) ? f->sz : sizeof(o)) - sizeof(o.sz));
+	return 0;
+}
+
+int luffd_ctx_sync(struct luffd_ctx *ctx)
+{
+	if (!ctx)
+		return -EINVAL;
+	if (luffd__on_handler_thread(ctx))
+		return -EDEADLK;
+	for (unsigned int i = 0; i < ctx->nloops; i++) {
+		struct luffd__loop *l = &ctx->loops[i];
+		uint64_t target;
+
+		pthread_mutex_lock(&l->lock);
+		target = atomic_fetch_add(&l->sync_req, 1) + 1;
+		luffd__loop_kick(l);
+		while (atomic_load(&l->sync_done) < target)
+			pthread_cond_wait(&l->cv, &l->lock);
+		pthread_mutex_unlock(&l->lock);
+	}
 	return 0;
 }

@@ -22,6 +22,9 @@
 #define LUFFD__MAX_QUEUE_DEPTH 4096
 #define LUFFD__HIST_BUCKETS 976 /* 16 linear + 60 octaves x 16 sub-buckets */
 #define LUFFD__TRACE_BUF (64 * 1024)
+/* user_data of the ring's own requests; ops are pointers, never this small */
+#define LUFFD__TAG_UFFD ((uint64_t)1)
+#define LUFFD__TAG_EVFD ((uint64_t)2)
 
 #define LUFFD__UNUSED __attribute__((unused))
 #define likely(x) __builtin_expect(!!(x), 1)
@@ -117,6 +120,7 @@ struct luffd__slot {
 	uint32_t hnext;    /* hash chain */
 	uint32_t prev, next; /* LRU list (READY) or free list */
 	uint32_t waiters;  /* faults waiting for an INFLIGHT slot */
+	uint32_t op;       /* INFLIGHT: the read filling it */
 	uint8_t state;
 	uint8_t used;      /* installed at least once */
 };
@@ -212,7 +216,7 @@ struct luffd__stats {
 	_Atomic uint64_t hist[LUFFD_NR_CLASSES][LUFFD__HIST_BUCKETS];
 	_Atomic uint64_t bytes_read, reads, readahead_pages, coalesced;
 	_Atomic uint64_t evictions, eexist, eagain, waits, trace_errors;
-	_Atomic uint64_t ev_remove, ev_unmap, ev_remap, orphans;
+	_Atomic uint64_t ev_remove, ev_unmap, ev_remap, orphans, timeouts;
 };
 
 #define luffd__inc(field, n)                                                 \
@@ -260,6 +264,9 @@ struct luffd__op {
 	int64_t res;      /* synchronous stores: the result */
 	uint32_t npages;
 	uint32_t next_free;
+	bool expired;     /* read_timeout_ms passed: its faults got SIGBUS */
+	uint64_t deadline;
+	struct luffd__op *prev, *next; /* loop->inflight, oldest first */
 	uint32_t *slot;   /* npages cache slots */
 	struct iovec *iov; /* npages iovecs (advanced on continuation) */
 	struct iovec *iov_mem;
@@ -305,6 +312,12 @@ struct luffd__loop {
 	struct luffd__flist pending; /* waiting for a cache or read slot */
 	struct luffd__flist retry;   /* install returned -EAGAIN */
 	struct luffd__flist orphans; /* no region yet (see resolve()) */
+	/* Reads in flight and not yet expired, oldest (first to expire)
+	 * first: every read has the same timeout. */
+	struct luffd__op *inflight_head, *inflight_tail;
+
+	/* luffd_ctx_sync(): requests seen by the handler so far. */
+	atomic_uint_fast64_t sync_req, sync_done;
 
 	unsigned char *zero_page;
 	unsigned char *bounce;  /* tail page of a memory store */
@@ -332,6 +345,7 @@ struct luffd_ctx {
 	size_t cache_bytes;
 	uint32_t ra_pages;
 	unsigned int spin_us;
+	unsigned int read_timeout_ms; /* 0: none */
 	enum luffd_open_mode open_mode;
 	uint64_t features; /* enabled UFFD_FEATURE_* */
 	struct luffd__kernel kernel;

@@ -38,8 +38,8 @@
 #define cpu_relax() __asm__ __volatile__("" ::: "memory")
 #endif
 
-#define TAG_UFFD ((uint64_t)1)
-#define TAG_EVFD ((uint64_t)2)
+#define TAG_UFFD LUFFD__TAG_UFFD
+#define TAG_EVFD LUFFD__TAG_EVFD
 #define FAULTS_INIT 256
 #define ORPHAN_NS (100 * 1000000ull) /* see resolve() */
 
@@ -292,8 +292,23 @@ static struct luffd__op *op_alloc(struct luffd__loop *l)
 	return op;
 }
 
+static void inflight_unlink(struct luffd__loop *l, struct luffd__op *op)
+{
+	if (op->prev)
+		op->prev->next = op->next;
+	else
+		l->inflight_head = op->next;
+	if (op->next)
+		op->next->prev = op->prev;
+	else
+		l->inflight_tail = op->prev;
+	op->prev = op->next = NULL;
+}
+
 static void op_free(struct luffd__loop *l, struct luffd__op *op)
 {
+	if (!op->expired)
+		inflight_unlink(l, op);
 	luffd_store_put(op->store);
 	op->store = NULL;
 	op->next_free = l->free_op;
@@ -481,6 +496,17 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 		n = avail;
 
 	op->store = luffd__store_get(s);
+	op->expired = false;
+	op->deadline = l->ctx->read_timeout_ms ?
+		luffd__now_ns() + l->ctx->read_timeout_ms * 1000000ull :
+		UINT64_MAX;
+	op->next = NULL;
+	op->prev = l->inflight_tail;
+	if (op->prev)
+		op->prev->next = op;
+	else
+		l->inflight_head = op;
+	l->inflight_tail = op;
 	op->off = off;
 	op->npages = (uint32_t)n;
 	op->len = n * ps;
@@ -494,6 +520,7 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 		struct iovec *last = op->niov ? &op->iov[op->niov - 1] : NULL;
 
 		op->slot[k] = slot;
+		c->slots[slot].op = (uint32_t)(op - l->ops);
 		/* Slots handed out in order are often adjacent: one iovec
 		 * for each run keeps requests large (O_DIRECT likes that). */
 		if (last && (char *)last->iov_base + last->iov_len == data) {
@@ -552,6 +579,11 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 		serve_copy(l, fi, luffd__cache_data(&l->cache, slot),
 			   LUFFD_MINOR);
 		luffd__cache_used(&l->cache, slot);
+		return;
+	}
+	if (l->ops[l->cache.slots[slot].op].expired) {
+		/* Its read is stuck past read_timeout_ms: do not wait. */
+		serve_error(l, fi, -ETIMEDOUT);
 		return;
 	}
 	/* A read of this page is in flight: wait for it with the others.
@@ -761,6 +793,38 @@ static void process_cqes(struct luffd__loop *l, bool *uffd_ready)
 	} while (n == 64);
 }
 
+/*
+ * Reads past their deadline: their faults get SIGBUS now.  The read itself
+ * may not be cancellable (a local file read in progress is not), so its
+ * slots stay reserved until it completes, and faults on them meanwhile fail
+ * at once.  Returns the time until the next deadline, or UINT64_MAX.
+ */
+static uint64_t expire_reads(struct luffd__loop *l)
+{
+	struct luffd__op *op;
+	uint64_t now;
+
+	if (!l->inflight_head || l->inflight_head->deadline == UINT64_MAX)
+		return UINT64_MAX;
+	now = luffd__now_ns();
+	while ((op = l->inflight_head) && op->deadline <= now) {
+		inflight_unlink(l, op);
+		op->expired = true;
+		luffd__inc(l->stats.timeouts, 1);
+		for (uint32_t k = 0; k < op->npages; k++) {
+			struct luffd__slot *sl = &l->cache.slots[op->slot[k]];
+			uint32_t w = sl->waiters, next;
+
+			sl->waiters = LUFFD__NIL;
+			for (; w != LUFFD__NIL; w = next) {
+				next = F(l, w)->next;
+				serve_error(l, w, -ETIMEDOUT);
+			}
+		}
+	}
+	return op ? op->deadline - now : UINT64_MAX;
+}
+
 /* Busy-poll for up to spin_us before sleeping: a handler that sleeps must
  * be woken by an IPI, which on a VM costs tens of microseconds. */
 static void spin(struct luffd__loop *l)
@@ -805,8 +869,7 @@ static int ring_setup(struct luffd__loop *l)
 		memset(&p, 0, sizeof(p));
 		p.flags = flag_sets[i];
 		/* Room for every read in flight and the two polls. */
-		err = io_uring_queue_init_params(qd + 4 > 8 ? qd + 4 : 8,
-						 &l->ring, &p);
+		err = io_uring_queue_init_params(qd + 4, &l->ring, &p);
 	}
 	if (err) {
 		pr_warn("io_uring_queue_init: %s\n", luffd_strerror(err));
@@ -836,12 +899,19 @@ static void *loop_main(void *arg)
 	while (!atomic_load_explicit(&l->stop, memory_order_acquire)) {
 		bool uffd_ready = false;
 
-		if (l->retry.head != LUFFD__NIL ||
-		    l->orphans.head != LUFFD__NIL) {
-			/* -EAGAIN: the address space is changing; give
-			 * the change 50 us before trying again (orphans:
-			 * give the REMAP event time to arrive). */
-			struct __kernel_timespec ts = { .tv_nsec = 50000 };
+		uint64_t wait = expire_reads(l);
+
+		/* -EAGAIN: the address space is changing; give the change
+		 * 50 us before trying again (orphans: give the REMAP event
+		 * time to arrive). */
+		if ((l->retry.head != LUFFD__NIL ||
+		     l->orphans.head != LUFFD__NIL) && wait > 50000)
+			wait = 50000;
+		if (wait != UINT64_MAX) {
+			struct __kernel_timespec ts = {
+				.tv_sec = (long long)(wait / 1000000000ull),
+				.tv_nsec = (long long)(wait % 1000000000ull),
+			};
 
 			io_uring_submit_and_wait_timeout(&l->ring, &cqe, 1,
 							 &ts, NULL);
@@ -849,6 +919,14 @@ static void *loop_main(void *arg)
 			if (l->ctx->spin_us)
 				spin(l);
 			io_uring_submit_and_wait(&l->ring, 1);
+		}
+		/* Every fault installed before this point has been counted:
+		 * answer luffd_ctx_sync() callers. */
+		if (atomic_load(&l->sync_done) != atomic_load(&l->sync_req)) {
+			pthread_mutex_lock(&l->lock);
+			atomic_store(&l->sync_done, atomic_load(&l->sync_req));
+			pthread_cond_broadcast(&l->cv);
+			pthread_mutex_unlock(&l->lock);
 		}
 		process_cqes(l, &uffd_ready);
 		if (uffd_ready)
@@ -983,14 +1061,26 @@ void luffd__loop_stop(struct luffd__loop *l)
 
 void luffd__loop_fini(struct luffd__loop *l)
 {
-	/* The ring first: its teardown waits for reads in flight, which
-	 * write into cache pages. */
+	bool busy = false;
+
+	/* Only a read stuck past its timeout can still be in flight here
+	 * (every other read completes before its faults' regions go).
+	 * Closing the ring does not wait for it, and it may write into its
+	 * cache pages later: leave the arena mapped (leaked) rather than
+	 * let that write land in memory reused by someone else. */
+	for (uint32_t i = 0; l->ops && i < l->nops; i++)
+		if (l->ops[i].store) {
+			busy = true;
+			luffd_store_put(l->ops[i].store);
+		}
+	if (busy) {
+		pr_warn("destroying a context with a read stuck in flight: "
+			"%zu bytes of cache left mapped\n", l->cache.data_len);
+		l->cache.data = NULL;
+	}
 	if (l->ring_ok)
 		io_uring_queue_exit(&l->ring);
 	l->ring_ok = false;
-	for (uint32_t i = 0; l->ops && i < l->nops; i++)
-		if (l->ops[i].store)
-			luffd_store_put(l->ops[i].store);
 	if (l->uffd >= 0)
 		close(l->uffd);
 	if (l->evfd >= 0)

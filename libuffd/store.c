@@ -59,20 +59,27 @@ uint64_t luffd_store_size(const struct luffd_store *s)
  * File store: io_uring reads
  * ---------------------------------------------------------------------- */
 
-static int file_read(struct luffd_store *s, struct luffd__loop *l,
-		     struct luffd__op *op)
+static struct io_uring_sqe *get_sqe(struct luffd__loop *l)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&l->ring);
 
 	if (!sqe) {
-		/* The ring holds at least queue_depth entries and no more
-		 * than queue_depth reads are ever in flight, plus the two
-		 * polls: a full ring means submitting what is queued. */
+		/* The ring has room for every read in flight plus the
+		 * polls: a full ring only means that what is queued has not
+		 * been submitted yet. */
 		io_uring_submit(&l->ring);
 		sqe = io_uring_get_sqe(&l->ring);
-		if (!sqe)
-			return -EBUSY;
 	}
+	return sqe;
+}
+
+static int file_read(struct luffd_store *s, struct luffd__loop *l,
+		     struct luffd__op *op)
+{
+	struct io_uring_sqe *sqe = get_sqe(l);
+
+	if (!sqe)
+		return -EBUSY;
 	if (op->niov == 1)
 		io_uring_prep_read(sqe, s->fd, op->iov[0].iov_base,
 				   (unsigned int)op->iov[0].iov_len,
