@@ -1,0 +1,212 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * uffd-bench internals: shared between main.c (arguments, orchestration,
+ * table), data.c (backing file, access patterns, page cache control,
+ * verification), engines.c (libuffd, mmap, naive) and report.c (statistics,
+ * JSON, plot).
+ */
+#ifndef UFFD_BENCH_H
+#define UFFD_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <libuffd.h>
+
+/* Exit codes. */
+#define EXIT_RUN_FAILED 1 /* an engine failed or data did not verify */
+#define EXIT_USAGE 2      /* bad arguments */
+#define EXIT_SKIP 77      /* --check-uffd: no userfaultfd here */
+
+enum engine {
+	ENG_LIBUFFD = 0,
+	ENG_MMAP = 1,
+	ENG_NAIVE = 2,
+	NR_ENGINES
+};
+
+enum pat_kind {
+	PAT_SEQ,
+	PAT_RAND,
+	PAT_STRIDE,
+	PAT_ZIPF,
+};
+
+struct pattern {
+	enum pat_kind kind;
+	uint64_t stride;   /* PAT_STRIDE: in pages */
+	double zipf_s;     /* PAT_ZIPF: exponent */
+	char name[40];
+};
+
+#define MAX_PATTERNS 16
+
+/* Fault classes as the table reports them; the first four are
+ * enum luffd_class, NOFAULT is a touched page that never faulted in the
+ * handler (installed along with another page's fault). */
+#define CLS_NOFAULT LUFFD_NR_CLASSES
+#define NR_TCLASSES (LUFFD_NR_CLASSES + 1)
+
+struct config {
+	/* Backing file. */
+	const char *file;     /* --file, NULL when generated */
+	bool generated;
+	uint64_t size;        /* bytes of the file used */
+	char path[4096];      /* the file actually mapped */
+	size_t page;
+	uint64_t npages;      /* pages of the mapping (size rounded up) */
+
+	/* Workload. */
+	struct pattern pats[MAX_PATTERNS];
+	int npats;
+	enum engine engines[NR_ENGINES];
+	int nengines;
+	unsigned int threads;
+	unsigned int repeat;
+	uint64_t seed;
+	bool do_warm, do_cold;
+
+	/* libuffd settings (0 = library default). */
+	unsigned int handler_threads;
+	unsigned int queue_depth;
+	unsigned int spin_us;
+	uint64_t cache_bytes;
+	size_t readahead_bytes;
+	bool direct;
+	enum luffd_open_mode open_mode;
+
+	/* Outputs. */
+	const char *trace_path;
+	enum luffd_trace_format trace_fmt;
+	const char *json_path;
+	const char *plot_path;
+	bool quiet;
+	bool progress_tty;
+
+	/* Testing hooks. */
+	int64_t corrupt_page; /* -1: none */
+	unsigned int timeout_s;
+};
+
+/* Summary of a set of latency samples (ns), exact (nearest rank). */
+struct latsum {
+	uint64_t count;
+	uint64_t min, max, mean;
+	uint64_t p50, p90, p99, p999;
+};
+
+/* A latency CDF downsampled for the plot. */
+struct cdf {
+	size_t n;
+	float *x_us;
+	float *y;
+};
+
+/* One engine, one pattern, one cache state, one repetition. */
+struct run {
+	enum engine eng;
+	int pat;
+	bool cold;
+	unsigned int rep;
+	char label[96];
+
+	bool ok;              /* the run completed and verified */
+	bool verified;
+	char err[512];        /* first error, when !ok */
+	uint64_t bad_pages;   /* pages that failed verification */
+
+	uint64_t pages;       /* distinct pages touched */
+	uint64_t bytes;       /* pages * page size */
+	uint64_t wall_ns;
+	double gbps;          /* bytes / wall, GB = 1e9 bytes */
+	double faults_per_s;
+
+	/* Faults as the engine counts them: libuffd from luffd_stats_get, naive
+	 * from its handler, mmap from getrusage (minor/major only). */
+	uint64_t faults[LUFFD_NR_CLASSES];
+	uint64_t faults_total;
+	/* getrusage(RUSAGE_THREAD) deltas summed over the faulting threads,
+	 * for every engine. */
+	uint64_t ru_minflt, ru_majflt;
+
+	/* Page cache state of the file just before the run. */
+	uint64_t resident_before;
+	bool cache_state_ok;  /* the file was as warm / cold as asked */
+
+	/* Latency of a page's first touch, as the faulting thread saw it. */
+	struct latsum lat;
+	struct cdf cdf;
+
+	/* libuffd: handler-side stats and the faulting-thread latency split
+	 * by the class the handler gave each page (from the trace callback). */
+	bool has_luffd;
+	struct luffd_stats st;
+	struct latsum lat_cls[NR_TCLASSES];
+	struct cdf cdf_cls[NR_TCLASSES];
+	uint64_t trace_cb_faults;
+	char trace_file[4200];
+
+	/* naive: handler-side service latency (read of the message to the
+	 * end of UFFDIO_COPY). */
+	bool has_naive;
+	struct latsum naive_svc;
+};
+
+/* ---- data.c ---- */
+uint64_t now_ns(void);
+uint64_t expected_word(uint64_t off);
+void expected_page(const struct config *cfg, uint64_t pg, void *buf);
+int generate_file(struct config *cfg, char *dir, size_t dirlen);
+int build_order(const struct config *cfg, const struct pattern *pat,
+		uint32_t **orderp, uint64_t *np);
+int make_cold(const struct config *cfg, int fd, uint64_t *resident);
+int make_warm(const struct config *cfg, int fd, uint64_t *resident);
+int verify_pages(const struct config *cfg, int fd, const char *base,
+		 const uint32_t *order, uint64_t n, struct run *r);
+int parse_size(const char *s, uint64_t *out);
+
+/* ---- engines.c ---- */
+struct bench_ctx {
+	const struct config *cfg;
+	int fd;                 /* the backing file, read-only */
+	const uint32_t *order;  /* pages in touch order */
+	uint64_t n;             /* number of entries in order */
+	uint32_t *lat;          /* latency of order[i]'s touch, ns */
+	uint8_t *cls;           /* libuffd: class per page */
+};
+
+int run_engine(struct bench_ctx *b, struct run *r);
+int uffd_available(char *why, size_t len);
+void set_run_label(const char *label);
+void install_signal_handlers(void);
+void set_cleanup_paths(const char *file, const char *dir);
+
+/* ---- report.c ---- */
+void latsum_from(uint32_t *samples, uint64_t n, struct latsum *ls);
+int cdf_from_sorted(const uint32_t *sorted, uint64_t n, struct cdf *c);
+void cdf_free(struct cdf *c);
+const char *engine_name(enum engine e);
+int write_json(const struct config *cfg, const struct run *runs, size_t nruns,
+	       const char *path);
+int write_plot(const struct config *cfg, const struct run *runs, size_t nruns,
+	       const char *path);
+void print_table(FILE *out, const struct config *cfg, const struct run *runs,
+		 size_t nruns);
+
+/* Ratios between engines for one (pattern, cache state): from the median
+ * wall time over the repetitions. */
+struct ratio {
+	int pat;
+	bool cold;
+	enum engine num, den;
+	double time_ratio;       /* wall(num) / wall(den): > 1, num slower */
+	double throughput_ratio; /* GB/s(num) / GB/s(den): > 1, num faster */
+	double p50_ratio;        /* p50 latency(num) / p50(den) */
+	double p99_ratio;
+};
+size_t compute_ratios(const struct config *cfg, const struct run *runs,
+		      size_t nruns, struct ratio *out, size_t max);
+
+#endif

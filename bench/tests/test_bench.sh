@@ -1,0 +1,167 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+#
+# Tests for uffd-bench.  Usage: test_bench.sh PATH/TO/uffd-bench TEST
+# TEST is one of: args json corrupt small trace (or "all").
+# Exit 0 pass, 1 fail, 77 skipped (no userfaultfd, or no python3 for json).
+set -u
+
+BENCH=${1:?usage: test_bench.sh PATH/TO/uffd-bench TEST}
+TEST=${2:-all}
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/uffd-bench-test.XXXXXX") || exit 1
+trap 'rm -rf "$TMP"' EXIT INT TERM
+
+fail() {
+	echo "FAIL: $*" >&2
+	exit 1
+}
+
+need_uffd() {
+	if ! "$BENCH" --check-uffd 2>"$TMP/why"; then
+		echo "SKIP: $(cat "$TMP/why")" >&2
+		exit 77
+	fi
+}
+
+# expect_exit CODE ARGS...: run the bench, want exit CODE and, for 2, a
+# message on stderr.
+expect_exit() {
+	want=$1
+	shift
+	"$BENCH" "$@" >"$TMP/out" 2>"$TMP/err"
+	got=$?
+	[ "$got" -eq "$want" ] ||
+		fail "uffd-bench $* exited $got, want $want: $(cat "$TMP/err")"
+	if [ "$want" -eq 2 ]; then
+		grep -q "uffd-bench: " "$TMP/err" ||
+			fail "uffd-bench $*: no message on stderr"
+	fi
+}
+
+t_args() {
+	expect_exit 0 --help
+	grep -q -- "--corrupt-page" "$TMP/out" || fail "--help text incomplete"
+	expect_exit 2 --bogus
+	expect_exit 2 --size
+	expect_exit 2 --size 0
+	expect_exit 2 --size 12Q
+	expect_exit 2 --size -5
+	expect_exit 2 --pattern seq,bogus
+	expect_exit 2 --pattern stride:0
+	expect_exit 2 --pattern zipf:x
+	expect_exit 2 --engine libuffd,bogus
+	expect_exit 2 --threads 0
+	expect_exit 2 --threads many
+	expect_exit 2 --repeat 0
+	expect_exit 2 --trace-format xml
+	expect_exit 2 --file /nonexistent/uffd-bench-file
+	expect_exit 2 --file "$TMP" # a directory
+	expect_exit 2 --file /etc/hostname --size 1M
+	expect_exit 2 --size 1M --corrupt-page 256
+	expect_exit 2 --engine mmap --trace "$TMP/t"
+	expect_exit 2 extra-argument
+}
+
+t_json() {
+	need_uffd
+	command -v python3 >/dev/null || { echo "SKIP: no python3" >&2; exit 77; }
+	expect_exit 0 --size 4M --pattern seq,stride:16 --warm-and-cold \
+		--repeat 2 --quiet --json "$TMP/r.json"
+	python3 - "$TMP/r.json" <<'EOF' || fail "JSON report invalid"
+import json, sys
+d = json.load(open(sys.argv[1]))
+for k in ("schema", "libuffd_version", "machine", "config", "runs",
+          "ratios", "failures", "result"):
+    assert k in d, "missing top-level key " + k
+assert d["schema"] == "uffd-bench/1"
+assert d["result"] == "ok", d["failures"]
+c = d["config"]
+for k in ("file", "generated", "size", "pages", "patterns", "engines",
+          "cache", "threads", "repeat", "seed", "libuffd", "trace",
+          "trace_format", "corrupt_page"):
+    assert k in c, "missing config key " + k
+assert len(d["runs"]) == 2 * 2 * 2 * 3, len(d["runs"])
+lat = ("count", "min", "mean", "p50", "p90", "p99", "p999", "max")
+for r in d["runs"]:
+    for k in ("engine", "pattern", "cache", "repeat", "ok", "error",
+              "verified", "bad_pages", "pages", "bytes", "wall_ns", "gbps",
+              "faults_per_s", "faults", "rusage", "page_cache",
+              "latency_ns"):
+        assert k in r, "missing run key " + k
+    assert r["ok"] and r["verified"] and r["pages"] == 1024
+    assert all(k in r["latency_ns"] for k in lat)
+    l = r["latency_ns"]
+    assert l["min"] <= l["p50"] <= l["p90"] <= l["p99"] <= l["p999"] <= l["max"]
+    assert set(r["faults"]) == {"minor", "major", "zero", "error", "total"}
+    if r["engine"] == "libuffd":
+        u = r["libuffd"]
+        for k in ("stats", "service_latency_ns",
+                  "thread_latency_by_class_ns", "trace_callback_faults"):
+            assert k in u, "missing libuffd key " + k
+        assert set(u["service_latency_ns"]) == {"minor", "major", "zero", "error"}
+        assert r["faults"]["total"] > 0
+    if r["engine"] == "naive":
+        assert r["faults"]["major"] == 1024, r["faults"]
+        assert all(k in r["naive"]["service_latency_ns"] for k in lat)
+assert len(d["ratios"]) == 2 * 2 * 2, len(d["ratios"])
+for q in d["ratios"]:
+    for k in ("pattern", "cache", "numerator", "denominator", "time_ratio",
+              "throughput_ratio", "p50_latency_ratio", "p99_latency_ratio"):
+        assert k in q, "missing ratio key " + k
+    assert q["numerator"] == "libuffd"
+    assert q["denominator"] in ("mmap", "naive")
+EOF
+}
+
+t_corrupt() {
+	need_uffd
+	expect_exit 1 --size 2M --engine libuffd --pattern rand --warm \
+		--corrupt-page 77 --quiet --json "$TMP/c.json"
+	grep -q "page 77 " "$TMP/err" || fail "the error does not name page 77"
+	grep -q "libuffd" "$TMP/err" || fail "the error does not name the engine"
+	grep -q '"result": "failed"' "$TMP/c.json" || fail "JSON says not failed"
+	# The same run without the hook passes.
+	expect_exit 0 --size 2M --engine libuffd --pattern rand --warm --quiet
+}
+
+t_small() {
+	need_uffd
+	expect_exit 0 --size 8M --quiet
+	for e in libuffd mmap naive; do
+		grep -q "^seq  *warm *$e " "$TMP/out" || fail "no $e row"
+	done
+	grep -q "FAILED" "$TMP/out" && fail "a run failed"
+	# Several faulting threads, a file given by path, odd size, zipf.
+	head -c 3000001 /dev/urandom >"$TMP/f"
+	expect_exit 0 --file "$TMP/f" --threads 3 --pattern zipf,stride:7 \
+		--warm --quiet
+	:
+}
+
+t_trace() {
+	need_uffd
+	expect_exit 0 --size 1M --engine libuffd --pattern seq --cold --quiet \
+		--trace "$TMP/t.csv" --trace-format csv
+	head -1 "$TMP/t.csv" | grep -q '^time_ns,tid,addr,rw,class,latency_ns,error$' ||
+		fail "CSV trace header missing"
+	[ "$(wc -l <"$TMP/t.csv")" -gt 1 ] || fail "CSV trace empty"
+	expect_exit 0 --size 1M --engine libuffd --pattern seq,rand --warm \
+		--quiet --trace "$TMP/t.pf"
+	for f in "$TMP/t.pf.seq-warm-1" "$TMP/t.pf.rand-warm-1"; do
+		[ -s "$f" ] || fail "no trace $f"
+		grep -qE '^[0-9]+:[0-9]+:[0-9]+:[rw]:(minor|major):[0-9]+$' "$f" ||
+			fail "pfaults lines malformed in $f"
+	done
+}
+
+case "$TEST" in
+args) t_args ;;
+json) t_json ;;
+corrupt) t_corrupt ;;
+small) t_small ;;
+trace) t_trace ;;
+all) t_args; t_json; t_corrupt; t_small; t_trace ;;
+*) echo "unknown test $TEST" >&2; exit 2 ;;
+esac
+echo "PASS: $TEST"
+exit 0
