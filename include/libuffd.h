@@ -323,7 +323,13 @@ LUFFD_API int luffd_store_memory(const void *base, size_t len,
  *   0     the first page holds no data: it is installed as zeroes (ZERO);
  *   < 0   a negative errno: the faulting thread gets SIGBUS (ERROR).
  * fill() runs synchronously, delays every fault behind it, and must not
- * touch memory registered with libuffd (that deadlocks the handler).
+ * touch memory registered with libuffd.  Touching a missing page served by
+ * the same handler thread would deadlock it; libuffd detects this (a guard
+ * thread sees the handler blocked in its own fault within ~20 ms), lets
+ * fill() go on reading zeroes there, then fails that read: its faults get
+ * SIGBUS with error -EDEADLK, stats.callback_misuse counts it, and the pages
+ * fill() read are served normally again afterwards.  (Detection needs
+ * UFFD_FEATURE_THREAD_ID and /proc; without them the deadlock stands.)
  * size is the store's size in bytes (faults past it get SIGBUS), or
  * UINT64_MAX for unbounded.  destroy(arg), if not NULL, runs when the last
  * reference to the store is dropped.  Release with luffd_store_put().
@@ -431,6 +437,8 @@ struct luffd_stats {
 	uint64_t orphan_faults;   /* faults outside any region (a mapping
 				     grown by mremap()): SIGBUS */
 	uint64_t read_timeouts;   /* store reads cancelled by read_timeout_ms */
+	uint64_t callback_misuse; /* fill() calls caught touching memory of
+				     their own handler thread */
 };
 
 /*

@@ -103,6 +103,8 @@ int luffd_ctx_create(const struct luffd_ctx_opts *opts, struct luffd_ctx **ctxp)
 	}
 
 	pthread_mutex_init(&ctx->lock, NULL);
+	pthread_mutex_init(&ctx->guard_lock, NULL);
+	pthread_cond_init(&ctx->guard_cv, NULL);
 	ctx->t_start = luffd__now_ns();
 	ctx->loops = calloc(ctx->nloops, sizeof(*ctx->loops));
 	if (!ctx->loops) {
@@ -135,6 +137,8 @@ fail_loops:
 	free(ctx->loops);
 fail_lock:
 	pthread_mutex_destroy(&ctx->lock);
+	pthread_mutex_destroy(&ctx->guard_lock);
+	pthread_cond_destroy(&ctx->guard_cv);
 fail_free:
 	free(ctx);
 	return err;
@@ -147,6 +151,7 @@ int luffd_ctx_destroy(struct luffd_ctx *ctx)
 	if (luffd__on_handler_thread(ctx))
 		return -EDEADLK;
 	luffd__region_remove_all(ctx);
+	luffd__guard_stop(ctx);
 	for (unsigned int i = 0; i < ctx->nloops; i++)
 		luffd__loop_stop(&ctx->loops[i]);
 	for (unsigned int i = 0; i < ctx->nloops; i++) {
@@ -155,6 +160,8 @@ int luffd_ctx_destroy(struct luffd_ctx *ctx)
 	}
 	free(ctx->loops);
 	pthread_mutex_destroy(&ctx->lock);
+	pthread_mutex_destroy(&ctx->guard_lock);
+	pthread_cond_destroy(&ctx->guard_cv);
 	free(ctx);
 	return 0;
 }

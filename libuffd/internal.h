@@ -70,6 +70,8 @@ int luffd__uffd_open(enum luffd_open_mode mode, uint64_t features, int *fdp,
 					   bytes is the end of the store */
 #define LUFFD__CAP_EMPTY_ZERO (1u << 2) /* a read of 0 bytes means "zero page" */
 #define LUFFD__CAP_HOLES (1u << 3)      /* ask hole() before reading */
+#define LUFFD__CAP_APP_CODE (1u << 4)   /* read() runs application code on
+					   the handler thread: guard it */
 
 /* luffd__store_ops.read return: the read completed synchronously. */
 #define LUFFD__READ_DONE 1
@@ -192,6 +194,9 @@ enum luffd__lookup { LUFFD__FOUND, LUFFD__DYING, LUFFD__UNKNOWN };
 struct luffd__region *luffd__region_hold(struct luffd__loop *l, uint64_t addr,
 					 enum luffd__lookup *how);
 void luffd__region_put(struct luffd__region *r);
+/* Is addr inside a live region of ctx?  (Any thread; ctx->lock held to
+ * keep the answer true.) */
+bool luffd__region_live(struct luffd_ctx *ctx, uint64_t addr);
 /* Remove every region of ctx, as luffd_unmap()/luffd_unregister() do. */
 void luffd__region_remove_all(struct luffd_ctx *ctx);
 /* Handler thread: the application unmapped [start, end) or moved
@@ -217,6 +222,7 @@ struct luffd__stats {
 	_Atomic uint64_t bytes_read, reads, readahead_pages, coalesced;
 	_Atomic uint64_t evictions, eexist, eagain, waits, trace_errors;
 	_Atomic uint64_t ev_remove, ev_unmap, ev_remap, orphans, timeouts;
+	_Atomic uint64_t misuse;
 };
 
 #define luffd__inc(field, n)                                                 \
@@ -316,6 +322,21 @@ struct luffd__loop {
 	 * first: every read has the same timeout. */
 	struct luffd__op *inflight_head, *inflight_tail;
 
+	/* Callback guard (guard.c).  cb_since: when the callback running on
+	 * this handler started (0: none).  The guard stashes the messages it
+	 * had to read to find the handler's own fault; the handler serves
+	 * them before reading more. */
+	pid_t tid;
+	_Atomic uint64_t cb_since;
+	atomic_bool cb_misuse;
+	atomic_bool zapping;          /* handler dropping the zero pages */
+	uint64_t misuse_addr[32];     /* pages given a zero page, written by
+					 the guard before cb_misuse is set */
+	atomic_uint misuse_n;
+	atomic_size_t stash_n;
+	struct uffd_msg *stash;
+	size_t stash_cap;
+
 	/* luffd_ctx_sync(): requests seen by the handler so far. */
 	atomic_uint_fast64_t sync_req, sync_done;
 
@@ -360,8 +381,25 @@ struct luffd_ctx {
 	bool has_poison;
 
 	pthread_mutex_t lock; /* serialises region creation and removal */
+
+	/* The callback guard thread, started with the first region over a
+	 * store that runs application code (guard.c). */
+	pthread_t guard;
+	bool guard_started;
+	atomic_bool guard_stop;
+	pthread_mutex_t guard_lock;
+	pthread_cond_t guard_cv;
 	atomic_uint next_loop;
 	struct luffd__loop *loops;
 };
+
+/* ------------------------------------------------------------------------
+ * Callback guard (guard.c)
+ * ---------------------------------------------------------------------- */
+int luffd__guard_start(struct luffd_ctx *ctx);
+void luffd__guard_stop(struct luffd_ctx *ctx);
+void luffd__guard_kick(struct luffd_ctx *ctx);
+/* Handler thread: serve what the guard stashed. */
+void luffd__loop_unstash(struct luffd__loop *l);
 
 #endif /* LUFFD_INTERNAL_H */

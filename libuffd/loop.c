@@ -319,9 +319,55 @@ static void op_free(struct luffd__loop *l, struct luffd__op *op)
 static void complete_op(struct luffd__loop *l, struct luffd__op *op,
 			int64_t res);
 
+/*
+ * The guard gave a misbehaving callback zero pages to read (see guard.c):
+ * drop them before anyone else reads zeroes there.  madvise() waits until
+ * the REMOVE event it raises is read; the guard reads it for us while
+ * `zapping` is set (and stashes it with anything else it reads).
+ */
+static void drop_zero_pages(struct luffd__loop *l)
+{
+	unsigned int n = atomic_load(&l->misuse_n);
+	enum luffd__lookup how;
+
+	atomic_store(&l->zapping, true);
+	luffd__guard_kick(l->ctx);
+	for (unsigned int i = 0; i < n; i++) {
+		struct luffd__region *r = luffd__region_hold(l, l->misuse_addr[i],
+							     &how);
+
+		if (!r)
+			continue;
+		madvise((void *)(uintptr_t)l->misuse_addr[i], l->ctx->page_size,
+			MADV_DONTNEED);
+		luffd__region_put(r);
+	}
+	atomic_store(&l->misuse_n, 0);
+	atomic_store(&l->zapping, false);
+}
+
 static void submit_op(struct luffd__loop *l, struct luffd__op *op)
 {
-	int rc = op->store->ops->read(op->store, l, op);
+	int rc;
+
+	if (!(op->store->caps & LUFFD__CAP_APP_CODE)) {
+		rc = op->store->ops->read(op->store, l, op);
+	} else {
+		/* Application code: if it touches a region of this handler
+		 * it faults on itself; the guard notices (see guard.c),
+		 * lets it go on with zeroes and flags the result. */
+		atomic_store(&l->cb_since, luffd__now_ns());
+		rc = op->store->ops->read(op->store, l, op);
+		atomic_store(&l->cb_since, 0);
+		if (atomic_exchange(&l->cb_misuse, false)) {
+			luffd__inc(l->stats.misuse, 1);
+			pr_warn("a store callback touched memory served by its "
+				"own handler thread: its faults get SIGBUS\n");
+			drop_zero_pages(l);
+			rc = LUFFD__READ_DONE;
+			op->res = -EDEADLK;
+		}
+	}
 
 	if (rc == LUFFD__READ_DONE)
 		complete_op(l, op, op->res);
@@ -687,16 +733,48 @@ static void event(struct luffd__loop *l, const struct uffd_msg *m)
 	}
 }
 
+void luffd__loop_unstash(struct luffd__loop *l)
+{
+	uint64_t t0 = luffd__now_ns();
+	struct uffd_msg m;
+
+	for (;;) {
+		size_t n;
+
+		/* One at a time: serving a message may run a callback that
+		 * makes the guard stash more. */
+		pthread_mutex_lock(&l->lock);
+		n = atomic_load(&l->stash_n);
+		if (n) {
+			m = l->stash[0];
+			memmove(l->stash, l->stash + 1, (n - 1) * sizeof(m));
+			atomic_store(&l->stash_n, n - 1);
+		}
+		pthread_mutex_unlock(&l->lock);
+		if (!n)
+			return;
+		if (m.event == UFFD_EVENT_PAGEFAULT)
+			new_fault(l, &m, t0);
+		else
+			event(l, &m);
+	}
+}
+
 /* Read and serve every queued message; returns how many were read. */
 static int drain_uffd(struct luffd__loop *l)
 {
 	int total = 0;
 
 	for (;;) {
-		ssize_t n = read(l->uffd, l->msgs, sizeof(l->msgs));
+		ssize_t n;
 		uint64_t t0;
 		size_t cnt;
 
+		/* Older than anything still queued in the kernel. */
+		if (unlikely(atomic_load_explicit(&l->stash_n,
+						  memory_order_acquire)))
+			luffd__loop_unstash(l);
+		n = read(l->uffd, l->msgs, sizeof(l->msgs));
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -886,7 +964,10 @@ static void *loop_main(void *arg)
 {
 	struct luffd__loop *l = arg;
 	struct io_uring_cqe *cqe;
-	int err = ring_setup(l);
+	int err;
+
+	l->tid = (pid_t)syscall(SYS_gettid);
+	err = ring_setup(l);
 
 	pthread_mutex_lock(&l->lock);
 	l->init_err = err;
@@ -929,7 +1010,8 @@ static void *loop_main(void *arg)
 			pthread_mutex_unlock(&l->lock);
 		}
 		process_cqes(l, &uffd_ready);
-		if (uffd_ready)
+		if (uffd_ready || atomic_load_explicit(&l->stash_n,
+						       memory_order_relaxed))
 			drain_uffd(l);
 		if (l->retry.head != LUFFD__NIL)
 			rerun(l, &l->retry);
@@ -1092,6 +1174,7 @@ void luffd__loop_fini(struct luffd__loop *l)
 	free(l->op_slots);
 	free(l->op_iov);
 	free(l->faults);
+	free(l->stash);
 	/* Zombies still held by faults that were in flight at destroy (their
 	 * threads were woken by closing the userfaultfd). */
 	while (l->zombies) {

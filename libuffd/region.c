@@ -73,6 +73,18 @@ struct luffd__region *luffd__region_hold(struct luffd__loop *l, uint64_t addr,
 	return r;
 }
 
+bool luffd__region_live(struct luffd_ctx *ctx, uint64_t addr)
+{
+	bool live = false;
+
+	for (unsigned int i = 0; i < ctx->nloops && !live; i++) {
+		pthread_mutex_lock(&ctx->loops[i].lock);
+		live = find(&ctx->loops[i], addr) != NULL;
+		pthread_mutex_unlock(&ctx->loops[i].lock);
+	}
+	return live;
+}
+
 void luffd__region_put(struct luffd__region *r)
 {
 	struct luffd__loop *l = r->loop;
@@ -174,6 +186,11 @@ static int add_region(struct luffd_ctx *ctx, uint64_t start, uint64_t len,
 	if (overlaps(ctx, start, len)) {
 		err = -EEXIST;
 		goto fail;
+	}
+	if (store->caps & LUFFD__CAP_APP_CODE) {
+		err = luffd__guard_start(ctx);
+		if (err)
+			goto fail;
 	}
 	l = &ctx->loops[atomic_fetch_add(&ctx->next_loop, 1) % ctx->nloops];
 	r->loop = l;

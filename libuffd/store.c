@@ -276,7 +276,8 @@ int luffd_store_callback(const struct luffd_callback_ops *ops, void *arg,
 						  size) + sizeof(ops->size) ||
 	    ops->sz > sizeof(*ops) || !ops->fill || !ops->size)
 		return -EINVAL;
-	s = store_new(&cb_ops, LUFFD__CAP_EMPTY_ZERO, ops->size);
+	s = store_new(&cb_ops, LUFFD__CAP_EMPTY_ZERO | LUFFD__CAP_APP_CODE,
+		      ops->size);
 	if (!s)
 		return -ENOMEM;
 	memcpy(&s->cb, ops, sizeof(*ops));
