@@ -169,6 +169,22 @@ enum luffd_open_mode {
 	LUFFD_OPEN_USER_ONLY = 3,  /* userfaultfd(2) with UFFD_USER_MODE_ONLY */
 };
 
+enum luffd_readahead {
+	/* Default.  Like the kernel's on-demand read-ahead: the first miss in
+	 * a region reads 4 pages; a miss that continues the region's stream
+	 * (or follows 4+ cached pages) doubles the window up to
+	 * readahead_bytes; any other miss (random access) reads one page.
+	 * While a stream is being read, touching the second page of a window
+	 * (or the first of a background window) reads the next window in the
+	 * background, so a sequential reader mostly sees minor faults. */
+	LUFFD_RA_ADAPTIVE = 0,
+	/* Every miss reads readahead_bytes from the faulting page on, and
+	 * nothing is read in the background: the classification of a
+	 * workload is easy to predict (N sequential pages with a window of
+	 * W pages: N/W major faults, the rest minor). */
+	LUFFD_RA_FIXED = 1,
+};
+
 struct luffd_ctx_opts {
 	size_t sz;
 	/* Handler threads, each with its own userfaultfd, io_uring, cache
@@ -181,8 +197,9 @@ struct luffd_ctx_opts {
 	 * the handler threads).  Memory use never grows beyond it.  Default
 	 * 64 MiB; at least 2 read-ahead windows per handler thread. */
 	size_t cache_bytes;
-	/* Read-ahead window in bytes: a major fault reads this much from the
-	 * faulting page on (clipped to the region and the store's size).
+	/* Read-ahead window in bytes, the most a cache miss reads from the
+	 * faulting page on (clipped to the region and the store's size; see
+	 * readahead_mode).
 	 * 0 means the default, 128 KiB (the kernel's read_ahead_kb default);
 	 * use LUFFD_NO_READAHEAD for single-page reads.  A multiple of the
 	 * page size, at most 1024 pages (4 MiB with 4 KiB pages). */
@@ -214,6 +231,8 @@ struct luffd_ctx_opts {
 	 * not timed.  0 means the default, 30000 ms; LUFFD_NO_TIMEOUT waits
 	 * forever. */
 	unsigned int read_timeout_ms;
+	/* How big a read a cache miss starts (see enum luffd_readahead). */
+	enum luffd_readahead readahead_mode;
 };
 
 #define LUFFD_NO_TIMEOUT ((unsigned int)-1)

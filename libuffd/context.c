@@ -46,6 +46,9 @@ static int resolve_opts(struct luffd_ctx *ctx, const struct luffd_ctx_opts *o)
 	if (ra % ctx->page_size || ra / ctx->page_size > 1024)
 		return -EINVAL;
 	ctx->ra_pages = (uint32_t)(ra / ctx->page_size);
+	if ((unsigned int)d.readahead_mode > LUFFD_RA_FIXED)
+		return -EINVAL;
+	ctx->ra_adaptive = d.readahead_mode == LUFFD_RA_ADAPTIVE;
 	per_loop = ctx->cache_bytes / ctx->nloops;
 	/* Room for two windows per handler: one being read while the other
 	 * is consumed. */

@@ -174,7 +174,11 @@ struct luffd__region {
 	bool mapped;           /* created by luffd_map(): we munmap it (guarded
 				  by loop->lock once in the table) */
 	atomic_bool dead;      /* being removed: serve nothing more */
-	atomic_uint inflight;  /* faults holding the region */
+	atomic_uint inflight;  /* faults and reads holding the region */
+	/* Read-ahead stream state, handler thread only (see window()). */
+	uint64_t ra_next;      /* store page after the last window */
+	uint64_t ra_mark;      /* a minor hit here reads the next window */
+	uint32_t ra_win;       /* last window, pages */
 	struct luffd__region *next; /* on loop->dying or loop->zombies */
 };
 
@@ -264,6 +268,7 @@ struct luffd__fault {
 /* A store read in flight: one window of consecutive store pages. */
 struct luffd__op {
 	struct luffd_store *store; /* held */
+	struct luffd__region *region; /* held */
 	uint64_t off;     /* store offset of the first page */
 	uint64_t len;     /* bytes requested */
 	uint64_t done;    /* bytes already read (short-read continuation) */
@@ -365,6 +370,7 @@ struct luffd_ctx {
 	unsigned int queue_depth;
 	size_t cache_bytes;
 	uint32_t ra_pages;
+	bool ra_adaptive;
 	unsigned int spin_us;
 	unsigned int read_timeout_ms; /* 0: none */
 	enum luffd_open_mode open_mode;

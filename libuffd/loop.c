@@ -311,6 +311,8 @@ static void op_free(struct luffd__loop *l, struct luffd__op *op)
 		inflight_unlink(l, op);
 	luffd_store_put(op->store);
 	op->store = NULL;
+	luffd__region_put(op->region);
+	op->region = NULL;
 	op->next_free = l->free_op;
 	l->free_op = (uint32_t)(op - l->ops);
 	l->ops_busy--;
@@ -484,64 +486,50 @@ static void complete_op(struct luffd__loop *l, struct luffd__op *op,
 	op_free(l, op);
 }
 
-/* Start a read for fault fi, whose page is not in the cache. */
-static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
+/*
+ * Queue a read of up to n pages of r's store from page pg into the cache,
+ * with fault fi (or LUFFD__NIL for read-ahead nobody waits for yet)
+ * waiting on its first page.  The window stops early at the end of the
+ * region, at a page already cached, or when the cache cannot hold it.
+ * Returns the pages queued, 0 when no read or cache slot is free.
+ */
+static uint32_t issue_read(struct luffd__loop *l, struct luffd__region *r,
+			   uint64_t pg, uint64_t n, uint32_t fi)
 {
-	struct luffd__fault *f = F(l, fi);
-	struct luffd__region *r = f->region;
 	struct luffd_store *s = r->store;
 	struct luffd__cache *c = &l->cache;
 	unsigned int shift = l->ctx->page_shift;
 	size_t ps = l->ctx->page_size;
-	uint64_t pg = off >> shift, n, lim, data_end = UINT64_MAX;
+	uint64_t lim = ((r->off + r->len) >> shift) - pg;
 	struct luffd__op *op;
 	uint32_t avail;
 
-	if (off >= s->size && !(s->caps & LUFFD__CAP_SHORT_EOF)) {
-		serve_error(l, fi, -ENXIO);
-		return;
-	}
-	/* Past the size seen at creation, the read itself decides: the file
-	 * may have grown, and a read of 0 bytes means SIGBUS. */
-	if ((s->caps & LUFFD__CAP_HOLES) && off < s->size) {
-		if (s->ops->hole(s, off, ps, &data_end) == 1) {
-			serve_zero(l, fi);
-			return;
-		}
-	}
-
-	/* The window: read-ahead pages, but not past the region, the store's
-	 * size, the data run (sparse files), or a page already cached. */
-	n = l->ctx->ra_pages;
-	lim = (r->off + r->len - off) >> shift;
 	n = n < lim ? n : lim;
-	lim = s->size > off ? (s->size - off + ps - 1) >> shift : 1;
+	/* Not past the store's size (but always the faulting page: a file
+	 * may have grown since). */
+	lim = s->size > (pg << shift) ?
+		(s->size - (pg << shift) + ps - 1) >> shift : 1;
 	n = n < lim ? n : lim;
-	if (data_end != UINT64_MAX) {
-		lim = data_end > off ? (data_end - off + ps - 1) >> shift : 1;
-		n = n < lim ? n : lim;
-	}
 	if (n < 1)
 		n = 1;
-	for (uint64_t k = 1; k < n; k++)
+	for (uint64_t k = fi == LUFFD__NIL ? 0 : 1; k < n; k++)
 		if (luffd__cache_find(c, s->id, pg + k) != LUFFD__NIL) {
 			n = k;
 			break;
 		}
-
 	avail = luffd__cache_available(c);
-	op = avail ? op_alloc(l) : NULL;
-	if (!op) {
-		/* Every slot or read is in flight: wait for one to finish
-		 * (a read always completes, so this cannot deadlock). */
-		luffd__inc(l->stats.waits, 1);
-		flist_push(l, &l->pending, fi);
-		return;
-	}
+	if (!n || !avail)
+		return 0;
+	op = op_alloc(l);
+	if (!op)
+		return 0;
 	if (n > avail)
 		n = avail;
 
 	op->store = luffd__store_get(s);
+	/* The read holds its region: removal waits for it. */
+	op->region = r;
+	atomic_fetch_add(&r->inflight, 1);
 	op->expired = false;
 	op->deadline = l->ctx->read_timeout_ms ?
 		luffd__now_ns() + l->ctx->read_timeout_ms * 1000000ull :
@@ -553,7 +541,7 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 	else
 		l->inflight_head = op;
 	l->inflight_tail = op;
-	op->off = off;
+	op->off = pg << shift;
 	op->npages = (uint32_t)n;
 	op->len = n * ps;
 	op->done = 0;
@@ -579,12 +567,122 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 	}
 	luffd__inc(l->stats.evictions, c->evictions);
 	c->evictions = 0;
-	f->waited = 1;
-	f->next = LUFFD__NIL;
-	c->slots[op->slot[0]].waiters = fi;
+	if (fi != LUFFD__NIL) {
+		F(l, fi)->waited = 1;
+		F(l, fi)->next = LUFFD__NIL;
+		c->slots[op->slot[0]].waiters = fi;
+	}
 	luffd__inc(l->stats.reads, 1);
-	luffd__inc(l->stats.readahead_pages, n - 1);
+	luffd__inc(l->stats.readahead_pages, fi == LUFFD__NIL ? n : n - 1);
 	submit_op(l, op);
+	return (uint32_t)n;
+}
+
+/*
+ * The window for a cache miss at store page pg of r.  Fixed mode: always
+ * the setting.  Adaptive (the default), after the kernel's on-demand
+ * read-ahead: a miss that continues the region's stream doubles the last
+ * window, up to the setting; the first miss of a region reads 4 pages; a
+ * miss right after 4 or more cached pages (another stream in the same
+ * region) reads twice that run; any other miss is random access and reads
+ * just its page.
+ */
+static uint64_t window(struct luffd__loop *l, struct luffd__region *r,
+		       uint64_t pg)
+{
+	uint64_t max = l->ctx->ra_pages, w;
+
+	uint64_t hist = 0;
+
+	if (!l->ctx->ra_adaptive)
+		return max;
+	if (pg == r->ra_next)
+		w = r->ra_win ? 2 * (uint64_t)r->ra_win : 4;
+	else if (!r->ra_win)
+		w = 4;
+	else
+		w = 1;
+	if (w == 1) {
+		/* Another stream: the pages just before pg are cached.
+		 * Four in a row, so scattered random hits do not count. */
+		while (hist < 8 && hist < pg &&
+		       luffd__cache_find(&l->cache, r->store->id,
+					 pg - hist - 1) != LUFFD__NIL)
+			hist++;
+		if (hist >= 4)
+			w = 2 * hist;
+	}
+	return w < max ? w : max;
+}
+
+/* Remember a window read for fault-driven or background read-ahead. */
+static void stream_update(struct luffd__region *r, uint64_t pg, uint32_t n)
+{
+	r->ra_win = n;
+	r->ra_next = pg + n;
+	/* Touching the window's second page (or, for a background window,
+	 * its first) starts the next window in the background. */
+	r->ra_mark = n > 1 ? pg + 1 : UINT64_MAX;
+}
+
+/* A minor hit on the stream's mark: read the next window before the
+ * stream needs it, so a sequential reader waits for no read. */
+static void readahead_async(struct luffd__loop *l, struct luffd__region *r)
+{
+	uint64_t max = l->ctx->ra_pages, pg = r->ra_next;
+	uint64_t w = 2 * (uint64_t)r->ra_win;
+	uint32_t n;
+
+	r->ra_mark = UINT64_MAX;
+	if (pg >= (r->off + r->len) >> l->ctx->page_shift)
+		return;
+	n = issue_read(l, r, pg, w < max ? w : max, LUFFD__NIL);
+	if (n) {
+		r->ra_win = n;
+		r->ra_next = pg + n;
+		r->ra_mark = pg;
+	}
+}
+
+/* Start a read for fault fi, whose page is not in the cache. */
+static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
+{
+	struct luffd__region *r = F(l, fi)->region;
+	struct luffd_store *s = r->store;
+	unsigned int shift = l->ctx->page_shift;
+	size_t ps = l->ctx->page_size;
+	uint64_t pg = off >> shift, n, data_end = UINT64_MAX;
+	uint32_t got;
+
+	if (off >= s->size && !(s->caps & LUFFD__CAP_SHORT_EOF)) {
+		serve_error(l, fi, -ENXIO);
+		return;
+	}
+	/* Past the size seen at creation, the read itself decides: the file
+	 * may have grown, and a read of 0 bytes means SIGBUS. */
+	if ((s->caps & LUFFD__CAP_HOLES) && off < s->size) {
+		if (s->ops->hole(s, off, ps, &data_end) == 1) {
+			serve_zero(l, fi);
+			return;
+		}
+	}
+	n = window(l, r, pg);
+	/* Sparse files: not past the data run. */
+	if (data_end != UINT64_MAX) {
+		uint64_t lim = data_end > off ?
+			(data_end - off + ps - 1) >> shift : 1;
+
+		n = n < lim ? n : lim;
+	}
+	got = issue_read(l, r, pg, n, fi);
+	if (!got) {
+		/* Every slot or read is in flight: wait for one to finish
+		 * (a read always completes, so this cannot deadlock). */
+		luffd__inc(l->stats.waits, 1);
+		flist_push(l, &l->pending, fi);
+		return;
+	}
+	stream_update(r, pg, got);
 }
 
 /* Serve fault fi (its region held). */
@@ -622,9 +720,14 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 		return;
 	}
 	if (l->cache.slots[slot].state == LUFFD__SLOT_READY) {
+		uint64_t pg = off >> l->ctx->page_shift;
+
 		serve_copy(l, fi, luffd__cache_data(&l->cache, slot),
 			   LUFFD_MINOR);
 		luffd__cache_used(&l->cache, slot);
+		/* r stays valid: the next window's read holds it. */
+		if (pg == r->ra_mark && l->ctx->ra_adaptive)
+			readahead_async(l, r);
 		return;
 	}
 	if (l->ops[l->cache.slots[slot].op].expired) {

@@ -180,6 +180,7 @@ static int add_region(struct luffd_ctx *ctx, uint64_t start, uint64_t len,
 	r->mapped = mapped;
 	atomic_init(&r->dead, false);
 	atomic_init(&r->inflight, 0);
+	r->ra_mark = UINT64_MAX;
 
 	pthread_mutex_lock(&ctx->lock);
 	luffd__region_reap(ctx);
@@ -369,6 +370,7 @@ static struct luffd__region *piece(struct luffd__region *r, uint64_t start,
 	p->mapped = r->mapped;
 	atomic_init(&p->dead, false);
 	atomic_init(&p->inflight, 0);
+	p->ra_mark = UINT64_MAX;
 	return p;
 }
 
