@@ -233,7 +233,18 @@ struct luffd_ctx_opts {
 	unsigned int read_timeout_ms;
 	/* How big a read a cache miss starts (see enum luffd_readahead). */
 	enum luffd_readahead readahead_mode;
+	/* Install-ahead, like the kernel's fault-around: after serving a
+	 * fault, install the following pages of the region that are ready
+	 * in the cache, up to this many bytes from the faulting page, so a
+	 * sequential reader takes one fault per chunk.  Those pages never
+	 * fault (stats.installed_ahead counts them).  0 means the default:
+	 * 64 KiB (the kernel's fault_around_bytes) with adaptive read-ahead,
+	 * off with LUFFD_RA_FIXED; LUFFD_NO_INSTALL_AHEAD turns it off.  A
+	 * multiple of the page size, at most 1024 pages. */
+	size_t install_ahead_bytes;
 };
+
+#define LUFFD_NO_INSTALL_AHEAD ((size_t)-1)
 
 #define LUFFD_NO_TIMEOUT ((unsigned int)-1)
 
@@ -458,6 +469,8 @@ struct luffd_stats {
 	uint64_t read_timeouts;   /* store reads cancelled by read_timeout_ms */
 	uint64_t callback_misuse; /* fill() calls caught touching memory of
 				     their own handler thread */
+	uint64_t installed_ahead; /* pages installed before they faulted
+				     (install_ahead_bytes) */
 };
 
 /*

@@ -10,6 +10,7 @@
 #define DEF_QUEUE_DEPTH 64
 #define DEF_CACHE_BYTES (64u << 20)
 #define DEF_READAHEAD (128u << 10)
+#define DEF_INSTALL_AHEAD (64u << 10) /* the kernel's fault_around_bytes */
 
 /* Features asked for when the kernel offers them.  FORK is not: a child
  * would need a handler of its own (see luffd_map()). */
@@ -22,7 +23,7 @@ static int resolve_opts(struct luffd_ctx *ctx, const struct luffd_ctx_opts *o)
 {
 	struct luffd_ctx_opts d = { .sz = sizeof(d) };
 	long ps = sysconf(_SC_PAGESIZE);
-	size_t ra, per_loop;
+	size_t ra, per_loop, ia;
 
 	if (o) {
 		if (o->sz < sizeof(size_t) || o->sz > sizeof(d))
@@ -49,6 +50,15 @@ static int resolve_opts(struct luffd_ctx *ctx, const struct luffd_ctx_opts *o)
 	if ((unsigned int)d.readahead_mode > LUFFD_RA_FIXED)
 		return -EINVAL;
 	ctx->ra_adaptive = d.readahead_mode == LUFFD_RA_ADAPTIVE;
+	if (d.install_ahead_bytes == LUFFD_NO_INSTALL_AHEAD)
+		ia = ctx->page_size;
+	else if (d.install_ahead_bytes)
+		ia = d.install_ahead_bytes;
+	else
+		ia = ctx->ra_adaptive ? DEF_INSTALL_AHEAD : ctx->page_size;
+	if (ia % ctx->page_size || ia / ctx->page_size > 1024)
+		return -EINVAL;
+	ctx->ia_pages = (uint32_t)(ia / ctx->page_size);
 	per_loop = ctx->cache_bytes / ctx->nloops;
 	/* Room for two windows per handler: one being read while the other
 	 * is consumed. */

@@ -226,7 +226,7 @@ struct luffd__stats {
 	_Atomic uint64_t bytes_read, reads, readahead_pages, coalesced;
 	_Atomic uint64_t evictions, eexist, eagain, waits, trace_errors;
 	_Atomic uint64_t ev_remove, ev_unmap, ev_remap, orphans, timeouts;
-	_Atomic uint64_t misuse;
+	_Atomic uint64_t misuse, installed_ahead;
 };
 
 #define luffd__inc(field, n)                                                 \
@@ -276,6 +276,7 @@ struct luffd__op {
 	uint32_t npages;
 	uint32_t next_free;
 	bool expired;     /* read_timeout_ms passed: its faults got SIGBUS */
+	bool had_waiter;  /* a fault started it (not background read-ahead) */
 	uint64_t deadline;
 	struct luffd__op *prev, *next; /* loop->inflight, oldest first */
 	uint32_t *slot;   /* npages cache slots */
@@ -371,6 +372,7 @@ struct luffd_ctx {
 	size_t cache_bytes;
 	uint32_t ra_pages;
 	bool ra_adaptive;
+	uint32_t ia_pages; /* install-ahead chunk, pages (1: off) */
 	unsigned int spin_us;
 	unsigned int read_timeout_ms; /* 0: none */
 	enum luffd_open_mode open_mode;

@@ -393,6 +393,93 @@ static void iov_advance(struct luffd__op *op, uint64_t n)
 	}
 }
 
+static void readahead_async(struct luffd__loop *l, struct luffd__region *r);
+
+/* One UFFDIO_COPY of a run of pages, without waking anyone; pages already
+ * present are stepped over.  Returns the pages installed. */
+static uint64_t copy_run(struct luffd__loop *l, uint64_t dst, uint64_t src,
+			 uint64_t len)
+{
+	size_t ps = l->ctx->page_size;
+	uint64_t done = 0;
+
+	while (len) {
+		struct uffdio_copy c = {
+			.dst = dst, .src = src, .len = len,
+			.mode = UFFDIO_COPY_MODE_DONTWAKE,
+		};
+		uint64_t step;
+
+		if (ioctl(l->uffd, UFFDIO_COPY, &c) == 0) {
+			done += len;
+			break;
+		}
+		if (c.copy > 0) {
+			step = (uint64_t)c.copy;
+			done += step;
+		} else if (c.copy == -EEXIST || errno == EEXIST) {
+			step = ps; /* touched meanwhile: skip it */
+		} else {
+			break; /* -EAGAIN, or gone: it is only ahead */
+		}
+		dst += step;
+		src += step;
+		len -= step;
+	}
+	return done / ps;
+}
+
+/*
+ * Install-ahead, the kernel's fault-around: after serving store page pg of
+ * r, copy the pages that follow it, up to install_ahead pages, straight
+ * into place if they are ready in the cache, so that a sequential reader
+ * takes one fault per chunk instead of one per page.  Adjacent cache pages
+ * go in one call.  Nobody is woken: a thread faulting on one of them
+ * meanwhile finds it present (-EEXIST) and is woken then.
+ */
+static void install_ahead(struct luffd__loop *l, struct luffd__region *r,
+			  uint64_t pg)
+{
+	struct luffd__cache *c = &l->cache;
+	unsigned int shift = l->ctx->page_shift;
+	size_t ps = l->ctx->page_size;
+	uint64_t end = (r->off + r->len) >> shift, n = l->ctx->ia_pages;
+	uint64_t run_dst = 0, run_src = 0, run_len = 0, installed = 0;
+	bool mark = false;
+
+	if (n <= 1 || atomic_load_explicit(&r->dead, memory_order_relaxed))
+		return;
+	for (uint64_t p = pg + 1; p < pg + n && p < end; p++) {
+		uint32_t slot = luffd__cache_find(c, r->store->id, p);
+		uint64_t dst, src;
+
+		if (slot == LUFFD__NIL ||
+		    c->slots[slot].state != LUFFD__SLOT_READY)
+			break;
+		dst = r->start + (p << shift) - r->off;
+		src = (uint64_t)(uintptr_t)luffd__cache_data(c, slot);
+		if (run_len && run_dst + run_len == dst &&
+		    run_src + run_len == src) {
+			run_len += ps;
+		} else {
+			if (run_len)
+				installed += copy_run(l, run_dst, run_src,
+						      run_len);
+			run_dst = dst;
+			run_src = src;
+			run_len = ps;
+		}
+		luffd__cache_used(c, slot);
+		mark |= p == r->ra_mark;
+	}
+	if (run_len)
+		installed += copy_run(l, run_dst, run_src, run_len);
+	luffd__inc(l->stats.installed_ahead, installed);
+	/* The stream's trigger page will not fault now: act for it. */
+	if (mark && l->ctx->ra_adaptive)
+		readahead_async(l, r);
+}
+
 enum page_fate { PAGE_READY, PAGE_ZERO, PAGE_ERROR, PAGE_ABSENT };
 
 static void settle_page(struct luffd__loop *l, uint32_t slot,
@@ -460,7 +547,10 @@ static void complete_op(struct luffd__loop *l, struct luffd__op *op,
 	}
 	total = op->done;
 
-	for (uint32_t k = 0; k < op->npages; k++) {
+	/* The window's other pages first, and install-ahead, so that the
+	 * faulting page's thread is woken last (see handle_fault()). */
+	for (uint32_t j = 1; j <= op->npages; j++) {
+		uint32_t k = j % op->npages;
 		uint64_t at = (uint64_t)k * ps;
 		uint64_t have = total > at ? total - at : 0;
 		uint32_t slot = op->slot[k];
@@ -482,6 +572,10 @@ static void complete_op(struct luffd__loop *l, struct luffd__op *op,
 			/* Past the end of the store. */
 			settle_page(l, slot, PAGE_ERROR, -ENXIO);
 		}
+		if (j == op->npages - 1 && op->had_waiter && total >= ps &&
+		    !err)
+			install_ahead(l, op->region,
+				      op->off >> l->ctx->page_shift);
 	}
 	op_free(l, op);
 }
@@ -567,6 +661,7 @@ static uint32_t issue_read(struct luffd__loop *l, struct luffd__region *r,
 	}
 	luffd__inc(l->stats.evictions, c->evictions);
 	c->evictions = 0;
+	op->had_waiter = fi != LUFFD__NIL;
 	if (fi != LUFFD__NIL) {
 		F(l, fi)->waited = 1;
 		F(l, fi)->next = LUFFD__NIL;
@@ -722,12 +817,14 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 	if (l->cache.slots[slot].state == LUFFD__SLOT_READY) {
 		uint64_t pg = off >> l->ctx->page_shift;
 
+		if (pg == r->ra_mark && l->ctx->ra_adaptive)
+			readahead_async(l, r);
+		/* The pages ahead go in before the faulting one wakes its
+		 * thread, or the thread races them to the next page. */
+		install_ahead(l, r, pg);
 		serve_copy(l, fi, luffd__cache_data(&l->cache, slot),
 			   LUFFD_MINOR);
 		luffd__cache_used(&l->cache, slot);
-		/* r stays valid: the next window's read holds it. */
-		if (pg == r->ra_mark && l->ctx->ra_adaptive)
-			readahead_async(l, r);
 		return;
 	}
 	if (l->ops[l->cache.slots[slot].op].expired) {
