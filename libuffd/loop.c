@@ -580,6 +580,20 @@ static void complete_op(struct luffd__loop *l, struct luffd__op *op,
 	op_free(l, op);
 }
 
+/* Remember a window read for fault-driven or background read-ahead. */
+static void stream_update(struct luffd__region *r, uint64_t pg, uint32_t n,
+			  bool background)
+{
+	r->ra_win = n;
+	r->ra_next = pg + n;
+	/* Touching a fault-driven window's second page, or a background
+	 * window's first, starts the next window in the background. */
+	if (background)
+		r->ra_mark = pg;
+	else
+		r->ra_mark = n > 1 ? pg + 1 : UINT64_MAX;
+}
+
 /*
  * Queue a read of up to n pages of r's store from page pg into the cache,
  * with fault fi (or LUFFD__NIL for read-ahead nobody waits for yet)
@@ -669,6 +683,9 @@ static uint32_t issue_read(struct luffd__loop *l, struct luffd__region *r,
 	}
 	luffd__inc(l->stats.reads, 1);
 	luffd__inc(l->stats.readahead_pages, fi == LUFFD__NIL ? n : n - 1);
+	/* Before the read can complete: its completion may move the stream
+	 * on (install-ahead crossing the mark). */
+	stream_update(r, pg, (uint32_t)n, fi == LUFFD__NIL);
 	submit_op(l, op);
 	return (uint32_t)n;
 }
@@ -710,33 +727,17 @@ static uint64_t window(struct luffd__loop *l, struct luffd__region *r,
 	return w < max ? w : max;
 }
 
-/* Remember a window read for fault-driven or background read-ahead. */
-static void stream_update(struct luffd__region *r, uint64_t pg, uint32_t n)
-{
-	r->ra_win = n;
-	r->ra_next = pg + n;
-	/* Touching the window's second page (or, for a background window,
-	 * its first) starts the next window in the background. */
-	r->ra_mark = n > 1 ? pg + 1 : UINT64_MAX;
-}
-
 /* A minor hit on the stream's mark: read the next window before the
  * stream needs it, so a sequential reader waits for no read. */
 static void readahead_async(struct luffd__loop *l, struct luffd__region *r)
 {
 	uint64_t max = l->ctx->ra_pages, pg = r->ra_next;
 	uint64_t w = 2 * (uint64_t)r->ra_win;
-	uint32_t n;
 
 	r->ra_mark = UINT64_MAX;
 	if (pg >= (r->off + r->len) >> l->ctx->page_shift)
 		return;
-	n = issue_read(l, r, pg, w < max ? w : max, LUFFD__NIL);
-	if (n) {
-		r->ra_win = n;
-		r->ra_next = pg + n;
-		r->ra_mark = pg;
-	}
+	issue_read(l, r, pg, w < max ? w : max, LUFFD__NIL);
 }
 
 /* Start a read for fault fi, whose page is not in the cache. */
@@ -775,9 +776,7 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 		 * (a read always completes, so this cannot deadlock). */
 		luffd__inc(l->stats.waits, 1);
 		flist_push(l, &l->pending, fi);
-		return;
 	}
-	stream_update(r, pg, got);
 }
 
 /* Serve fault fi (its region held). */

@@ -76,7 +76,23 @@ static struct io_uring_sqe *get_sqe(struct luffd__loop *l)
 static int file_read(struct luffd_store *s, struct luffd__loop *l,
 		     struct luffd__op *op)
 {
-	struct io_uring_sqe *sqe = get_sqe(l);
+	struct io_uring_sqe *sqe;
+
+	/* Data in the page cache is copied now, without a trip through the
+	 * ring (which would serve it inline too, one loop turn later);
+	 * anything that would block goes to io_uring.  A partial answer
+	 * (part of the window cached) is taken: the rest is asked for as a
+	 * continuation. */
+	if (!s->direct_io && !op->done) {
+		ssize_t n = preadv2(s->fd, op->iov, (int)op->niov,
+				    (off_t)op->off, RWF_NOWAIT);
+
+		if (n > 0 || n == 0) {
+			op->res = n;
+			return LUFFD__READ_DONE;
+		}
+	}
+	sqe = get_sqe(l);
 
 	if (!sqe)
 		return -EBUSY;
