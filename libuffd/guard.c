@@ -54,13 +54,14 @@ static bool stuck_in_own_fault(struct luffd__loop *l)
 
 static int stash(struct luffd__loop *l, const struct uffd_msg *m)
 {
+	uint64_t t = luffd__now_ns();
 	size_t n;
 
 	pthread_mutex_lock(&l->lock);
 	n = atomic_load(&l->stash_n);
 	if (n == l->stash_cap) {
 		size_t cap = l->stash_cap ? l->stash_cap * 2 : 64;
-		void *p = realloc(l->stash, cap * sizeof(*m));
+		void *p = realloc(l->stash, cap * sizeof(*l->stash));
 
 		if (!p) {
 			pthread_mutex_unlock(&l->lock);
@@ -69,7 +70,8 @@ static int stash(struct luffd__loop *l, const struct uffd_msg *m)
 		l->stash = p;
 		l->stash_cap = cap;
 	}
-	l->stash[n] = *m;
+	l->stash[n].m = *m;
+	l->stash[n].t = t;
 	atomic_store(&l->stash_n, n + 1);
 	pthread_mutex_unlock(&l->lock);
 	return 0;

@@ -175,6 +175,8 @@ struct luffd__region {
 				  by loop->lock once in the table) */
 	atomic_bool dead;      /* being removed: serve nothing more */
 	atomic_uint inflight;  /* faults and reads holding the region */
+	uint64_t born;         /* when it entered the table (ns): events read
+				  before that are about an older mapping */
 	/* Read-ahead stream state, handler thread only (see window()). */
 	uint64_t ra_next;      /* store page after the last window */
 	uint64_t ra_mark;      /* a minor hit here reads the next window */
@@ -206,9 +208,9 @@ void luffd__region_remove_all(struct luffd_ctx *ctx);
 /* Handler thread: the application unmapped [start, end) or moved
  * [from, from+len) to `to`; regions are split and moved to match. */
 void luffd__region_unmapped(struct luffd__loop *l, uint64_t start,
-			    uint64_t end);
+			    uint64_t end, uint64_t t_read);
 void luffd__region_moved(struct luffd__loop *l, uint64_t from, uint64_t to,
-			 uint64_t len);
+			 uint64_t len, uint64_t t_read);
 /* Free zombies nobody holds (application threads, under ctx->lock). */
 void luffd__region_reap(struct luffd_ctx *ctx);
 
@@ -263,6 +265,7 @@ struct luffd__fault {
 	uint32_t next;  /* waiter / pending / retry list */
 	uint8_t write;
 	uint8_t waited; /* waited for a read: MAJOR whatever comes next */
+	uint8_t parked; /* has waited for a free slot (counted once) */
 };
 
 /* A store read in flight: one window of consecutive store pages. */
@@ -306,6 +309,7 @@ struct luffd__loop {
 	 * it for a lookup, application threads to add or remove). */
 	pthread_mutex_t lock;
 	pthread_cond_t cv; /* inflight of a dead region reached 0 */
+	atomic_uint removing; /* threads waiting for a region's holds */
 	struct luffd__region **regions;
 	size_t nregions, cap;
 	struct luffd__region *dying, *zombies;
@@ -340,7 +344,7 @@ struct luffd__loop {
 					 the guard before cb_misuse is set */
 	atomic_uint misuse_n;
 	atomic_size_t stash_n;
-	struct uffd_msg *stash;
+	struct luffd__stashed { struct uffd_msg m; uint64_t t; } *stash;
 	size_t stash_cap;
 
 	/* luffd_ctx_sync(): requests seen by the handler so far. */

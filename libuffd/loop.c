@@ -774,7 +774,9 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 	if (!got) {
 		/* Every slot or read is in flight: wait for one to finish
 		 * (a read always completes, so this cannot deadlock). */
-		luffd__inc(l->stats.waits, 1);
+		if (!F(l, fi)->parked)
+			luffd__inc(l->stats.waits, 1);
+		F(l, fi)->parked = 1;
 		flist_push(l, &l->pending, fi);
 	}
 }
@@ -910,7 +912,8 @@ static void new_fault(struct luffd__loop *l, const struct uffd_msg *m,
 	resolve(l, fi);
 }
 
-static void event(struct luffd__loop *l, const struct uffd_msg *m)
+static void event(struct luffd__loop *l, const struct uffd_msg *m,
+		  uint64_t t_read)
 {
 	switch (m->event) {
 	case UFFD_EVENT_REMOVE:
@@ -920,12 +923,13 @@ static void event(struct luffd__loop *l, const struct uffd_msg *m)
 		break;
 	case UFFD_EVENT_UNMAP:
 		luffd__inc(l->stats.ev_unmap, 1);
-		luffd__region_unmapped(l, m->arg.remove.start, m->arg.remove.end);
+		luffd__region_unmapped(l, m->arg.remove.start, m->arg.remove.end,
+				       t_read);
 		break;
 	case UFFD_EVENT_REMAP:
 		luffd__inc(l->stats.ev_remap, 1);
 		luffd__region_moved(l, m->arg.remap.from, m->arg.remap.to,
-				    m->arg.remap.len);
+				    m->arg.remap.len, t_read);
 		break;
 	default:
 		break;
@@ -934,8 +938,7 @@ static void event(struct luffd__loop *l, const struct uffd_msg *m)
 
 void luffd__loop_unstash(struct luffd__loop *l)
 {
-	uint64_t t0 = luffd__now_ns();
-	struct uffd_msg m;
+	struct luffd__stashed e;
 
 	for (;;) {
 		size_t n;
@@ -945,17 +948,17 @@ void luffd__loop_unstash(struct luffd__loop *l)
 		pthread_mutex_lock(&l->lock);
 		n = atomic_load(&l->stash_n);
 		if (n) {
-			m = l->stash[0];
-			memmove(l->stash, l->stash + 1, (n - 1) * sizeof(m));
+			e = l->stash[0];
+			memmove(l->stash, l->stash + 1, (n - 1) * sizeof(e));
 			atomic_store(&l->stash_n, n - 1);
 		}
 		pthread_mutex_unlock(&l->lock);
 		if (!n)
 			return;
-		if (m.event == UFFD_EVENT_PAGEFAULT)
-			new_fault(l, &m, t0);
+		if (e.m.event == UFFD_EVENT_PAGEFAULT)
+			new_fault(l, &e.m, e.t);
 		else
-			event(l, &m);
+			event(l, &e.m, e.t);
 	}
 }
 
@@ -987,7 +990,7 @@ static int drain_uffd(struct luffd__loop *l)
 			if (l->msgs[i].event == UFFD_EVENT_PAGEFAULT)
 				new_fault(l, &l->msgs[i], t0);
 			else
-				event(l, &l->msgs[i]);
+				event(l, &l->msgs[i], t0);
 		total += (int)cnt;
 		/* A short batch emptied the queue; a message queued since
 		 * re-arms the poll. */
@@ -1200,15 +1203,16 @@ static void *loop_main(void *arg)
 				spin(l);
 			io_uring_submit_and_wait(&l->ring, 1);
 		}
+		process_cqes(l, &uffd_ready);
 		/* Every fault installed before this point has been counted:
-		 * answer luffd_ctx_sync() callers. */
+		 * answer luffd_ctx_sync() callers.  After the eventfd was
+		 * read: a request made later kicks it again. */
 		if (atomic_load(&l->sync_done) != atomic_load(&l->sync_req)) {
 			pthread_mutex_lock(&l->lock);
 			atomic_store(&l->sync_done, atomic_load(&l->sync_req));
 			pthread_cond_broadcast(&l->cv);
 			pthread_mutex_unlock(&l->lock);
 		}
-		process_cqes(l, &uffd_ready);
 		if (uffd_ready || atomic_load_explicit(&l->stash_n,
 						       memory_order_relaxed))
 			drain_uffd(l);

@@ -89,7 +89,12 @@ void luffd__region_put(struct luffd__region *r)
 {
 	struct luffd__loop *l = r->loop;
 
-	if (atomic_fetch_sub(&r->inflight, 1) == 1 && atomic_load(&r->dead)) {
+	/* r may be freed the moment its count reaches 0: after that only
+	 * the loop is looked at.  A remover announces itself in
+	 * l->removing before it reads the count, so if it saw a hold, this
+	 * sees it (sequentially consistent atomics) and wakes it. */
+	if (atomic_fetch_sub(&r->inflight, 1) == 1 &&
+	    atomic_load(&l->removing)) {
 		pthread_mutex_lock(&l->lock);
 		pthread_cond_broadcast(&l->cv);
 		pthread_mutex_unlock(&l->lock);
@@ -199,6 +204,7 @@ static int add_region(struct luffd_ctx *ctx, uint64_t start, uint64_t len,
 
 	/* In the table before the kernel can deliver a fault for it. */
 	pthread_mutex_lock(&l->lock);
+	r->born = luffd__now_ns();
 	err = table_insert(l, r);
 	pthread_mutex_unlock(&l->lock);
 	if (err)
@@ -259,21 +265,38 @@ static void remove_region(struct luffd__region *r)
 	/* Faults parked on the pending or retry lists hold the region: let
 	 * the handler drop them now rather than when a slot frees up. */
 	luffd__loop_kick(l);
+	atomic_fetch_add(&l->removing, 1);
 	while (atomic_load(&r->inflight))
 		pthread_cond_wait(&l->cv, &l->lock);
+	atomic_fetch_sub(&l->removing, 1);
 	pthread_mutex_unlock(&l->lock);
 
-	/* Wakes every thread blocked on a fault in the range. */
-	ioctl(l->uffd, UFFDIO_UNREGISTER, &rg);
-
 	pthread_mutex_lock(&l->lock);
-	unlink_from(&l->dying, r);
 	/* Cleared if the application unmapped the range itself meanwhile:
 	 * the address may already belong to someone else. */
 	mapped = r->mapped;
 	pthread_mutex_unlock(&l->lock);
+	/* A thread woken while a luffd_map() range is still mapped but
+	 * unregistered would be handed a zero page instead of SIGSEGV: make
+	 * it inaccessible first.  Unregistering before the munmap keeps our
+	 * own unmap from raising an UNMAP event. */
+	if (mapped)
+		mprotect((void *)(uintptr_t)r->start, r->len, PROT_NONE);
+	/*
+	 * UNREGISTER wakes the threads blocked on a fault in the range, but
+	 * it does so before it takes each VMA away, and a fault running
+	 * under the per-VMA lock can queue itself in between and sleep with
+	 * nobody left to wake it (seen on 6.18).  By the time UNREGISTER
+	 * returns such a fault is queued: wake the range once more.
+	 */
+	ioctl(l->uffd, UFFDIO_UNREGISTER, &rg);
+	ioctl(l->uffd, UFFDIO_WAKE, &rg);
 	if (mapped)
 		munmap((void *)(uintptr_t)r->start, r->len);
+
+	pthread_mutex_lock(&l->lock);
+	unlink_from(&l->dying, r);
+	pthread_mutex_unlock(&l->lock);
 	luffd_store_put(r->store);
 	free(r);
 }
@@ -358,6 +381,7 @@ void luffd__region_remove_all(struct luffd_ctx *ctx)
 static struct luffd__region *piece(struct luffd__region *r, uint64_t start,
 				   uint64_t len, uint64_t new_start)
 {
+	/* born: the replaced region's, so events read since still apply. */
 	struct luffd__region *p = calloc(1, sizeof(*p));
 
 	if (!p)
@@ -371,6 +395,7 @@ static struct luffd__region *piece(struct luffd__region *r, uint64_t start,
 	atomic_init(&p->dead, false);
 	atomic_init(&p->inflight, 0);
 	p->ra_mark = UINT64_MAX;
+	p->born = r->born;
 	return p;
 }
 
@@ -392,7 +417,7 @@ static void insert_piece(struct luffd__loop *l, struct luffd__region *p)
  * address space change itself cannot be refused.
  */
 static void reshape(struct luffd__loop *l, uint64_t start, uint64_t end,
-		    uint64_t to)
+		    uint64_t to, uint64_t t_read)
 {
 	struct luffd__region *dead;
 
@@ -410,6 +435,19 @@ static void reshape(struct luffd__loop *l, uint64_t start, uint64_t end,
 		rend = r->start + r->len;
 		if (rend <= start)
 			break;
+		/*
+		 * The kernel lets munmap() return once its event is read, so
+		 * a new region can take the address before the handler acts
+		 * on the event: it is not the one the event is about.
+		 * Regions sit in address order and never overlap, so the
+		 * ones before it are looked at by shrinking the range.
+		 */
+		if (r->born > t_read) {
+			if (r->start <= start)
+				break;
+			end = r->start;
+			continue;
+		}
 		a = r->start > start ? r->start : start;
 		b = rend < end ? rend : end;
 		table_remove(l, r);
@@ -426,18 +464,18 @@ static void reshape(struct luffd__loop *l, uint64_t start, uint64_t end,
 }
 
 void luffd__region_unmapped(struct luffd__loop *l, uint64_t start,
-			    uint64_t end)
+			    uint64_t end, uint64_t t_read)
 {
 	pthread_mutex_lock(&l->lock);
-	reshape(l, start, end, 0);
+	reshape(l, start, end, 0, t_read);
 	pthread_mutex_unlock(&l->lock);
 }
 
 void luffd__region_moved(struct luffd__loop *l, uint64_t from, uint64_t to,
-			 uint64_t len)
+			 uint64_t len, uint64_t t_read)
 {
 	pthread_mutex_lock(&l->lock);
-	reshape(l, from, from + len, to);
+	reshape(l, from, from + len, to, t_read);
 	pthread_mutex_unlock(&l->lock);
 }
 
