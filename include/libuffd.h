@@ -346,7 +346,9 @@ LUFFD_API int luffd_store_memory(const void *base, size_t len,
  *
  * fill(arg, offset, buf, len) is called on the handler thread with a page-
  * aligned offset into the store, a page-aligned buffer and len a multiple of
- * the page size (one page, or a read-ahead window).  It returns:
+ * the page size.  A read-ahead window whose cache pages are not adjacent
+ * arrives as several calls, one per run of adjacent pages, in offset order;
+ * the first short answer ends the window.  It returns:
  *   > 0   the number of bytes written at buf (the rest of len is zeroed; a
  *         short count means the rest of the window is not needed, pages it
  *         does not cover at all are asked for again when touched);
@@ -456,8 +458,8 @@ struct luffd_stats {
 	uint64_t evictions;       /* cache pages evicted before use */
 	uint64_t eexist;          /* installs that found the page present */
 	uint64_t eagain;          /* installs retried after -EAGAIN */
-	uint64_t waits;           /* faults that waited for a free cache slot
-				     or read slot */
+	uint64_t waits;           /* faults that had to wait for a free cache
+				     slot or read slot (each counted once) */
 	uint64_t trace_errors;    /* trace writes that failed */
 	struct luffd_latency latency[LUFFD_NR_CLASSES];
 	/* Address-space changes the application made under its regions: */

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Error strings, the print callback, small helpers. */
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -29,7 +30,7 @@ void luffd__print(enum luffd_print_level level, const char *fmt, ...)
 const char *luffd_strerror(int err)
 {
 	if (err < 0)
-		err = -err;
+		err = err == INT_MIN ? INT_MAX : -err;
 	switch (err) {
 	case LUFFD_E_NOUFFD:
 		return "userfaultfd is not available in this kernel "
@@ -50,9 +51,13 @@ const char *luffd_strerror(int err)
 	default:
 		if (err > LUFFD_E_BASE && err < LUFFD_E_MAX)
 			return "unknown libuffd error";
-		/* strerror() is not thread-safe in general, but glibc's
-		 * returns static strings for every known errno. */
-		return strerror(err);
+		/* Not strerror(): for an unknown value it formats into a
+		 * buffer that the next call frees. */
+		{
+			const char *d = strerrordesc_np(err);
+
+			return d ? d : "unknown error";
+		}
 	}
 }
 
