@@ -197,7 +197,6 @@ void luffd__guard_kick(struct luffd_ctx *ctx)
 
 int luffd__guard_start(struct luffd_ctx *ctx)
 {
-	sigset_t all, old;
 	int err;
 
 	if (ctx->guard_started)
@@ -205,12 +204,9 @@ int luffd__guard_start(struct luffd_ctx *ctx)
 	/* Detection needs the faulting thread's id. */
 	if (!(ctx->features & UFFD_FEATURE_THREAD_ID))
 		return 0;
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	err = pthread_create(&ctx->guard, NULL, guard_main, ctx);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	err = luffd__thread_create(&ctx->guard, guard_main, ctx);
 	if (err)
-		return -err;
+		return err;
 	ctx->guard_started = true;
 	return 0;
 }

@@ -365,6 +365,8 @@ void luffd__loop_stop(struct luffd__loop *l);
 void luffd__loop_fini(struct luffd__loop *l);
 void luffd__loop_kick(struct luffd__loop *l);
 bool luffd__on_handler_thread(const struct luffd_ctx *ctx);
+/* pthread_create() with every signal blocked in the new thread. */
+int luffd__thread_create(pthread_t *t, void *(*fn)(void *), void *arg);
 
 /* ------------------------------------------------------------------------
  * Context (context.c)

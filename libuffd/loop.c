@@ -1308,19 +1308,26 @@ int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
 	return 0;
 }
 
-int luffd__loop_start(struct luffd__loop *l)
+int luffd__thread_create(pthread_t *t, void *(*fn)(void *), void *arg)
 {
 	sigset_t all, old;
 	int err;
 
-	/* The handler thread takes no signals: they belong to the
+	/* The library's threads take no signals: they belong to the
 	 * application's threads. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	err = pthread_create(&l->thread, NULL, loop_main, l);
+	err = pthread_create(t, NULL, fn, arg);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return -err;
+}
+
+int luffd__loop_start(struct luffd__loop *l)
+{
+	int err = luffd__thread_create(&l->thread, loop_main, l);
+
 	if (err)
-		return -err;
+		return err;
 	pthread_mutex_lock(&l->lock);
 	while (!l->init_done)
 		pthread_cond_wait(&l->cv, &l->lock);
