@@ -2,8 +2,10 @@
 /*
  * lazycat FILE...: write each FILE to stdout by reading it through a region
  * libuffd maps lazily, byte-identical to cat(1).  -s prints the fault
- * statistics to stderr.  Options: -r BYTES read-ahead window, -c BYTES
- * cache size, -d O_DIRECT, -t FILE pfaults trace.
+ * statistics to stderr.  Options: -r BYTES largest read-ahead window,
+ * -f fixed read-ahead windows (LUFFD_RA_FIXED), -i BYTES install-ahead
+ * (0: off), -c BYTES cache size, -d O_DIRECT, -p US spin before sleeping,
+ * -t FILE pfaults trace.
  *
  * The region is written out with write(2) straight from the mapping, which
  * would be a kernel-mode access (EFAULT under UFFD_USER_MODE_ONLY), so each
@@ -42,14 +44,15 @@ static void print_stats(const char *name, struct luffd_ctx *ctx)
 {
 	LUFFD_OPTS(luffd_stats, st);
 
-	if (luffd_stats_get(ctx, &st))
+	if (luffd_ctx_sync(ctx) || luffd_stats_get(ctx, &st))
 		return;
 	fprintf(stderr, "%s: faults minor=%" PRIu64 " major=%" PRIu64
 		" zero=%" PRIu64 " error=%" PRIu64 "; reads=%" PRIu64
-		" bytes_read=%" PRIu64 " readahead_pages=%" PRIu64 "\n",
+		" bytes_read=%" PRIu64 " readahead_pages=%" PRIu64
+		" installed_ahead=%" PRIu64 "\n",
 		name, st.faults[LUFFD_MINOR], st.faults[LUFFD_MAJOR],
 		st.faults[LUFFD_ZERO], st.faults[LUFFD_ERROR], st.reads,
-		st.bytes_read, st.readahead_pages);
+		st.bytes_read, st.readahead_pages, st.installed_ahead);
 	for (int c = 0; c < LUFFD_NR_CLASSES; c++) {
 		const struct luffd_latency *l = &st.latency[c];
 
@@ -121,8 +124,9 @@ static int cat_one(const char *path, const struct luffd_ctx_opts *opts,
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: lazycat [-s] [-d] [-r READAHEAD] [-c CACHE] "
-		"[-t TRACEFILE] FILE...\n");
+	fprintf(stderr, "usage: lazycat [-s] [-d] [-f] [-r READAHEAD] "
+		"[-i INSTALL_AHEAD] [-c CACHE] [-p SPIN_US] [-t TRACEFILE] "
+		"FILE...\n");
 	exit(2);
 }
 
@@ -134,10 +138,23 @@ int main(int argc, char **argv)
 	size_t bufsz = 1 << 20;
 	char *buf, *end;
 
-	while ((opt = getopt(argc, argv, "sdr:c:t:h")) != -1) {
+	while ((opt = getopt(argc, argv, "sdfr:i:c:p:t:h")) != -1) {
 		switch (opt) {
 		case 's': stats = 1; break;
 		case 'd': sflags |= LUFFD_FILE_DIRECT; break;
+		case 'f': opts.readahead_mode = LUFFD_RA_FIXED; break;
+		case 'i':
+			opts.install_ahead_bytes = strtoull(optarg, &end, 0);
+			if (*end)
+				usage();
+			if (!opts.install_ahead_bytes)
+				opts.install_ahead_bytes = LUFFD_NO_INSTALL_AHEAD;
+			break;
+		case 'p':
+			opts.spin_us = (unsigned int)strtoul(optarg, &end, 0);
+			if (*end)
+				usage();
+			break;
 		case 'r':
 			opts.readahead_bytes = strtoull(optarg, &end, 0);
 			if (*end)
