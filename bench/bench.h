@@ -74,6 +74,8 @@ struct config {
 	unsigned int spin_us;
 	uint64_t cache_bytes;
 	size_t readahead_bytes;
+	enum luffd_readahead readahead_mode;
+	size_t install_ahead_bytes; /* 0: default */
 	bool direct;
 	enum luffd_open_mode open_mode;
 

@@ -737,6 +737,8 @@ static int run_libuffd(struct bench_ctx *b, struct run *r)
 	opts.queue_depth = cfg->queue_depth;
 	opts.cache_bytes = cfg->cache_bytes;
 	opts.readahead_bytes = cfg->readahead_bytes;
+	opts.readahead_mode = cfg->readahead_mode;
+	opts.install_ahead_bytes = cfg->install_ahead_bytes;
 	opts.spin_us = cfg->spin_us;
 	opts.open_mode = cfg->open_mode;
 	opts.trace_fn = trace_cb;

@@ -51,7 +51,9 @@ static void usage(FILE *f)
 "libuffd settings (0 or absent = the library's default):\n"
 "  --handler-threads N    handler threads\n"
 "  --cache-size BYTES     libuffd page cache size\n"
-"  --readahead BYTES      read-ahead window (0 = single-page reads)\n"
+"  --readahead BYTES      largest read-ahead window (0 = single-page reads)\n"
+"  --readahead-mode M     adaptive (default) or fixed\n"
+"  --install-ahead BYTES  install the cached pages after a fault (0 = off)\n"
 "  --direct               read the file with O_DIRECT\n"
 "  --spin-us N            busy-poll the userfaultfd N us before sleeping\n"
 "  --queue-depth N        io_uring entries per handler thread\n"
@@ -207,7 +209,7 @@ enum {
 	OPT_ENGINE, OPT_WARM, OPT_COLD, OPT_BOTH, OPT_REPEAT, OPT_HTHREADS,
 	OPT_CACHE, OPT_RA, OPT_DIRECT, OPT_SPIN, OPT_QD, OPT_OPEN, OPT_TRACE,
 	OPT_TFMT, OPT_JSON, OPT_PLOT, OPT_QUIET, OPT_HELP, OPT_TIMEOUT,
-	OPT_CORRUPT, OPT_CHECK,
+	OPT_CORRUPT, OPT_CHECK, OPT_RAMODE, OPT_IA,
 };
 
 static const struct option long_opts[] = {
@@ -238,6 +240,8 @@ static const struct option long_opts[] = {
 	{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 	{ "corrupt-page", required_argument, NULL, OPT_CORRUPT },
 	{ "check-uffd", no_argument, NULL, OPT_CHECK },
+	{ "readahead-mode", required_argument, NULL, OPT_RAMODE },
+	{ "install-ahead", required_argument, NULL, OPT_IA },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -316,6 +320,23 @@ static void parse_args(struct config *cfg, int argc, char **argv)
 		case OPT_DIRECT:
 			cfg->direct = true;
 			break;
+		case OPT_RAMODE:
+			if (!strcmp(optarg, "adaptive"))
+				cfg->readahead_mode = LUFFD_RA_ADAPTIVE;
+			else if (!strcmp(optarg, "fixed"))
+				cfg->readahead_mode = LUFFD_RA_FIXED;
+			else
+				bad_arg("--readahead-mode: adaptive or fixed, "
+					    "not '%s'", optarg);
+			break;
+		case OPT_IA: {
+			uint64_t v = parse_bytes("--install-ahead", optarg, 0,
+						 4ull << 20);
+
+			cfg->install_ahead_bytes = v ? (size_t)v
+						     : LUFFD_NO_INSTALL_AHEAD;
+			break;
+		}
 		case OPT_SPIN:
 			cfg->spin_us = (unsigned int)parse_uint("--spin-us",
 								optarg, 0,

@@ -616,6 +616,14 @@ int write_json(const struct config *cfg, const struct run *runs, size_t nruns,
 		j_u64(&j, "readahead_bytes", cfg->readahead_bytes);
 	else
 		j_str(&j, "readahead_bytes", NULL);
+	j_str(&j, "readahead_mode",
+	      cfg->readahead_mode == LUFFD_RA_FIXED ? "fixed" : "adaptive");
+	if (cfg->install_ahead_bytes == LUFFD_NO_INSTALL_AHEAD)
+		j_u64(&j, "install_ahead_bytes", 0);
+	else if (cfg->install_ahead_bytes)
+		j_u64(&j, "install_ahead_bytes", cfg->install_ahead_bytes);
+	else
+		j_str(&j, "install_ahead_bytes", NULL);
 	j_bool(&j, "direct", cfg->direct);
 	j_u64(&j, "spin_us", cfg->spin_us);
 	j_close(&j, '}');

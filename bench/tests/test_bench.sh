@@ -80,6 +80,9 @@ for k in ("file", "generated", "size", "pages", "patterns", "engines",
           "cache", "threads", "repeat", "seed", "libuffd", "trace",
           "trace_format", "corrupt_page"):
     assert k in c, "missing config key " + k
+for k in ("handler_threads", "queue_depth", "cache_bytes", "readahead_bytes",
+          "readahead_mode", "install_ahead_bytes", "direct", "spin_us"):
+    assert k in c["libuffd"], "missing config.libuffd key " + k
 assert len(d["runs"]) == 2 * 2 * 2 * 3, len(d["runs"])
 lat = ("count", "min", "mean", "p50", "p90", "p99", "p999", "max")
 for r in d["runs"]:
