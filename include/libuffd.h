@@ -173,10 +173,15 @@ enum luffd_readahead {
 	/* Default.  Like the kernel's on-demand read-ahead: the first miss in
 	 * a region reads 4 pages; a miss that continues the region's stream
 	 * (or follows 4+ cached pages) doubles the window up to
-	 * readahead_bytes; any other miss (random access) reads one page.
-	 * While a stream is being read, touching the second page of a window
-	 * (or the first of a background window) reads the next window in the
-	 * background, so a sequential reader mostly sees minor faults. */
+	 * readahead_bytes.  Any other miss is random access: on a file it
+	 * reads the aligned readahead_bytes block around the page (the
+	 * kernel's mmap read-around) until 100 more random misses than minor
+	 * hits say that does not pay, then the page alone.  While a stream is
+	 * being read, touching the second page of a window (or the first of
+	 * a background window) reads the next window in the background, so a
+	 * sequential reader mostly sees minor faults.  A read of several
+	 * pages that fails is retried for the faulting page alone before it
+	 * gets SIGBUS. */
 	LUFFD_RA_ADAPTIVE = 0,
 	/* Every miss reads readahead_bytes from the faulting page on, and
 	 * nothing is read in the background: the classification of a

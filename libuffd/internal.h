@@ -181,6 +181,7 @@ struct luffd__region {
 	uint64_t ra_next;      /* store page after the last window */
 	uint64_t ra_mark;      /* a minor hit here reads the next window */
 	uint32_t ra_win;       /* last window, pages */
+	uint32_t ra_miss;      /* random misses not paid back by hits */
 	struct luffd__region *next; /* on loop->dying or loop->zombies */
 };
 
@@ -266,6 +267,7 @@ struct luffd__fault {
 	uint8_t write;
 	uint8_t waited; /* waited for a read: MAJOR whatever comes next */
 	uint8_t parked; /* has waited for a free slot (counted once) */
+	uint8_t alone;  /* a shared read failed: read its page alone */
 };
 
 /* A store read in flight: one window of consecutive store pages. */
@@ -280,6 +282,7 @@ struct luffd__op {
 	uint32_t next_free;
 	bool expired;     /* read_timeout_ms passed: its faults got SIGBUS */
 	bool had_waiter;  /* a fault started it (not background read-ahead) */
+	uint32_t widx;    /* the waiting fault's page in the window */
 	uint64_t deadline;
 	struct luffd__op *prev, *next; /* loop->inflight, oldest first */
 	uint32_t *slot;   /* npages cache slots */

@@ -42,6 +42,8 @@
 #define TAG_EVFD LUFFD__TAG_EVFD
 #define FAULTS_INIT 256
 #define ORPHAN_NS (100 * 1000000ull) /* see resolve() */
+#define RA_LOTSAMISS 100 /* the kernel's MMAP_LOTSAMISS; see read_around() */
+#define RA_MISS_MAX 1000
 
 /* ------------------------------------------------------------------------
  * Fault records and lists
@@ -393,8 +395,6 @@ static void iov_advance(struct luffd__op *op, uint64_t n)
 	}
 }
 
-static void readahead_async(struct luffd__loop *l, struct luffd__region *r);
-
 /* One UFFDIO_COPY of a run of pages, without waking anyone; pages already
  * present are stepped over.  Returns the pages installed. */
 static uint64_t copy_run(struct luffd__loop *l, uint64_t dst, uint64_t src,
@@ -445,7 +445,6 @@ static void install_ahead(struct luffd__loop *l, struct luffd__region *r,
 	size_t ps = l->ctx->page_size;
 	uint64_t end = (r->off + r->len) >> shift, n = l->ctx->ia_pages;
 	uint64_t run_dst = 0, run_src = 0, run_len = 0, installed = 0;
-	bool mark = false;
 
 	if (n <= 1 || atomic_load_explicit(&r->dead, memory_order_relaxed))
 		return;
@@ -453,8 +452,11 @@ static void install_ahead(struct luffd__loop *l, struct luffd__region *r,
 		uint32_t slot = luffd__cache_find(c, r->store->id, p);
 		uint64_t dst, src;
 
+		/* Like the kernel's fault-around, not the read-ahead mark:
+		 * a real touch of it is what starts the next window. */
 		if (slot == LUFFD__NIL ||
-		    c->slots[slot].state != LUFFD__SLOT_READY)
+		    c->slots[slot].state != LUFFD__SLOT_READY ||
+		    p == r->ra_mark)
 			break;
 		dst = r->start + (p << shift) - r->off;
 		src = (uint64_t)(uintptr_t)luffd__cache_data(c, slot);
@@ -470,20 +472,16 @@ static void install_ahead(struct luffd__loop *l, struct luffd__region *r,
 			run_len = ps;
 		}
 		luffd__cache_used(c, slot);
-		mark |= p == r->ra_mark;
 	}
 	if (run_len)
 		installed += copy_run(l, run_dst, run_src, run_len);
 	luffd__inc(l->stats.installed_ahead, installed);
-	/* The stream's trigger page will not fault now: act for it. */
-	if (mark && l->ctx->ra_adaptive)
-		readahead_async(l, r);
 }
 
 enum page_fate { PAGE_READY, PAGE_ZERO, PAGE_ERROR, PAGE_ABSENT };
 
 static void settle_page(struct luffd__loop *l, uint32_t slot,
-			enum page_fate fate, int err)
+			enum page_fate fate, int err, bool shared)
 {
 	struct luffd__cache *c = &l->cache;
 	uint32_t w = c->slots[slot].waiters, next;
@@ -507,7 +505,15 @@ static void settle_page(struct luffd__loop *l, uint32_t slot,
 			serve_zero(l, w);
 			break;
 		case PAGE_ERROR:
-			serve_error(l, w, err);
+			/* A read of several pages failed: the fault's own
+			 * page may be fine, so it is read again alone before
+			 * anyone gets SIGBUS for it. */
+			if (shared && !F(l, w)->alone) {
+				F(l, w)->alone = 1;
+				handle_fault(l, w);
+			} else {
+				serve_error(l, w, err);
+			}
 			break;
 		case PAGE_ABSENT:
 			/* Not delivered by a short callback answer: ask
@@ -524,6 +530,7 @@ static void complete_op(struct luffd__loop *l, struct luffd__op *op,
 	struct luffd_store *s = op->store;
 	size_t ps = l->ctx->page_size;
 	uint64_t total;
+	bool shared;
 	int err = 0;
 
 	if ((res == -EAGAIN || res == -EINTR) && s->ops->read) {
@@ -546,63 +553,79 @@ static void complete_op(struct luffd__loop *l, struct luffd__op *op,
 		err = (int)res;
 	}
 	total = op->done;
+	shared = op->npages > 1;
 
 	/* The window's other pages first, and install-ahead, so that the
 	 * faulting page's thread is woken last (see handle_fault()). */
 	for (uint32_t j = 1; j <= op->npages; j++) {
-		uint32_t k = j % op->npages;
+		uint32_t k = (op->widx + j) % op->npages;
 		uint64_t at = (uint64_t)k * ps;
 		uint64_t have = total > at ? total - at : 0;
 		uint32_t slot = op->slot[k];
 
 		if (have >= ps) {
-			settle_page(l, slot, PAGE_READY, 0);
+			settle_page(l, slot, PAGE_READY, 0, shared);
 		} else if (have > 0 && !err) {
 			/* The store's last page: zeroes after its end, as
 			 * mmap shows them. */
 			memset((char *)luffd__cache_data(&l->cache, slot) + have,
 			       0, ps - have);
-			settle_page(l, slot, PAGE_READY, 0);
+			settle_page(l, slot, PAGE_READY, 0, shared);
 		} else if (err) {
-			settle_page(l, slot, PAGE_ERROR, err);
+			settle_page(l, slot, PAGE_ERROR, err, shared);
 		} else if (s->caps & LUFFD__CAP_EMPTY_ZERO) {
-			settle_page(l, slot, k == 0 ? PAGE_ZERO : PAGE_ABSENT,
-				    0);
+			settle_page(l, slot,
+				    k == op->widx ? PAGE_ZERO : PAGE_ABSENT, 0,
+				    shared);
 		} else {
 			/* Past the end of the store. */
-			settle_page(l, slot, PAGE_ERROR, -ENXIO);
+			settle_page(l, slot, PAGE_ERROR, -ENXIO, shared);
 		}
 		if (j == op->npages - 1 && op->had_waiter && total >= ps &&
 		    !err)
 			install_ahead(l, op->region,
-				      op->off >> l->ctx->page_shift);
+				      (op->off >> l->ctx->page_shift) + op->widx);
 	}
 	op_free(l, op);
 }
 
-/* Remember a window read for fault-driven or background read-ahead. */
+enum stream { STREAM_FAULT, STREAM_BACKGROUND, STREAM_AROUND };
+
+/* Remember a window read, for the next miss and the next mark. */
 static void stream_update(struct luffd__region *r, uint64_t pg, uint32_t n,
-			  bool background)
+			  enum stream how)
 {
 	r->ra_win = n;
 	r->ra_next = pg + n;
-	/* Touching a fault-driven window's second page, or a background
-	 * window's first, starts the next window in the background. */
-	if (background)
-		r->ra_mark = pg;
-	else
+	switch (how) {
+	case STREAM_FAULT:
+		/* Touching its second page starts the next window. */
 		r->ra_mark = n > 1 ? pg + 1 : UINT64_MAX;
+		break;
+	case STREAM_BACKGROUND:
+		r->ra_mark = pg;
+		break;
+	case STREAM_AROUND:
+		/* As the kernel's read-around: the last quarter starts the
+		 * next window, should a stream come through; random
+		 * touches rarely land on that one page. */
+		r->ra_mark = n >= 4 ? pg + n - n / 4 : UINT64_MAX;
+		r->ra_win = 1;
+		break;
+	}
 }
 
 /*
  * Queue a read of up to n pages of r's store from page pg into the cache,
  * with fault fi (or LUFFD__NIL for read-ahead nobody waits for yet)
- * waiting on its first page.  The window stops early at the end of the
- * region, at a page already cached, or when the cache cannot hold it.
- * Returns the pages queued, 0 when no read or cache slot is free.
+ * waiting on page pg + widx (the pages before it are known not to be
+ * cached).  The window stops early at the end of the region, at a page
+ * already cached, or when the cache cannot hold it.  Returns the pages
+ * queued, 0 when no read or cache slot is free.
  */
 static uint32_t issue_read(struct luffd__loop *l, struct luffd__region *r,
-			   uint64_t pg, uint64_t n, uint32_t fi)
+			   uint64_t pg, uint64_t n, uint32_t fi,
+			   uint32_t widx, enum stream how)
 {
 	struct luffd_store *s = r->store;
 	struct luffd__cache *c = &l->cache;
@@ -613,26 +636,27 @@ static uint32_t issue_read(struct luffd__loop *l, struct luffd__region *r,
 	uint32_t avail;
 
 	n = n < lim ? n : lim;
-	/* Not past the store's size (but always the faulting page: a file
-	 * may have grown since). */
+	/* Not past the store's size (but always up to the faulting page: a
+	 * file may have grown since). */
 	lim = s->size > (pg << shift) ?
 		(s->size - (pg << shift) + ps - 1) >> shift : 1;
 	n = n < lim ? n : lim;
-	if (n < 1)
-		n = 1;
-	for (uint64_t k = fi == LUFFD__NIL ? 0 : 1; k < n; k++)
+	if (n < (uint64_t)widx + 1)
+		n = (uint64_t)widx + 1;
+	for (uint64_t k = fi == LUFFD__NIL ? 0 : widx + 1; k < n; k++)
 		if (luffd__cache_find(c, s->id, pg + k) != LUFFD__NIL) {
 			n = k;
 			break;
 		}
 	avail = luffd__cache_available(c);
-	if (!n || !avail)
+	if (!n || avail <= widx)
 		return 0;
 	op = op_alloc(l);
 	if (!op)
 		return 0;
 	if (n > avail)
 		n = avail;
+	op->widx = widx;
 
 	op->store = luffd__store_get(s);
 	/* The read holds its region: removal waits for it. */
@@ -679,13 +703,13 @@ static uint32_t issue_read(struct luffd__loop *l, struct luffd__region *r,
 	if (fi != LUFFD__NIL) {
 		F(l, fi)->waited = 1;
 		F(l, fi)->next = LUFFD__NIL;
-		c->slots[op->slot[0]].waiters = fi;
+		c->slots[op->slot[widx]].waiters = fi;
 	}
 	luffd__inc(l->stats.reads, 1);
 	luffd__inc(l->stats.readahead_pages, fi == LUFFD__NIL ? n : n - 1);
 	/* Before the read can complete: its completion may move the stream
-	 * on (install-ahead crossing the mark). */
-	stream_update(r, pg, (uint32_t)n, fi == LUFFD__NIL);
+	 * on. */
+	stream_update(r, pg, (uint32_t)n, how);
 	submit_op(l, op);
 	return (uint32_t)n;
 }
@@ -737,7 +761,32 @@ static void readahead_async(struct luffd__loop *l, struct luffd__region *r)
 	r->ra_mark = UINT64_MAX;
 	if (pg >= (r->off + r->len) >> l->ctx->page_shift)
 		return;
-	issue_read(l, r, pg, w < max ? w : max, LUFFD__NIL);
+	issue_read(l, r, pg, w < max ? w : max, LUFFD__NIL, 0,
+		   STREAM_BACKGROUND);
+}
+
+/*
+ * A random miss reads the aligned block of read-ahead size around it, as
+ * the kernel's mmap read-around does, for as long as that pays: every
+ * random miss counts against the region (ra_miss), every minor hit counts
+ * for it, and past RA_LOTSAMISS misses a random miss reads its page alone.
+ * Cached pages bound the block.
+ */
+static uint32_t read_around(struct luffd__loop *l, struct luffd__region *r,
+			    uint64_t pg, uint32_t fi)
+{
+	uint64_t w = l->ctx->ra_pages, first = r->off >> l->ctx->page_shift;
+	uint64_t lo = pg & ~(w - 1), id = r->store->id, start = pg;
+
+	if (w & (w - 1)) /* not a power of two: no alignment */
+		lo = pg - pg % w;
+	if (lo < first)
+		lo = first;
+	while (start > lo &&
+	       luffd__cache_find(&l->cache, id, start - 1) == LUFFD__NIL)
+		start--;
+	return issue_read(l, r, start, lo + w - start, fi,
+			  (uint32_t)(pg - start), STREAM_AROUND);
 }
 
 /* Start a read for fault fi, whose page is not in the cache. */
@@ -749,6 +798,7 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 	size_t ps = l->ctx->page_size;
 	uint64_t pg = off >> shift, n, data_end = UINT64_MAX;
 	uint32_t got;
+	bool around;
 
 	if (off >= s->size && !(s->caps & LUFFD__CAP_SHORT_EOF)) {
 		serve_error(l, fi, -ENXIO);
@@ -762,7 +812,7 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 			return;
 		}
 	}
-	n = window(l, r, pg);
+	n = F(l, fi)->alone ? 1 : window(l, r, pg);
 	/* Sparse files: not past the data run. */
 	if (data_end != UINT64_MAX) {
 		uint64_t lim = data_end > off ?
@@ -770,7 +820,19 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 
 		n = n < lim ? n : lim;
 	}
-	got = issue_read(l, r, pg, n, fi);
+	/* Read-around only where a read past the faulting page cannot
+	 * change its answer: files, not callbacks. */
+	around = n == 1 && l->ctx->ra_adaptive && r->ra_miss < RA_LOTSAMISS &&
+		 data_end == UINT64_MAX && !F(l, fi)->alone &&
+		 (s->caps & LUFFD__CAP_SHORT_EOF);
+	if (n == 1 && r->ra_miss < RA_MISS_MAX)
+		r->ra_miss++;
+	/* Neither r nor the fault may be touched once the read is issued:
+	 * it can complete inside, serve the fault and let the region go. */
+	if (around)
+		got = read_around(l, r, pg, fi);
+	else
+		got = issue_read(l, r, pg, n, fi, 0, STREAM_FAULT);
 	if (!got) {
 		/* Every slot or read is in flight: wait for one to finish
 		 * (a read always completes, so this cannot deadlock). */
@@ -818,6 +880,8 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 	if (l->cache.slots[slot].state == LUFFD__SLOT_READY) {
 		uint64_t pg = off >> l->ctx->page_shift;
 
+		if (r->ra_miss)
+			r->ra_miss--;
 		if (pg == r->ra_mark && l->ctx->ra_adaptive)
 			readahead_async(l, r);
 		/* The pages ahead go in before the faulting one wakes its

@@ -230,7 +230,11 @@ START_TEST(file_adaptive)
 		t_assert_page(a, perm[i], 0, n * t_ps, seed);
 	t_stats(ctx, &s);
 	ck_assert_uint_le(s.faults[LUFFD_MAJOR] + s.faults[LUFFD_MINOR], n);
-	ck_assert_msg(s.faults[LUFFD_MAJOR] >= s.faults[LUFFD_MINOR],
+	/* Random misses read the aligned block around them (read-around)
+	 * while that pays off, as it does here: the file fits in the cache,
+	 * so every page is read exactly once and many faults are minor. */
+	ck_assert_uint_eq(s.bytes_read, n * t_ps);
+	ck_assert_msg(s.faults[LUFFD_MINOR] > 0,
 		      "random: %llu minor, %llu major",
 		      (unsigned long long)s.faults[LUFFD_MINOR],
 		      (unsigned long long)s.faults[LUFFD_MAJOR]);
