@@ -175,8 +175,9 @@ enum luffd_readahead {
 	 * (or follows 4+ cached pages) doubles the window up to
 	 * readahead_bytes.  Any other miss is random access: on a file it
 	 * reads the aligned readahead_bytes block around the page (the
-	 * kernel's mmap read-around) until 100 more random misses than minor
-	 * hits say that does not pay, then the page alone.  While a stream is
+	 * kernel's mmap read-around) until 12.5 MiB of such blocks have gone
+	 * unused (pages read around a miss, less minor hits), then the page
+	 * alone.  While a stream is
 	 * being read, touching the second page of a window (or the first of
 	 * a background window) reads the next window in the background, so a
 	 * sequential reader mostly sees minor faults.  A read of several
@@ -200,14 +201,17 @@ struct luffd_ctx_opts {
 	unsigned int queue_depth;
 	/* Page cache size in bytes for the whole context (split evenly over
 	 * the handler threads).  Memory use never grows beyond it.  Default
-	 * 64 MiB; at least 2 read-ahead windows per handler thread. */
+	 * 64 MiB; at least 2 read-ahead windows per handler thread (the
+	 * default window shrinks to fit a smaller cache). */
 	size_t cache_bytes;
 	/* Read-ahead window in bytes, the most a cache miss reads from the
 	 * faulting page on (clipped to the region and the store's size; see
 	 * readahead_mode).
-	 * 0 means the default, 128 KiB (the kernel's read_ahead_kb default);
-	 * use LUFFD_NO_READAHEAD for single-page reads.  A multiple of the
-	 * page size, at most 1024 pages (4 MiB with 4 KiB pages). */
+	 * 0 means the default, 512 KiB (four times the kernel's
+	 * read_ahead_kb: a user-space fault costs tens of microseconds, so
+	 * each must bring in more); use LUFFD_NO_READAHEAD for single-page
+	 * reads.  A multiple of the page size, at most 1024 pages (4 MiB
+	 * with 4 KiB pages). */
 	size_t readahead_bytes;
 	/* Busy-poll the userfaultfd for this long after serving a fault
 	 * before sleeping (microseconds).  Trades CPU for wake-up latency.
@@ -242,10 +246,12 @@ struct luffd_ctx_opts {
 	 * fault, install the following pages of the region that are ready
 	 * in the cache, up to this many bytes from the faulting page, so a
 	 * sequential reader takes one fault per chunk.  Those pages never
-	 * fault (stats.installed_ahead counts them).  0 means the default:
-	 * 64 KiB (the kernel's fault_around_bytes) with adaptive read-ahead,
-	 * off with LUFFD_RA_FIXED; LUFFD_NO_INSTALL_AHEAD turns it off.  A
-	 * multiple of the page size, at most 1024 pages. */
+	 * fault (stats.installed_ahead counts them).  With adaptive
+	 * read-ahead the chunk follows the stream: the region's last window,
+	 * at least 16 pages (the kernel's fault-around), at most this.  0
+	 * means the default: 256 KiB with adaptive read-ahead, off with
+	 * LUFFD_RA_FIXED; LUFFD_NO_INSTALL_AHEAD turns it off.  A multiple
+	 * of the page size, at most 1024 pages. */
 	size_t install_ahead_bytes;
 };
 

@@ -9,8 +9,11 @@
 
 #define DEF_QUEUE_DEPTH 64
 #define DEF_CACHE_BYTES (64u << 20)
-#define DEF_READAHEAD (128u << 10)
-#define DEF_INSTALL_AHEAD (64u << 10) /* the kernel's fault_around_bytes */
+/* Larger than the kernel's 128 KiB read_ahead_kb and 64 KiB
+ * fault_around_bytes: a user-space fault costs tens of microseconds, not
+ * one, so it must bring in more per fault (see bench/README.md). */
+#define DEF_READAHEAD (512u << 10)
+#define DEF_INSTALL_AHEAD (256u << 10)
 
 /* Features asked for when the kernel offers them.  FORK is not: a child
  * would need a handler of its own (see luffd_map()). */
@@ -61,8 +64,14 @@ static int resolve_opts(struct luffd_ctx *ctx, const struct luffd_ctx_opts *o)
 	ctx->ia_pages = (uint32_t)(ia / ctx->page_size);
 	per_loop = ctx->cache_bytes / ctx->nloops;
 	/* Room for two windows per handler: one being read while the other
-	 * is consumed. */
-	if (per_loop < 2 * ra || (per_loop >> ctx->page_shift) > UINT32_MAX / 4)
+	 * is consumed.  The default window shrinks to fit a small cache; a
+	 * window asked for explicitly does not. */
+	if (!d.readahead_bytes && per_loop < 2 * ra) {
+		ra = (per_loop / 2) & ~(ctx->page_size - 1);
+		ctx->ra_pages = (uint32_t)(ra / ctx->page_size);
+	}
+	if (!ra || per_loop < 2 * ra ||
+	    (per_loop >> ctx->page_shift) > UINT32_MAX / 4)
 		return -EINVAL;
 	if ((unsigned int)d.open_mode > LUFFD_OPEN_USER_ONLY)
 		return -EINVAL;

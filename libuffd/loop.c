@@ -42,8 +42,11 @@
 #define TAG_EVFD LUFFD__TAG_EVFD
 #define FAULTS_INIT 256
 #define ORPHAN_NS (100 * 1000000ull) /* see resolve() */
-#define RA_LOTSAMISS 100 /* the kernel's MMAP_LOTSAMISS; see read_around() */
-#define RA_MISS_MAX 1000
+/* Read-around stops once this many pages read around random misses have
+ * gone unused (100 misses of 128 KiB: the kernel's MMAP_LOTSAMISS). */
+#define RA_LOTSAMISS_PAGES 3200
+#define RA_MISS_MAX (2 * RA_LOTSAMISS_PAGES)
+#define IA_MIN 16 /* the kernel's fault-around, in pages */
 
 /* ------------------------------------------------------------------------
  * Fault records and lists
@@ -444,6 +447,13 @@ static void install_ahead(struct luffd__loop *l, struct luffd__region *r,
 	unsigned int shift = l->ctx->page_shift;
 	size_t ps = l->ctx->page_size;
 	uint64_t end = (r->off + r->len) >> shift, n = l->ctx->ia_pages;
+
+	/* Adaptive: as far as the stream has earned (its last window), at
+	 * least the kernel's fault-around (16 pages), at most the setting. */
+	if (l->ctx->ra_adaptive && r->ra_win > IA_MIN && r->ra_win < n)
+		n = r->ra_win;
+	else if (l->ctx->ra_adaptive && r->ra_win <= IA_MIN && n > IA_MIN)
+		n = IA_MIN;
 	uint64_t run_dst = 0, run_src = 0, run_len = 0, installed = 0;
 
 	if (n <= 1 || atomic_load_explicit(&r->dead, memory_order_relaxed))
@@ -768,8 +778,9 @@ static void readahead_async(struct luffd__loop *l, struct luffd__region *r)
 /*
  * A random miss reads the aligned block of read-ahead size around it, as
  * the kernel's mmap read-around does, for as long as that pays: every
- * random miss counts against the region (ra_miss), every minor hit counts
- * for it, and past RA_LOTSAMISS misses a random miss reads its page alone.
+ * random miss counts its block's pages against the region (ra_miss), every
+ * minor hit one page for it, and past RA_LOTSAMISS_PAGES a random miss
+ * reads its page alone.
  * Cached pages bound the block.
  */
 static uint32_t read_around(struct luffd__loop *l, struct luffd__region *r,
@@ -822,11 +833,12 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 	}
 	/* Read-around only where a read past the faulting page cannot
 	 * change its answer: files, not callbacks. */
-	around = n == 1 && l->ctx->ra_adaptive && r->ra_miss < RA_LOTSAMISS &&
+	around = n == 1 && l->ctx->ra_adaptive &&
+		 r->ra_miss < RA_LOTSAMISS_PAGES &&
 		 data_end == UINT64_MAX && !F(l, fi)->alone &&
 		 (s->caps & LUFFD__CAP_SHORT_EOF);
 	if (n == 1 && r->ra_miss < RA_MISS_MAX)
-		r->ra_miss++;
+		r->ra_miss += around ? l->ctx->ra_pages : 1;
 	/* Neither r nor the fault may be touched once the read is issued:
 	 * it can complete inside, serve the fault and let the region go. */
 	if (around)

@@ -393,12 +393,19 @@ START_TEST(ctx_opts_bad)
 		ck_assert_int_eq(try_create(&o), 0);
 	}
 	{
-		/* Default read-ahead (128 KiB): at least 2 windows per
-		 * handler thread. */
-		LUFFD_OPTS(luffd_ctx_opts, o, .cache_bytes = 2 * ra - t_ps);
+		/* An explicit window needs 2 windows of cache per handler
+		 * thread; the default window shrinks to fit instead. */
+		LUFFD_OPTS(luffd_ctx_opts, o, .cache_bytes = 2 * ra - t_ps,
+			   .readahead_bytes = ra);
 		ck_assert_int_eq(try_create(&o), -EINVAL);
+		o.readahead_bytes = 0;
+		ck_assert_int_eq(try_create(&o), 0);
+		o.readahead_bytes = ra;
 		o.cache_bytes = 1;
 		ck_assert_int_eq(try_create(&o), -EINVAL);
+		o.readahead_bytes = 0; /* not even one page per window */
+		ck_assert_int_eq(try_create(&o), -EINVAL);
+		o.readahead_bytes = ra;
 		o.cache_bytes = 2 * ra;
 		ck_assert_int_eq(try_create(&o), 0);
 		o.handler_threads = 2;

@@ -285,7 +285,8 @@ START_TEST(truncate_readahead)
 {
 	const size_t n = 64, len = n * h_ps;
 	const uint64_t seed = 0xf3;
-	LUFFD_OPTS(luffd_ctx_opts, o, .readahead_mode = LUFFD_RA_FIXED);
+	LUFFD_OPTS(luffd_ctx_opts, o, .readahead_mode = LUFFD_RA_FIXED,
+		   .readahead_bytes = 32 * h_ps);
 	struct luffd_ctx *ctx = h_ctx(&o); /* 32-page windows */
 	struct luffd_store *s = NULL;
 	int fd = h_tmpfile(len, seed), stale = 0;
