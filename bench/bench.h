@@ -24,8 +24,13 @@ enum engine {
 	ENG_LIBUFFD = 0,
 	ENG_MMAP = 1,
 	ENG_NAIVE = 2,
+	/* Not a fault engine: sequential pread(2) of 1 MiB chunks into one
+	 * reused buffer, the one-copy ceiling a handler is measured against.
+	 * Only on request (--engine ...,pread); "all" means the three above. */
+	ENG_PREAD = 3,
 	NR_ENGINES
 };
+#define NR_FAULT_ENGINES 3
 
 enum pat_kind {
 	PAT_SEQ,

@@ -180,7 +180,7 @@ static void parse_engines(struct config *cfg, const char *arg)
 	for (tok = strtok_r(dup, ",", &save); tok;
 	     tok = strtok_r(NULL, ",", &save)) {
 		if (!strcmp(tok, "all")) {
-			for (e = 0; e < NR_ENGINES; e++)
+			for (e = 0; e < NR_FAULT_ENGINES; e++)
 				if (!seen[e]) {
 					seen[e] = true;
 					cfg->engines[cfg->nengines++] =
@@ -193,7 +193,7 @@ static void parse_engines(struct config *cfg, const char *arg)
 				break;
 		if (e == NR_ENGINES)
 			bad_arg("--engine: unknown engine '%s' (libuffd, "
-				"mmap, naive, all)", tok);
+				"mmap, naive, pread, all)", tok);
 		if (!seen[e]) {
 			seen[e] = true;
 			cfg->engines[cfg->nengines++] = (enum engine)e;
@@ -529,9 +529,9 @@ int main(int argc, char **argv)
 	cfg.pats[0] = (struct pattern){ .kind = PAT_SEQ, .name = "seq" };
 	cfg.pats[1] = (struct pattern){ .kind = PAT_RAND, .name = "rand" };
 	cfg.npats = 2;
-	for (e = 0; e < NR_ENGINES; e++)
+	for (e = 0; e < NR_FAULT_ENGINES; e++)
 		cfg.engines[e] = (enum engine)e;
-	cfg.nengines = NR_ENGINES;
+	cfg.nengines = NR_FAULT_ENGINES;
 	install_signal_handlers();
 	parse_args(&cfg, argc, argv);
 	cfg.progress_tty = isatty(2);

@@ -17,7 +17,8 @@
 
 const char *engine_name(enum engine e)
 {
-	static const char *const names[] = { "libuffd", "mmap", "naive" };
+	static const char *const names[] = { "libuffd", "mmap", "naive",
+					     "pread" };
 
 	return (unsigned int)e < NR_ENGINES ? names[e] : "?";
 }
@@ -183,7 +184,7 @@ static double div_or_nan(double a, double b)
 size_t compute_ratios(const struct config *cfg, const struct run *runs,
 		      size_t nruns, struct ratio *out, size_t max)
 {
-	static const enum engine dens[] = { ENG_MMAP, ENG_NAIVE };
+	static const enum engine dens[] = { ENG_MMAP, ENG_NAIVE, ENG_PREAD };
 	size_t k = 0;
 	int p, s, d;
 
@@ -195,7 +196,7 @@ size_t compute_ratios(const struct config *cfg, const struct run *runs,
 
 			if ((cold && !cfg->do_cold) || (!cold && !cfg->do_warm))
 				continue;
-			for (d = 0; d < 2; d++) {
+			for (d = 0; d < 3; d++) {
 				struct ratio *q;
 				double m[2][4];
 				int i;
@@ -724,7 +725,7 @@ int write_plot(const struct config *cfg, const struct run *runs, size_t nruns,
 	       const char *path)
 {
 	static const char *const eng_color[NR_ENGINES] = {
-		"#7b1fa2", "#e69f00", "#0072b2" };
+		"#7b1fa2", "#e69f00", "#0072b2", "#333333" };
 	static const char *const cls_color[NR_TCLASSES] = {
 		"#009e73", "#d55e00", "#999999", "#cc0000", "#56b4e9" };
 	int panels = 0, cols, rows, p, s, st;

@@ -114,6 +114,18 @@ for q in d["ratios"]:
     assert q["numerator"] == "libuffd"
     assert q["denominator"] in ("mmap", "naive")
 EOF
+	# pread (the one-copy ceiling) only on request, with its own ratio.
+	expect_exit 0 --size 2M --pattern seq --warm --quiet \
+		--engine libuffd,pread --json "$TMP/p.json"
+	python3 - "$TMP/p.json" <<'EOF' || fail "JSON report with pread invalid"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["result"] == "ok", d["failures"]
+assert sorted(r["engine"] for r in d["runs"]) == ["libuffd", "pread"]
+p = [r for r in d["runs"] if r["engine"] == "pread"][0]
+assert p["verified"] and p["faults"]["total"] == 0 and p["wall_ns"] > 0
+assert [q["denominator"] for q in d["ratios"]] == ["pread"]
+EOF
 }
 
 t_corrupt() {
