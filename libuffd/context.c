@@ -137,7 +137,7 @@ int luffd_ctx_create(const struct luffd_ctx_opts *opts, struct luffd_ctx **ctxp)
 				 ctx->page_shift);
 	for (i = 0; i < ctx->nloops; i++) {
 		/* A loop that fails half-way is torn down with the rest. */
-		err = luffd__loop_init(&ctx->loops[i], ctx, i, cache_pages);
+		err = luffd__loop_init(&ctx->loops[i], ctx, cache_pages);
 		if (err) {
 			i++;
 			goto fail_loops;

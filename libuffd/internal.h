@@ -22,9 +22,6 @@
 #define LUFFD__MAX_QUEUE_DEPTH 4096
 #define LUFFD__HIST_BUCKETS 976 /* 16 linear + 60 octaves x 16 sub-buckets */
 #define LUFFD__TRACE_BUF (64 * 1024)
-/* user_data of the ring's own requests; ops are pointers, never this small */
-#define LUFFD__TAG_UFFD ((uint64_t)1)
-#define LUFFD__TAG_EVFD ((uint64_t)2)
 
 #define LUFFD__UNUSED __attribute__((unused))
 #define likely(x) __builtin_expect(!!(x), 1)
@@ -295,7 +292,6 @@ struct luffd__flist { uint32_t head, tail; };
 
 struct luffd__loop {
 	struct luffd_ctx *ctx;
-	unsigned int idx;
 	int uffd;
 	int evfd;
 	uint64_t ioctls;
@@ -362,7 +358,7 @@ struct luffd__loop {
 };
 
 int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
-		     unsigned int idx, uint32_t cache_pages);
+		     uint32_t cache_pages);
 int luffd__loop_start(struct luffd__loop *l);
 void luffd__loop_stop(struct luffd__loop *l);
 void luffd__loop_fini(struct luffd__loop *l);

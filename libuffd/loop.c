@@ -38,8 +38,9 @@
 #define cpu_relax() __asm__ __volatile__("" ::: "memory")
 #endif
 
-#define TAG_UFFD LUFFD__TAG_UFFD
-#define TAG_EVFD LUFFD__TAG_EVFD
+/* user_data of the ring's own requests; ops are pointers, never this small */
+#define TAG_UFFD ((uint64_t)1)
+#define TAG_EVFD ((uint64_t)2)
 #define FAULTS_INIT 256
 #define ORPHAN_NS (100 * 1000000ull) /* see resolve() */
 /* Read-around stops once this many pages read around random misses have
@@ -1323,13 +1324,12 @@ bool luffd__on_handler_thread(const struct luffd_ctx *ctx)
 }
 
 int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
-		     unsigned int idx, uint32_t cache_pages)
+		     uint32_t cache_pages)
 {
 	uint32_t qd = ctx->queue_depth, ra = ctx->ra_pages;
 	int err;
 
 	l->ctx = ctx;
-	l->idx = idx;
 	l->uffd = l->evfd = -1;
 	l->free_op = l->free_fault = LUFFD__NIL;
 	l->pending.head = l->pending.tail = LUFFD__NIL;
