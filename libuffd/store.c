@@ -87,15 +87,21 @@ static int file_read(struct luffd_store *s, struct luffd__loop *l,
 		ssize_t n = preadv2(s->fd, op->iov, (int)op->niov,
 				    (off_t)op->off, RWF_NOWAIT);
 
-		if (n > 0 || n == 0) {
+		if (n >= 0) {
 			op->res = n;
 			return LUFFD__READ_DONE;
 		}
 	}
 	sqe = get_sqe(l);
+	if (!sqe) {
+		/* Cannot happen with the ring sized for every read in flight;
+		 * should it, a blocking read beats failing the fault. */
+		ssize_t n = preadv(s->fd, op->iov, (int)op->niov,
+				   (off_t)(op->off + op->done));
 
-	if (!sqe)
-		return -EBUSY;
+		op->res = n < 0 ? -errno : n;
+		return LUFFD__READ_DONE;
+	}
 	if (op->niov == 1)
 		io_uring_prep_read(sqe, s->fd, op->iov[0].iov_base,
 				   (unsigned int)op->iov[0].iov_len,
