@@ -133,6 +133,44 @@ END_TEST
 /* Without a handler the child dies of SIGBUS.  (The child sets up its own
  * context: a forked child's memory is not registered with the parent's
  * userfaultfd.) */
+/*
+ * A random miss near the end of a file reads the block around it
+ * (read-around).  The block runs past EOF, so the read covers the faulting
+ * page but brings nothing for it: the page is read again on its own before
+ * SIGBUS, and the block's good pages are served from the cache afterwards.
+ */
+START_TEST(read_around_past_eof)
+{
+	size_t fpg = 10, mpg = 64;
+	uint64_t fsize = fpg * t_ps, seed = 0xb07;
+	char *path = t_make_file(fsize, seed);
+	struct luffd_ctx *ctx = t_ctx(NULL); /* adaptive read-ahead */
+	struct luffd_store *st;
+	struct luffd_stats s;
+	char *a;
+
+	ck_assert_int_eq(luffd_store_open(path, 0, &st), 0);
+	ck_assert_int_eq(luffd_map(ctx, st, 0, mpg * t_ps, PROT_READ, 0,
+				   (void **)&a), 0);
+	luffd_store_put(st);
+	t_assert_page(a, 0, 0, fsize, seed); /* first miss: pages 0-3 */
+	expect_sigbus(a + 20 * t_ps, 0);     /* random: the block 4-20 */
+	for (size_t i = 4; i < fpg; i++)
+		t_assert_page(a, i, 0, fsize, seed);
+	t_stats(ctx, &s);
+	/* Window at 0, the block around 20, page 20 alone. */
+	ck_assert_uint_eq(s.reads, 3);
+	ck_assert_uint_eq(s.bytes_read, fsize);
+	ck_assert_uint_eq(s.faults[LUFFD_ERROR], 1);
+	/* Pages 4-9 came with the block: no read waited for them. */
+	ck_assert_uint_eq(s.faults[LUFFD_MAJOR], 1);
+	ck_assert_uint_ge(s.faults[LUFFD_MINOR], 1);
+	ck_assert_int_eq(luffd_unmap(ctx, a, mpg * t_ps), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	free(path);
+}
+END_TEST
+
 START_TEST(past_eof_kills_child)
 {
 	uint64_t fsize = 4 * t_ps;
@@ -353,6 +391,7 @@ static Suite *make(void)
 	TCase *tc = t_tcase(s, "sigbus");
 
 	tcase_add_test(tc, past_eof_in_process);
+	tcase_add_test(tc, read_around_past_eof);
 	tcase_add_test(tc, past_eof_kills_child);
 	tcase_add_test(tc, callback_eio);
 	tcase_add_test(tc, other_stores_past_end);
