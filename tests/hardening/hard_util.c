@@ -16,13 +16,6 @@
 size_t h_ps;
 struct luffd_features h_feat = { .sz = sizeof(struct luffd_features) };
 
-int h_small(void)
-{
-	const char *e = getenv("LUFFD_TEST_SMALL");
-
-	return e && *e && strcmp(e, "0") != 0;
-}
-
 double h_now(void)
 {
 	struct timespec ts;
@@ -224,45 +217,6 @@ int h_thread(pthread_t *t, void *(*fn)(void *), void *arg)
 	err = pthread_create(t, &a, fn, arg);
 	pthread_attr_destroy(&a);
 	return err;
-}
-
-struct luffd_ctx *h_ctx(const struct luffd_ctx_opts *opts)
-{
-	struct luffd_ctx *ctx = NULL;
-	int err = luffd_ctx_create(opts, &ctx);
-
-	ck_assert_msg(err == 0, "luffd_ctx_create: %s", luffd_strerror(err));
-	return ctx;
-}
-
-void h_stats(struct luffd_ctx *ctx, struct luffd_stats *st)
-{
-	memset(st, 0, sizeof(*st));
-	st->sz = sizeof(*st);
-	ck_assert_int_eq(luffd_ctx_sync(ctx), 0);
-	ck_assert_int_eq(luffd_stats_get(ctx, st), 0);
-}
-
-uint64_t h_faults(const struct luffd_stats *st)
-{
-	uint64_t n = 0;
-
-	for (int c = 0; c < LUFFD_NR_CLASSES; c++)
-		n += st->faults[c];
-	return n;
-}
-
-int h_fd_count(void)
-{
-	DIR *d = opendir("/proc/self/fd");
-	int n = 0;
-
-	if (!d)
-		return -1;
-	while (readdir(d))
-		n++;
-	closedir(d);
-	return n;
 }
 
 long h_rss_pages(void)

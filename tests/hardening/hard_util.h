@@ -21,6 +21,7 @@
 #define H_SANITIZED 0
 #endif
 
+#include "../common.h"
 #include <check.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -37,7 +38,8 @@ extern size_t h_ps; /* page size */
 extern struct luffd_features h_feat; /* features of a default context */
 
 /* Non-zero when LUFFD_TEST_SMALL is set (sanitizer builds). */
-int h_small(void);
+/* The helpers both suites need live in tests/common.c. */
+#define h_small t_small
 static inline size_t h_size(size_t normal, size_t small)
 {
 	return h_small() ? small : normal;
@@ -105,12 +107,12 @@ int h_join(pthread_t t, double secs, void **ret);
 /* Start a thread with a small stack. */
 int h_thread(pthread_t *t, void *(*fn)(void *), void *arg);
 
-struct luffd_ctx *h_ctx(const struct luffd_ctx_opts *opts);
+/* luffd_ctx_create() asserting success. */
+#define h_ctx t_ctx
 /* luffd_ctx_sync() + luffd_stats_get(), asserting both succeed. */
-void h_stats(struct luffd_ctx *ctx, struct luffd_stats *st);
-uint64_t h_faults(const struct luffd_stats *st); /* every class */
-
-int h_fd_count(void);
+#define h_stats t_stats
+#define h_faults t_total_faults /* every class */
+#define h_fd_count t_count_fds
 long h_rss_pages(void);
 
 /* Run suite s in fork mode; exits 77 when a default context cannot be
