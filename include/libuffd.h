@@ -191,6 +191,28 @@ enum luffd_readahead {
 	LUFFD_RA_FIXED = 1,
 };
 
+enum luffd_install {
+	/* Default.  Pages are copied into place (UFFDIO_COPY), except that
+	 * once a sequential stream fills whole read-ahead windows in a
+	 * region that can take it, the stream is read in 2 MiB chunks into
+	 * transparent-huge-page staging buffers and each chunk is moved into
+	 * place (UFFDIO_MOVE, one page-table update for 2 MiB: no copy, one
+	 * fault per 2 MiB).  A region can take chunks when it comes from
+	 * luffd_map() with PROT_READ | PROT_WRITE over a file store and the
+	 * kernel has UFFDIO_MOVE (6.8+); such mappings are 2 MiB-aligned
+	 * and marked MADV_HUGEPAGE.  Up to 16 chunks per handler thread are
+	 * taken out of cache_bytes (a quarter of it, none if that is less
+	 * than 2 chunks); half of them are read ahead of the stream.  A
+	 * chunk's pages are moved, not kept: a page faulting again later
+	 * (after MADV_DONTNEED) is read again.  Everything else (random
+	 * access, read-only mappings, luffd_register() ranges, memory and
+	 * callback stores, LUFFD_RA_FIXED) is copied. */
+	LUFFD_INSTALL_AUTO = 0,
+	/* Always copy (for comparison, and for workloads that want every
+	 * page kept in the cache). */
+	LUFFD_INSTALL_COPY = 1,
+};
+
 struct luffd_ctx_opts {
 	size_t sz;
 	/* Handler threads, each with its own userfaultfd, io_uring, cache
@@ -253,6 +275,8 @@ struct luffd_ctx_opts {
 	 * LUFFD_RA_FIXED; LUFFD_NO_INSTALL_AHEAD turns it off.  A multiple
 	 * of the page size, at most 1024 pages. */
 	size_t install_ahead_bytes;
+	/* How pages go into place (see enum luffd_install). */
+	enum luffd_install install_mode;
 };
 
 #define LUFFD_NO_INSTALL_AHEAD ((size_t)-1)
@@ -483,7 +507,10 @@ struct luffd_stats {
 	uint64_t callback_misuse; /* fill() calls caught touching memory of
 				     their own handler thread */
 	uint64_t installed_ahead; /* pages installed before they faulted
-				     (install_ahead_bytes) */
+				     (install_ahead_bytes, and the rest of
+				     each moved chunk) */
+	uint64_t moved_pages;     /* pages moved into place from staging
+				     chunks (LUFFD_INSTALL_AUTO) */
 };
 
 /*

@@ -19,7 +19,9 @@
  * would need a handler of its own (see luffd_map()). */
 #define WANTED_FEATURES (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_POISON | \
 			 UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP | \
-			 UFFD_FEATURE_EVENT_REMAP)
+			 UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_MOVE)
+/* Staging chunks per handler thread, at most (see luffd_install). */
+#define MAX_HP_CHUNKS 16
 
 
 static int resolve_opts(struct luffd_ctx *ctx, const struct luffd_ctx_opts *o)
@@ -73,6 +75,21 @@ static int resolve_opts(struct luffd_ctx *ctx, const struct luffd_ctx_opts *o)
 	if (!ra || per_loop < 2 * ra ||
 	    (per_loop >> ctx->page_shift) > UINT32_MAX / 4)
 		return -EINVAL;
+	if ((unsigned int)d.install_mode > LUFFD_INSTALL_COPY)
+		return -EINVAL;
+	/* Staging chunks: a quarter of the handler's cache, taken out of
+	 * it; with 4 KiB pages only (a chunk is one PMD), and not with fixed
+	 * read-ahead, whose classification they would change.  Confirmed
+	 * against the kernel's UFFDIO_MOVE in create. */
+	ctx->hp_chunks = 0;
+	if (d.install_mode == LUFFD_INSTALL_AUTO && ctx->ra_adaptive &&
+	    ctx->page_size == 4096) {
+		size_t n = per_loop / 4 / LUFFD__HP_SIZE;
+
+		n = n < MAX_HP_CHUNKS ? n : MAX_HP_CHUNKS;
+		if (n >= 2 && per_loop - n * LUFFD__HP_SIZE >= 2 * ra)
+			ctx->hp_chunks = (uint32_t)n;
+	}
 	if ((unsigned int)d.open_mode > LUFFD_OPEN_USER_ONLY)
 		return -EINVAL;
 	if (d.trace_format != 0 && d.trace_format != LUFFD_TRACE_PFAULTS &&
@@ -118,6 +135,11 @@ int luffd_ctx_create(const struct luffd_ctx_opts *opts, struct luffd_ctx **ctxp)
 		goto fail_free;
 	ctx->features = ctx->kernel.features & WANTED_FEATURES & ~disable;
 	ctx->has_poison = ctx->features & UFFD_FEATURE_POISON;
+	/* UFFDIO_MOVE shows in a registration's ioctls, not UFFDIO_API's:
+	 * the feature bit is the promise.  A move refused all the same
+	 * turns chunks off for that region (see loop.c). */
+	if (!(ctx->features & UFFD_FEATURE_MOVE))
+		ctx->hp_chunks = 0;
 	if (ctx->trace_format) {
 		err = luffd__trace_header(ctx);
 		if (err)
@@ -133,7 +155,8 @@ int luffd_ctx_create(const struct luffd_ctx_opts *opts, struct luffd_ctx **ctxp)
 		err = -ENOMEM;
 		goto fail_lock;
 	}
-	cache_pages = (uint32_t)((ctx->cache_bytes / ctx->nloops) >>
+	cache_pages = (uint32_t)(((ctx->cache_bytes / ctx->nloops) -
+				  ctx->hp_chunks * LUFFD__HP_SIZE) >>
 				 ctx->page_shift);
 	for (i = 0; i < ctx->nloops; i++) {
 		/* A loop that fails half-way is torn down with the rest. */

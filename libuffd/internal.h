@@ -179,6 +179,14 @@ struct luffd__region {
 	uint64_t ra_mark;      /* a minor hit here reads the next window */
 	uint32_t ra_win;       /* last window, pages */
 	uint32_t ra_miss;      /* random misses not paid back by hits */
+	/* Chunk streams (see loop.c), handler thread only.  huge: the
+	 * mapping can take 2 MiB moves (luffd_map(), PROT_READ|PROT_WRITE,
+	 * a file store, the kernel has UFFDIO_MOVE), set before the region
+	 * is published; cleared by the handler if a move is refused. */
+	bool huge;
+	bool hp_on;            /* a sequential stream moved to chunks */
+	uint64_t hp_next;      /* store offset of the next chunk to read */
+	uint64_t hp_last;      /* store offset of the last chunk faulted */
 	struct luffd__region *next; /* on loop->dying or loop->zombies */
 };
 
@@ -192,6 +200,11 @@ struct luffd__region {
  *    and it is freed by an application thread once none holds it.
  */
 enum luffd__lookup { LUFFD__FOUND, LUFFD__DYING, LUFFD__UNKNOWN };
+
+/* 2 MiB: the size of a staging chunk, and the alignment of luffd_map()
+ * ranges that can take chunks. */
+#define LUFFD__HP_SHIFT 21
+#define LUFFD__HP_SIZE (1ull << LUFFD__HP_SHIFT)
 
 /* Find the live region containing addr (handler thread) and take a hold on
  * it (inflight) that luffd__region_put() drops. */
@@ -226,7 +239,7 @@ struct luffd__stats {
 	_Atomic uint64_t bytes_read, reads, readahead_pages, coalesced;
 	_Atomic uint64_t evictions, eexist, eagain, waits, trace_errors;
 	_Atomic uint64_t ev_remove, ev_unmap, ev_remap, orphans, timeouts;
-	_Atomic uint64_t misuse, installed_ahead;
+	_Atomic uint64_t misuse, installed_ahead, moved_pages;
 };
 
 #define luffd__inc(field, n)                                                 \
@@ -265,6 +278,7 @@ struct luffd__fault {
 	uint8_t waited; /* waited for a read: MAJOR whatever comes next */
 	uint8_t parked; /* has waited for a free slot (counted once) */
 	uint8_t alone;  /* a shared read failed: read its page alone */
+	uint8_t nochunk; /* a chunk could not serve it: page path only */
 };
 
 /* A store read in flight: one window of consecutive store pages. */
@@ -280,6 +294,7 @@ struct luffd__op {
 	bool expired;     /* read_timeout_ms passed: its faults got SIGBUS */
 	bool had_waiter;  /* a fault started it (not background read-ahead) */
 	uint32_t widx;    /* the waiting fault's page in the window */
+	uint32_t chunk;   /* the chunk it fills, or LUFFD__NIL (pages) */
 	uint64_t deadline;
 	struct luffd__op *prev, *next; /* loop->inflight, oldest first */
 	uint32_t *slot;   /* npages cache slots */
@@ -289,6 +304,28 @@ struct luffd__op {
 };
 
 struct luffd__flist { uint32_t head, tail; };
+
+/* A staging chunk (loop.c): 2 MiB of a store read into a transparent
+ * huge page, moved into place with UFFDIO_MOVE. */
+enum { LUFFD__CHUNK_FREE = 0, LUFFD__CHUNK_INFLIGHT, LUFFD__CHUNK_READY };
+
+struct luffd__chunk {
+	uint64_t store_id;
+	uint64_t off;     /* store offset of its first page */
+	uint64_t tick;    /* when it became ready: the oldest goes first */
+	uint32_t waiters; /* faults waiting for it (INFLIGHT) */
+	uint32_t op;      /* INFLIGHT: the read filling it */
+	uint16_t avail;   /* READY: pages [0, avail) still here; the rest
+			     were moved into place */
+	uint8_t state;
+	uint8_t mem;      /* its memory: LUFFD__CHUNK_MEM_* */
+};
+
+enum {
+	LUFFD__CHUNK_MEM_NONE = 0,  /* no page: a read must fault one in */
+	LUFFD__CHUNK_MEM_FILLING,   /* being populated on an io_uring worker */
+	LUFFD__CHUNK_MEM_READY,     /* populated or read into */
+};
 
 struct luffd__loop {
 	struct luffd_ctx *ctx;
@@ -314,6 +351,13 @@ struct luffd__loop {
 	struct luffd__region *dying, *zombies;
 
 	struct luffd__cache cache;
+
+	/* Staging chunks: ctx->hp_chunks of them, 2 MiB each, in one
+	 * 2 MiB-aligned THP mapping (hp_data). */
+	struct luffd__chunk *chunks;
+	unsigned char *hp_data, *hp_map;
+	size_t hp_map_len;
+	uint64_t hp_tick;
 
 	struct luffd__op *ops;
 	uint32_t nops, free_op, ops_busy;
@@ -378,6 +422,7 @@ struct luffd_ctx {
 	uint32_t ra_pages;
 	bool ra_adaptive;
 	uint32_t ia_pages; /* install-ahead chunk, pages (1: off) */
+	uint32_t hp_chunks; /* staging chunks per handler (0: copy only) */
 	unsigned int spin_us;
 	unsigned int read_timeout_ms; /* 0: none */
 	enum luffd_open_mode open_mode;

@@ -41,6 +41,8 @@
 /* user_data of the ring's own requests; ops are pointers, never this small */
 #define TAG_UFFD ((uint64_t)1)
 #define TAG_EVFD ((uint64_t)2)
+/* Populating staging chunk i: TAG_POPULATE + i (see chunk_populate()) */
+#define TAG_POPULATE ((uint64_t)16)
 #define FAULTS_INIT 256
 #define ORPHAN_NS (100 * 1000000ull) /* see resolve() */
 /* Read-around stops once this many pages read around random misses have
@@ -433,6 +435,68 @@ static uint64_t copy_run(struct luffd__loop *l, uint64_t dst, uint64_t src,
 	return done / ps;
 }
 
+/* ------------------------------------------------------------------------
+ * Chunks: sequential streams moved into place 2 MiB at a time
+ *
+ * Once a stream through a region that can take them (r->huge) fills whole
+ * read-ahead windows, it is read ahead in chunks: the aligned 2 MiB blocks
+ * of the mapping, each read whole into a staging chunk (a transparent huge
+ * page) and moved into place with UFFDIO_MOVE when a fault touches it.  A
+ * move of a whole chunk into an empty page-middle directory is one
+ * page-table update: no copy, and the chunk's other 511 pages never fault.
+ * A move from page i takes pages [i, avail) and leaves [0, i) staged, so a
+ * fault below i still finds its page there.  Whatever a chunk cannot serve
+ * (a page past its data, a refused move, a failed read) takes the page
+ * path, which reads and copies it as usual.
+ * ---------------------------------------------------------------------- */
+
+static inline unsigned char *chunk_data(struct luffd__loop *l, uint32_t i)
+{
+	return l->hp_data + ((size_t)i << LUFFD__HP_SHIFT);
+}
+
+/* At most 16 chunks: a scan is cheaper than a hash. */
+static uint32_t chunk_find(struct luffd__loop *l, uint64_t id, uint64_t off)
+{
+	for (uint32_t i = 0; i < l->ctx->hp_chunks; i++) {
+		const struct luffd__chunk *ch = &l->chunks[i];
+
+		if (ch->state != LUFFD__CHUNK_FREE && ch->off == off &&
+		    ch->store_id == id)
+			return i;
+	}
+	return LUFFD__NIL;
+}
+
+/* The 2 MiB block of r's mapping around addr: its address and store
+ * offset; false when the block starts before r. */
+static bool chunk_of(const struct luffd__region *r, uint64_t addr,
+		     uint64_t *base, uint64_t *off)
+{
+	uint64_t b = addr & ~(LUFFD__HP_SIZE - 1);
+
+	if (b < r->start)
+		return false;
+	*base = b;
+	*off = r->off + (b - r->start);
+	return true;
+}
+
+/* Pages of r the page path may read or install from store page pg on
+ * without running into the stream's chunks. */
+static uint64_t chunk_clip(struct luffd__loop *l, struct luffd__region *r,
+			   uint64_t pg, uint64_t n)
+{
+	uint64_t addr, lim;
+
+	if (!r->hp_on)
+		return n;
+	addr = r->start + ((pg << l->ctx->page_shift) - r->off);
+	lim = (LUFFD__HP_SIZE - (addr & (LUFFD__HP_SIZE - 1))) >>
+	      l->ctx->page_shift;
+	return n < lim ? n : lim;
+}
+
 /*
  * Install-ahead, the kernel's fault-around: after serving store page pg of
  * r, copy the pages that follow it, up to install_ahead pages, straight
@@ -470,6 +534,10 @@ static void install_ahead(struct luffd__loop *l, struct luffd__region *r,
 		    p == r->ra_mark)
 			break;
 		dst = r->start + (p << shift) - r->off;
+		/* Not into the stream's chunks: they go in whole. */
+		if (r->hp_on && !(dst & (LUFFD__HP_SIZE - 1)) &&
+		    chunk_find(l, r->store->id, p << shift) != LUFFD__NIL)
+			break;
 		src = (uint64_t)(uintptr_t)luffd__cache_data(c, slot);
 		if (run_len && run_dst + run_len == dst &&
 		    run_src + run_len == src) {
@@ -488,6 +556,9 @@ static void install_ahead(struct luffd__loop *l, struct luffd__region *r,
 		installed += copy_run(l, run_dst, run_src, run_len);
 	luffd__inc(l->stats.installed_ahead, installed);
 }
+
+static void chunk_complete(struct luffd__loop *l, struct luffd__op *op,
+			   uint64_t total, int err);
 
 enum page_fate { PAGE_READY, PAGE_ZERO, PAGE_ERROR, PAGE_ABSENT };
 
@@ -564,6 +635,11 @@ static void complete_op(struct luffd__loop *l, struct luffd__op *op,
 		err = (int)res;
 	}
 	total = op->done;
+	if (op->chunk != LUFFD__NIL) {
+		chunk_complete(l, op, total, err);
+		op_free(l, op);
+		return;
+	}
 	shared = op->npages > 1;
 
 	/* The window's other pages first, and install-ahead, so that the
@@ -626,6 +702,44 @@ static void stream_update(struct luffd__region *r, uint64_t pg, uint32_t n,
 	}
 }
 
+/* A read of npages of r's store at off, held and on the in-flight list,
+ * its buffers still to be set (op->iov_mem, op->niov); NULL when every
+ * read is in flight. */
+static struct luffd__op *op_begin(struct luffd__loop *l,
+				  struct luffd__region *r, uint64_t off,
+				  uint32_t npages)
+{
+	struct luffd__op *op = op_alloc(l);
+
+	if (!op)
+		return NULL;
+	op->store = luffd__store_get(r->store);
+	/* The read holds its region: removal waits for it. */
+	op->region = r;
+	atomic_fetch_add(&r->inflight, 1);
+	op->expired = false;
+	op->deadline = l->ctx->read_timeout_ms ?
+		luffd__now_ns() + l->ctx->read_timeout_ms * 1000000ull :
+		UINT64_MAX;
+	op->next = NULL;
+	op->prev = l->inflight_tail;
+	if (op->prev)
+		op->prev->next = op;
+	else
+		l->inflight_head = op;
+	l->inflight_tail = op;
+	op->off = off;
+	op->npages = npages;
+	op->len = (uint64_t)npages << l->ctx->page_shift;
+	op->done = 0;
+	op->res = 0;
+	op->iov = op->iov_mem;
+	op->niov = 0;
+	op->widx = 0;
+	op->chunk = LUFFD__NIL;
+	return op;
+}
+
 /*
  * Queue a read of up to n pages of r's store from page pg into the cache,
  * with fault fi (or LUFFD__NIL for read-ahead nobody waits for yet)
@@ -662,35 +776,12 @@ static uint32_t issue_read(struct luffd__loop *l, struct luffd__region *r,
 	avail = luffd__cache_available(c);
 	if (!n || avail <= widx)
 		return 0;
-	op = op_alloc(l);
-	if (!op)
-		return 0;
 	if (n > avail)
 		n = avail;
+	op = op_begin(l, r, pg << shift, (uint32_t)n);
+	if (!op)
+		return 0;
 	op->widx = widx;
-
-	op->store = luffd__store_get(s);
-	/* The read holds its region: removal waits for it. */
-	op->region = r;
-	atomic_fetch_add(&r->inflight, 1);
-	op->expired = false;
-	op->deadline = l->ctx->read_timeout_ms ?
-		luffd__now_ns() + l->ctx->read_timeout_ms * 1000000ull :
-		UINT64_MAX;
-	op->next = NULL;
-	op->prev = l->inflight_tail;
-	if (op->prev)
-		op->prev->next = op;
-	else
-		l->inflight_head = op;
-	l->inflight_tail = op;
-	op->off = pg << shift;
-	op->npages = (uint32_t)n;
-	op->len = n * ps;
-	op->done = 0;
-	op->res = 0;
-	op->iov = op->iov_mem;
-	op->niov = 0;
 	for (uint32_t k = 0; k < n; k++) {
 		uint32_t slot = luffd__cache_alloc(c, s->id, pg + k);
 		char *data = luffd__cache_data(c, slot);
@@ -723,6 +814,395 @@ static uint32_t issue_read(struct luffd__loop *l, struct luffd__region *r,
 	stream_update(r, pg, (uint32_t)n, how);
 	submit_op(l, op);
 	return (uint32_t)n;
+}
+
+/* A chunk to read into: a free one with its memory in place, else the
+ * one ready longest, else a free one being populated or empty;
+ * LUFFD__NIL when every chunk is being read. */
+static uint32_t chunk_alloc(struct luffd__loop *l)
+{
+	uint32_t best = LUFFD__NIL, empty = LUFFD__NIL;
+
+	for (uint32_t i = 0; i < l->ctx->hp_chunks; i++) {
+		const struct luffd__chunk *ch = &l->chunks[i];
+
+		if (ch->state == LUFFD__CHUNK_FREE) {
+			if (ch->mem == LUFFD__CHUNK_MEM_READY)
+				return i;
+			if (empty == LUFFD__NIL ||
+			    ch->mem == LUFFD__CHUNK_MEM_NONE)
+				empty = i;
+		} else if (ch->state == LUFFD__CHUNK_READY &&
+			   (best == LUFFD__NIL ||
+			    ch->tick < l->chunks[best].tick)) {
+			best = i;
+		}
+	}
+	return best != LUFFD__NIL ? best : empty;
+}
+
+/* Read the chunk of r at mapping address base (store offset off), with
+ * fault fi (or LUFFD__NIL) waiting for it.  False when no chunk or read
+ * is free.  As with issue_read(), neither r nor fi may be touched after
+ * a true return unless the caller holds r: the read can complete inside. */
+static bool chunk_read(struct luffd__loop *l, struct luffd__region *r,
+		       uint64_t base, uint64_t off, uint32_t fi)
+{
+	struct luffd_store *s = r->store;
+	unsigned int shift = l->ctx->page_shift;
+	size_t ps = l->ctx->page_size;
+	uint64_t n = (r->start + r->len - base) >> shift, lim;
+	struct luffd__chunk *ch;
+	struct luffd__op *op;
+	uint32_t hc;
+
+	n = n < (LUFFD__HP_SIZE >> shift) ? n : LUFFD__HP_SIZE >> shift;
+	/* Not past the store's size (but always the faulting page's block:
+	 * the file may have grown). */
+	lim = s->size > off ? (s->size - off + ps - 1) >> shift : 1;
+	n = n < lim ? n : lim;
+	hc = chunk_alloc(l);
+	if (hc == LUFFD__NIL)
+		return false;
+	op = op_begin(l, r, off, (uint32_t)n);
+	if (!op)
+		return false;
+	ch = &l->chunks[hc];
+	ch->store_id = s->id;
+	ch->off = off;
+	ch->state = LUFFD__CHUNK_INFLIGHT;
+	ch->avail = 0;
+	ch->waiters = LUFFD__NIL;
+	ch->op = (uint32_t)(op - l->ops);
+	op->chunk = hc;
+	op->iov_mem[0].iov_base = chunk_data(l, hc);
+	op->iov_mem[0].iov_len = n << shift;
+	op->niov = 1;
+	op->had_waiter = fi != LUFFD__NIL;
+	if (fi != LUFFD__NIL) {
+		F(l, fi)->waited = 1;
+		F(l, fi)->next = LUFFD__NIL;
+		ch->waiters = fi;
+	}
+	luffd__inc(l->stats.reads, 1);
+	luffd__inc(l->stats.readahead_pages, fi == LUFFD__NIL ? n : n - 1);
+	submit_op(l, op);
+	return true;
+}
+
+/*
+ * A move took chunk hc's huge page away; the next read into it needs a new
+ * one, which the kernel must allocate and zero, and on a VM whose free
+ * memory went back to the host, fault in from the host: the largest cost
+ * of a chunk by far.  An io_uring madvise runs on an io_uring worker, so
+ * that cost is paid on another CPU while this one reads and moves the
+ * stream's other chunks.  Best effort: a read into a chunk still being
+ * populated just faults its pages in itself.
+ */
+static void chunk_populate(struct luffd__loop *l, uint32_t hc)
+{
+#ifdef MADV_POPULATE_WRITE
+	struct io_uring_sqe *sqe;
+
+	if (l->chunks[hc].mem != LUFFD__CHUNK_MEM_NONE)
+		return;
+	sqe = io_uring_get_sqe(&l->ring);
+	if (!sqe)
+		return;
+	io_uring_prep_madvise(sqe, chunk_data(l, hc), LUFFD__HP_SIZE,
+			      MADV_POPULATE_WRITE);
+	io_uring_sqe_set_data64(sqe, TAG_POPULATE + hc);
+	l->chunks[hc].mem = LUFFD__CHUNK_MEM_FILLING;
+	/* Now, not at the loop's next turn: the point is to overlap. */
+	io_uring_submit(&l->ring);
+#else
+	(void)l;
+	(void)hc;
+#endif
+}
+
+static void chunk_populated(struct luffd__loop *l, uint32_t hc, int res)
+{
+	/* A read may have filled it meanwhile, and a move emptied it. */
+	if (l->chunks[hc].mem == LUFFD__CHUNK_MEM_FILLING)
+		l->chunks[hc].mem = res < 0 ? LUFFD__CHUNK_MEM_NONE
+					    : LUFFD__CHUNK_MEM_READY;
+}
+
+/*
+ * Move pages [idx, avail) of chunk hc to the block at base, waking the
+ * threads waiting there.  Pages present already are stepped over (and
+ * their threads woken).  *done: the pages from idx on that are in place
+ * now (moved or present) before any error.  The chunk keeps [0, idx), or
+ * nothing after an error.
+ */
+static int chunk_move(struct luffd__loop *l, uint32_t hc, uint64_t base,
+		      uint32_t idx, uint64_t *done)
+{
+	struct luffd__chunk *ch = &l->chunks[hc];
+	unsigned int shift = l->ctx->page_shift;
+	size_t ps = l->ctx->page_size;
+	uint64_t dst = base + ((uint64_t)idx << shift);
+	uint64_t src = (uint64_t)(uintptr_t)chunk_data(l, hc) +
+		       ((uint64_t)idx << shift);
+	uint64_t len = (uint64_t)(ch->avail - idx) << shift, moved = 0;
+	int err = 0;
+
+	*done = 0;
+	while (len) {
+		struct uffdio_move m = {
+			.dst = dst, .src = src, .len = len, .mode = 0,
+		};
+		uint64_t step;
+
+		if (ioctl(l->uffd, UFFDIO_MOVE, &m) == 0) {
+			moved += len;
+			*done += len;
+			break;
+		}
+		if (m.move > 0) {
+			step = (uint64_t)m.move;
+			moved += step;
+		} else if (m.move == -EEXIST || errno == EEXIST) {
+			luffd__inc(l->stats.eexist, 1);
+			uffd_wake(l, dst);
+			step = ps;
+		} else {
+			err = m.move < 0 ? (int)m.move : -errno;
+			break;
+		}
+		*done += step;
+		dst += step;
+		src += step;
+		len -= step;
+	}
+	*done >>= shift;
+	moved >>= shift;
+	luffd__inc(l->stats.moved_pages, moved);
+	luffd__inc(l->stats.installed_ahead, moved > 1 ? moved - 1 : 0);
+	ch->avail = err ? 0 : (uint16_t)idx;
+	if (moved)
+		ch->mem = LUFFD__CHUNK_MEM_NONE; /* holes now */
+	if (!ch->avail) {
+		ch->state = LUFFD__CHUNK_FREE;
+		chunk_populate(l, hc);
+	}
+	return err;
+}
+
+/* Serve fault fi from chunk hc (ready) at base.  Returns the pages put
+ * in place from fi's on, 0 when the chunk does not have fi's page: the
+ * caller takes the page path. */
+static uint64_t chunk_serve(struct luffd__loop *l, uint32_t fi, uint32_t hc,
+			    uint64_t base, enum luffd_class cls)
+{
+	struct luffd__fault *f = F(l, fi);
+	uint32_t idx = (uint32_t)((f->addr - base) >> l->ctx->page_shift);
+	uint64_t done;
+	int err;
+
+	if (idx >= l->chunks[hc].avail)
+		return 0;
+	err = chunk_move(l, hc, base, idx, &done);
+	if (err == -EINVAL) {
+		/* The kernel will not move into this mapping after all
+		 * (its protection or type changed): copy from now on. */
+		f->region->huge = false;
+	}
+	if (done)
+		record(l, fi, f->waited ? LUFFD_MAJOR : cls, 0);
+	return done;
+}
+
+/* Keep the stream's read-ahead depth: chunks after the one at off (at
+ * mapping address base) up to half the staging chunks ahead of it. */
+static void chunk_ahead(struct luffd__loop *l, struct luffd__region *r,
+			uint64_t base, uint64_t off)
+{
+	uint64_t depth = l->ctx->hp_chunks / 2, end = r->start + r->len;
+
+	if (r->hp_next <= off || r->hp_next > off + (depth + 1) * LUFFD__HP_SIZE)
+		r->hp_next = off + LUFFD__HP_SIZE;
+	while (r->hp_next <= off + depth * LUFFD__HP_SIZE) {
+		uint64_t b = base + (r->hp_next - off);
+
+		if (b >= end || r->hp_next >= r->store->size)
+			break;
+		if (chunk_find(l, r->store->id, r->hp_next) == LUFFD__NIL &&
+		    !chunk_read(l, r, b, r->hp_next, LUFFD__NIL))
+			break;
+		r->hp_next += LUFFD__HP_SIZE;
+	}
+}
+
+/* A stream in r has filled a whole window up to store page r->ra_next:
+ * from the next 2 MiB boundary of the mapping on, read it in chunks. */
+static void chunk_kick(struct luffd__loop *l, struct luffd__region *r)
+{
+	uint64_t next = r->ra_next << l->ctx->page_shift;
+	uint64_t base = (r->start + (next - r->off) + LUFFD__HP_SIZE - 1) &
+			~(LUFFD__HP_SIZE - 1);
+	uint64_t off = r->off + (base - r->start);
+
+	if (base >= r->start + r->len || off >= r->store->size)
+		return;
+	for (uint32_t i = 0; i < l->ctx->hp_chunks; i++)
+		if (l->chunks[i].state == LUFFD__CHUNK_FREE)
+			chunk_populate(l, i);
+	r->hp_on = true;
+	r->hp_last = off - LUFFD__HP_SIZE; /* a fault at off reads it */
+	r->hp_next = off;
+	/* The chunk at off and depth - 1 after it. */
+	chunk_ahead(l, r, base - LUFFD__HP_SIZE, off - LUFFD__HP_SIZE);
+}
+
+/* A thread interrupted by a signal faults again and sends a second
+ * message for the same fault; the kernel counts a retried fault once, and
+ * so does libuffd. */
+static bool dup_waiter(struct luffd__loop *l, uint32_t w,
+		       const struct luffd__fault *f)
+{
+	if (!f->tid)
+		return false;
+	for (; w != LUFFD__NIL; w = F(l, w)->next)
+		if (F(l, w)->tid == f->tid && F(l, w)->addr == f->addr)
+			return true;
+	return false;
+}
+
+/* Serve fault fi (its region held, r->huge) from the chunks if its
+ * block is staged or is the stream's next.  False: take the page path. */
+static bool chunk_fault(struct luffd__loop *l, uint32_t fi)
+{
+	struct luffd__fault *f = F(l, fi);
+	struct luffd__region *r = f->region;
+	struct luffd__chunk *ch;
+	uint64_t base, off;
+	uint32_t hc;
+	bool ok;
+
+	if (!chunk_of(r, f->addr, &base, &off))
+		return false;
+	hc = chunk_find(l, r->store->id, off);
+	if (hc == LUFFD__NIL) {
+		/* The stream's next chunk was not read ahead (every chunk
+		 * was busy): read it now. */
+		if (!r->hp_on || off != r->hp_last + LUFFD__HP_SIZE ||
+		    off >= r->store->size)
+			return false;
+		atomic_fetch_add(&r->inflight, 1);
+		r->hp_last = off;
+		ok = chunk_read(l, r, base, off, fi);
+		if (ok)
+			chunk_ahead(l, r, base, off);
+		luffd__region_put(r);
+		return ok;
+	}
+	ch = &l->chunks[hc];
+	if (ch->state == LUFFD__CHUNK_INFLIGHT) {
+		if (l->ops[ch->op].expired) {
+			serve_error(l, fi, -ETIMEDOUT);
+			return true;
+		}
+		if (dup_waiter(l, ch->waiters, f)) {
+			luffd__region_put(r);
+			fault_free(l, fi);
+			return true;
+		}
+		luffd__inc(l->stats.coalesced, 1);
+		f->waited = 1;
+		f->next = ch->waiters;
+		ch->waiters = fi;
+		return true;
+	}
+	/* Ready.  The thread is woken by the move, before the read-ahead
+	 * (which may read synchronously); the extra hold keeps r. */
+	atomic_fetch_add(&r->inflight, 1);
+	ok = chunk_serve(l, fi, hc, base, LUFFD_MINOR) != 0;
+	if (ok && r->hp_on && r->huge) {
+		r->hp_last = off;
+		chunk_ahead(l, r, base, off);
+	}
+	luffd__region_put(r);
+	return ok;
+}
+
+/* Take the waiter with the lowest page off list *w. */
+static uint32_t pop_lowest(struct luffd__loop *l, uint32_t *w)
+{
+	uint32_t *best = w;
+
+	for (uint32_t *p = w; *p != LUFFD__NIL; p = &F(l, *p)->next)
+		if (F(l, *p)->addr < F(l, *best)->addr)
+			best = p;
+	uint32_t i = *best;
+
+	*best = F(l, i)->next;
+	F(l, i)->next = LUFFD__NIL;
+	return i;
+}
+
+/* The read of a chunk finished: total bytes, or err.  Its waiters are
+ * served lowest page first, so one move usually wakes them all. */
+static void chunk_complete(struct luffd__loop *l, struct luffd__op *op,
+			   uint64_t total, int err)
+{
+	uint32_t hc = op->chunk, w;
+	struct luffd__chunk *ch = &l->chunks[hc];
+	unsigned int shift = l->ctx->page_shift;
+	size_t ps = l->ctx->page_size;
+	uint64_t last_base = 0, lo = 0, hi = 0;
+
+	ch->avail = 0;
+	if (!err && total) {
+		ch->avail = (uint16_t)((total + ps - 1) >> shift);
+		/* The store's last page: zeroes after its end. */
+		if (total & (ps - 1))
+			memset(chunk_data(l, hc) + total, 0,
+			       ps - (total & (ps - 1)));
+	}
+	ch->state = ch->avail ? LUFFD__CHUNK_READY : LUFFD__CHUNK_FREE;
+	ch->mem = LUFFD__CHUNK_MEM_READY;
+	ch->tick = ++l->hp_tick;
+	w = ch->waiters;
+	ch->waiters = LUFFD__NIL;
+	while (w != LUFFD__NIL) {
+		uint32_t fi = pop_lowest(l, &w);
+		struct luffd__fault *f = F(l, fi);
+		uint64_t base, off;
+
+		if (drop_if_dead(l, fi))
+			continue;
+		if (chunk_of(f->region, f->addr, &base, &off) &&
+		    off == ch->off) {
+			uint64_t idx = (f->addr - base) >> shift, done;
+
+			if (base == last_base && idx >= lo && idx < hi) {
+				/* Moved in (and woken) with a lower
+				 * waiter's page. */
+				record(l, fi, LUFFD_MAJOR, 0);
+				continue;
+			}
+			if (ch->state == LUFFD__CHUNK_READY &&
+			    idx < ch->avail) {
+				done = chunk_serve(l, fi, hc, base,
+						   LUFFD_MAJOR);
+				if (done) {
+					last_base = base;
+					lo = idx;
+					hi = idx + done;
+					continue;
+				}
+			}
+		}
+		/* Past the chunk's data, or its read or move failed: the
+		 * page path, which reads the page alone after a failed
+		 * read (and gives SIGBUS if that fails too). */
+		f->nochunk = 1;
+		if (err)
+			f->alone = 1;
+		handle_fault(l, fi);
+	}
 }
 
 /*
@@ -772,8 +1252,10 @@ static void readahead_async(struct luffd__loop *l, struct luffd__region *r)
 	r->ra_mark = UINT64_MAX;
 	if (pg >= (r->off + r->len) >> l->ctx->page_shift)
 		return;
-	issue_read(l, r, pg, w < max ? w : max, LUFFD__NIL, 0,
-		   STREAM_BACKGROUND);
+	w = chunk_clip(l, r, pg, w < max ? w : max);
+	if (r->hp_on && w == 0)
+		return;
+	issue_read(l, r, pg, w, LUFFD__NIL, 0, STREAM_BACKGROUND);
 }
 
 /*
@@ -825,6 +1307,15 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 		}
 	}
 	n = F(l, fi)->alone ? 1 : window(l, r, pg);
+	if (r->huge && !F(l, fi)->nochunk && l->ctx->ra_adaptive &&
+	    n >= l->ctx->ra_pages && pg == r->ra_next) {
+		/* A stream that fills whole windows goes on in chunks; if
+		 * this page starts one, it waits for that. */
+		chunk_kick(l, r);
+		if (chunk_fault(l, fi))
+			return;
+	}
+	n = chunk_clip(l, r, pg, n);
 	/* Sparse files: not past the data run. */
 	if (data_end != UINT64_MAX) {
 		uint64_t lim = data_end > off ?
@@ -885,6 +1376,8 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 		return;
 	}
 
+	if (r->huge && !f->nochunk && chunk_fault(l, fi))
+		return;
 	slot = luffd__cache_find(&l->cache, s->id, off >> l->ctx->page_shift);
 	if (slot == LUFFD__NIL) {
 		start_read(l, fi, off);
@@ -895,8 +1388,13 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 
 		if (r->ra_miss)
 			r->ra_miss--;
-		if (pg == r->ra_mark && l->ctx->ra_adaptive)
+		if (pg == r->ra_mark && l->ctx->ra_adaptive) {
+			/* A stream that fills whole windows goes on in
+			 * chunks where the region can take them. */
+			if (r->huge && r->ra_win >= l->ctx->ra_pages)
+				chunk_kick(l, r);
 			readahead_async(l, r);
+		}
 		/* The pages ahead go in before the faulting one wakes its
 		 * thread, or the thread races them to the next page. */
 		install_ahead(l, r, pg);
@@ -910,18 +1408,12 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 		serve_error(l, fi, -ETIMEDOUT);
 		return;
 	}
-	/* A read of this page is in flight: wait for it with the others.
-	 * A thread whose wait was interrupted (a signal) faults again and
-	 * sends a second message for the same fault; the kernel counts a
-	 * retried fault once, and so does libuffd. */
-	if (f->tid) {
-		for (uint32_t w = l->cache.slots[slot].waiters; w != LUFFD__NIL;
-		     w = F(l, w)->next)
-			if (F(l, w)->tid == f->tid && F(l, w)->addr == f->addr) {
-				luffd__region_put(r);
-				fault_free(l, fi);
-				return;
-			}
+	/* A read of this page is in flight: wait for it with the others
+	 * (once: see dup_waiter()). */
+	if (dup_waiter(l, l->cache.slots[slot].waiters, f)) {
+		luffd__region_put(r);
+		fault_free(l, fi);
+		return;
 	}
 	luffd__inc(l->stats.coalesced, 1);
 	f->waited = 1;
@@ -1134,6 +1626,11 @@ static void process_cqes(struct luffd__loop *l, bool *uffd_ready)
 
 			if (tag == TAG_UFFD) {
 				*uffd_ready = true;
+			} else if (tag >= TAG_POPULATE &&
+				   tag < TAG_POPULATE + l->ctx->hp_chunks) {
+				chunk_populated(l, (uint32_t)(tag - TAG_POPULATE),
+						done[i].res);
+				continue;
 			} else if (tag == TAG_EVFD) {
 				/* Only wakes the loop; the count is moot. */
 				if (read(l->evfd, &v, sizeof(v)) < 0)
@@ -1168,6 +1665,16 @@ static uint64_t expire_reads(struct luffd__loop *l)
 		inflight_unlink(l, op);
 		op->expired = true;
 		luffd__inc(l->stats.timeouts, 1);
+		if (op->chunk != LUFFD__NIL) {
+			uint32_t w = l->chunks[op->chunk].waiters, next;
+
+			l->chunks[op->chunk].waiters = LUFFD__NIL;
+			for (; w != LUFFD__NIL; w = next) {
+				next = F(l, w)->next;
+				serve_error(l, w, -ETIMEDOUT);
+			}
+			continue;
+		}
 		for (uint32_t k = 0; k < op->npages; k++) {
 			struct luffd__slot *sl = &l->cache.slots[op->slot[k]];
 			uint32_t w = sl->waiters, next;
@@ -1225,8 +1732,10 @@ static int ring_setup(struct luffd__loop *l)
 	for (unsigned int i = 0; i < 3 && err == -EINVAL; i++) {
 		memset(&p, 0, sizeof(p));
 		p.flags = flag_sets[i];
-		/* Room for every read in flight and the two polls. */
-		err = io_uring_queue_init_params(qd + 4, &l->ring, &p);
+		/* Room for every read in flight, the two polls and a
+		 * populate per staging chunk. */
+		err = io_uring_queue_init_params(qd + 4 + l->ctx->hp_chunks,
+						 &l->ring, &p);
 	}
 	if (err) {
 		pr_warn("io_uring_queue_init: %s\n", luffd_strerror(err));
@@ -1323,6 +1832,33 @@ bool luffd__on_handler_thread(const struct luffd_ctx *ctx)
 	return false;
 }
 
+/* The staging chunks: one 2 MiB-aligned mapping where the kernel puts a
+ * transparent huge page under each chunk on its first write, and again
+ * after each move takes it away.  Touched lazily, like the cache. */
+static int chunks_init(struct luffd__loop *l)
+{
+	size_t n = l->ctx->hp_chunks;
+	uintptr_t a;
+
+	l->chunks = calloc(n, sizeof(*l->chunks));
+	if (!l->chunks)
+		return -ENOMEM;
+	l->hp_map_len = (n + 1) * LUFFD__HP_SIZE;
+	l->hp_map = mmap(NULL, l->hp_map_len, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (l->hp_map == MAP_FAILED) {
+		l->hp_map = NULL;
+		return -ENOMEM;
+	}
+	a = ((uintptr_t)l->hp_map + LUFFD__HP_SIZE - 1) &
+	    ~(uintptr_t)(LUFFD__HP_SIZE - 1);
+	l->hp_data = (unsigned char *)a;
+	madvise(l->hp_data, n * LUFFD__HP_SIZE, MADV_HUGEPAGE);
+	/* A move needs pages this process alone maps. */
+	madvise(l->hp_map, l->hp_map_len, MADV_DONTFORK);
+	return 0;
+}
+
 int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
 		     uint32_t cache_pages)
 {
@@ -1376,6 +1912,11 @@ int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
 		return -ENOMEM;
 	}
 	l->bounce = l->zero_page + ctx->page_size;
+	if (ctx->hp_chunks) {
+		err = chunks_init(l);
+		if (err)
+			return err;
+	}
 	if (ctx->trace_format) {
 		l->trace.buf = malloc(LUFFD__TRACE_BUF);
 		if (!l->trace.buf)
@@ -1443,8 +1984,10 @@ void luffd__loop_fini(struct luffd__loop *l)
 		}
 	if (busy) {
 		pr_warn("destroying a context with a read stuck in flight: "
-			"%zu bytes of cache left mapped\n", l->cache.data_len);
+			"%zu bytes of cache left mapped\n",
+			l->cache.data_len + l->hp_map_len);
 		l->cache.data = NULL;
+		l->hp_map = NULL;
 	}
 	if (l->ring_ok)
 		io_uring_queue_exit(&l->ring);
@@ -1456,6 +1999,11 @@ void luffd__loop_fini(struct luffd__loop *l)
 	luffd__cache_fini(&l->cache);
 	if (l->zero_page)
 		munmap(l->zero_page, 2 * l->ctx->page_size);
+	if (l->hp_map)
+		munmap(l->hp_map, l->hp_map_len);
+	free(l->chunks);
+	l->chunks = NULL;
+	l->hp_map = NULL;
 	free(l->ops);
 	free(l->op_slots);
 	free(l->op_iov);

@@ -167,7 +167,8 @@ static int check_range(struct luffd_ctx *ctx, struct luffd_store *store,
 }
 
 static int add_region(struct luffd_ctx *ctx, uint64_t start, uint64_t len,
-		      struct luffd_store *store, uint64_t off, bool mapped)
+		      struct luffd_store *store, uint64_t off, bool mapped,
+		      bool huge)
 {
 	struct uffdio_register reg;
 	struct luffd__region *r;
@@ -186,6 +187,8 @@ static int add_region(struct luffd_ctx *ctx, uint64_t start, uint64_t len,
 	atomic_init(&r->dead, false);
 	atomic_init(&r->inflight, 0);
 	r->ra_mark = UINT64_MAX;
+	r->huge = huge;
+	r->hp_last = UINT64_MAX;
 
 	pthread_mutex_lock(&ctx->lock);
 	luffd__region_reap(ctx);
@@ -395,6 +398,8 @@ static struct luffd__region *piece(struct luffd__region *r, uint64_t start,
 	atomic_init(&p->dead, false);
 	atomic_init(&p->inflight, 0);
 	p->ra_mark = UINT64_MAX;
+	p->huge = r->huge;
+	p->hp_last = UINT64_MAX;
 	p->born = r->born;
 	return p;
 }
@@ -479,11 +484,44 @@ void luffd__region_moved(struct luffd__loop *l, uint64_t from, uint64_t to,
 	pthread_mutex_unlock(&l->lock);
 }
 
+/* Private anonymous memory: the kernel hands every missing page to the
+ * handler, writes stay private as with mmap(MAP_PRIVATE).  NULL and errno
+ * on failure. */
+static void *map_range(size_t length, int prot, bool huge)
+{
+	const size_t hp = LUFFD__HP_SIZE;
+	uintptr_t p, a;
+	void *m;
+
+	if (!huge) {
+		m = mmap(NULL, length, prot, MAP_PRIVATE | MAP_ANONYMOUS |
+			 MAP_NORESERVE, -1, 0);
+		return m == MAP_FAILED ? NULL : m;
+	}
+	if (length > SIZE_MAX - hp) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	m = mmap(NULL, length + hp, prot, MAP_PRIVATE | MAP_ANONYMOUS |
+		 MAP_NORESERVE, -1, 0);
+	if (m == MAP_FAILED)
+		return NULL;
+	p = (uintptr_t)m;
+	a = (p + hp - 1) & ~(uintptr_t)(hp - 1);
+	if (a > p)
+		munmap(m, a - p);
+	if (p + hp > a)
+		munmap((void *)(a + length), p + hp - a);
+	madvise((void *)a, length, MADV_HUGEPAGE);
+	return (void *)a;
+}
+
 int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
 	      uint64_t offset, size_t length, int prot, unsigned int flags,
 	      void **addrp)
 {
 	void *addr;
+	bool huge;
 	int err;
 
 	if (!ctx || !addrp || flags)
@@ -494,18 +532,20 @@ int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
 	err = check_range(ctx, store, offset, length);
 	if (err)
 		return err;
-	/* Private anonymous memory: the kernel hands every missing page to
-	 * the handler, writes stay private as with mmap(MAP_PRIVATE). */
-	addr = mmap(NULL, length, prot, MAP_PRIVATE | MAP_ANONYMOUS |
-		    MAP_NORESERVE, -1, 0);
-	if (addr == MAP_FAILED)
+	/* Chunks (see enum luffd_install) move 2 MiB at a time, which needs
+	 * a writable mapping like the staging buffers, 2 MiB-aligned, where
+	 * a fault leaves the page-middle directory empty (MADV_HUGEPAGE). */
+	huge = ctx->hp_chunks && (store->caps & LUFFD__CAP_SHORT_EOF) &&
+	       prot == (PROT_READ | PROT_WRITE);
+	addr = map_range(length, prot, huge);
+	if (!addr)
 		return -errno;
 	/* A child process would inherit the range unregistered and see
 	 * zeroes where the store has data; without it, a child that touches
 	 * the range gets SIGSEGV instead of wrong data. */
 	madvise(addr, length, MADV_DONTFORK);
 	err = add_region(ctx, (uint64_t)(uintptr_t)addr, length, store, offset,
-			 true);
+			 true, huge);
 	if (err) {
 		munmap(addr, length);
 		return err;
@@ -533,7 +573,7 @@ int luffd_register(struct luffd_ctx *ctx, void *addr, size_t length,
 	if (err)
 		return err;
 	return add_region(ctx, (uint64_t)(uintptr_t)addr, length, store,
-			  offset, false);
+			  offset, false, false);
 }
 
 int luffd_unregister(struct luffd_ctx *ctx, void *addr, size_t length)

@@ -168,6 +168,7 @@ int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
 		st.read_timeouts += LD(s->timeouts);
 		st.callback_misuse += LD(s->misuse);
 		st.installed_ahead += LD(s->installed_ahead);
+		st.moved_pages += LD(s->moved_pages);
 	}
 	for (int c = 0; c < LUFFD_NR_CLASSES; c++) {
 		struct luffd_latency *lat = &st.latency[c];

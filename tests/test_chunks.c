@@ -1,0 +1,310 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Chunks (LUFFD_INSTALL_AUTO): a sequential stream through a writable
+ * luffd_map() region is read in 2 MiB chunks and moved into place with
+ * UFFDIO_MOVE.  Data, counts, the store's end, refaults, writes, out-of-order
+ * touches, several threads and teardown with chunk reads in flight.
+ * Kernels without UFFDIO_MOVE copy instead: the data checks still run, the
+ * moved_pages checks are skipped.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "common.h"
+
+#define MIB (1024 * 1024ull)
+#define SEED 0xc4u
+
+static size_t t_npages(uint64_t bytes)
+{
+	return (size_t)((bytes + t_ps - 1) / t_ps);
+}
+
+static struct luffd_ctx *ctx_mode(enum luffd_install mode)
+{
+	LUFFD_OPTS(luffd_ctx_opts, o);
+
+	o.install_mode = mode;
+	return t_ctx(&o);
+}
+
+static int has_move(void)
+{
+	return t_feat.has_move && t_ps == 4096;
+}
+
+/* Map fsize bytes of a fresh file (plus extra bytes past it) read-write. */
+static char *map_file(struct luffd_ctx *ctx, uint64_t fsize, size_t extra,
+		      size_t *lenp)
+{
+	char *path = t_make_file(fsize, SEED);
+	struct luffd_store *st;
+	size_t len = t_npages(fsize) * t_ps + extra;
+	void *m;
+
+	ck_assert_int_eq(luffd_store_open(path, 0, &st), 0);
+	free(path);
+	ck_assert_int_eq(luffd_map(ctx, st, 0, len, PROT_READ | PROT_WRITE, 0,
+				   &m), 0);
+	luffd_store_put(st);
+	*lenp = len;
+	return m;
+}
+
+/* Read the whole file in order, checking every page; then the stats. */
+static void seq_read(enum luffd_install mode, uint64_t fsize)
+{
+	struct luffd_ctx *ctx = ctx_mode(mode);
+	struct luffd_stats st;
+	size_t len, n = t_npages(fsize);
+	char *m = map_file(ctx, fsize, 0, &len);
+
+	ck_assert_uint_eq((uintptr_t)m % (2 * MIB),
+			  mode == LUFFD_INSTALL_AUTO && has_move() ? 0 :
+			  (uintptr_t)m % (2 * MIB));
+	for (size_t i = 0; i < n; i++)
+		t_assert_page(m, i, 0, fsize, SEED);
+	t_stats(ctx, &st);
+	ck_assert_uint_eq(st.faults[LUFFD_ERROR], 0);
+	ck_assert_uint_eq(st.bytes_read >= fsize, 1);
+	if (mode == LUFFD_INSTALL_COPY || !has_move()) {
+		ck_assert_uint_eq(st.moved_pages, 0);
+	} else {
+		/* All but the first few windows moved, one fault each. */
+		ck_assert_msg(st.moved_pages >= n - n / 8,
+			      "moved %llu of %zu pages",
+			      (unsigned long long)st.moved_pages, n);
+		ck_assert_msg(t_total_faults(&st) < n / 64,
+			      "%llu faults for %zu pages",
+			      (unsigned long long)t_total_faults(&st), n);
+	}
+	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+}
+
+START_TEST(seq_moved)
+{
+	seq_read(LUFFD_INSTALL_AUTO, t_size(48, 16) * MIB);
+}
+END_TEST
+
+START_TEST(seq_copied)
+{
+	seq_read(LUFFD_INSTALL_COPY, t_size(48, 16) * MIB);
+}
+END_TEST
+
+/* A store that ends inside a chunk: the tail of its last page reads as
+ * zero, the page after it gets SIGBUS. */
+START_TEST(store_end_in_chunk)
+{
+	uint64_t fsize = t_size(12, 8) * MIB + 5000;
+	struct luffd_ctx *ctx = ctx_mode(LUFFD_INSTALL_AUTO);
+	size_t len, n = t_npages(fsize);
+	char *m = map_file(ctx, fsize, 4 * t_ps, &len);
+	struct luffd_stats st;
+	int code;
+	void *addr;
+
+	for (size_t i = 0; i < n; i++)
+		t_assert_page(m, i, 0, fsize, SEED);
+	ck_assert_int_eq(t_touch_sig(m + n * t_ps, 0, &code, &addr, NULL),
+			 SIGBUS);
+	ck_assert_ptr_eq(addr, m + n * t_ps);
+	t_stats(ctx, &st);
+	ck_assert_uint_eq(st.faults[LUFFD_ERROR], 1);
+	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+}
+END_TEST
+
+/* Moved pages are the application's: writes stick, MADV_DONTNEED drops
+ * them and they are read again from the store. */
+START_TEST(write_and_refault)
+{
+	uint64_t fsize = t_size(16, 8) * MIB;
+	struct luffd_ctx *ctx = ctx_mode(LUFFD_INSTALL_AUTO);
+	size_t len, n = t_npages(fsize);
+	char *m = map_file(ctx, fsize, 0, &len);
+	struct luffd_stats st;
+	size_t mid = n / 2;
+
+	for (size_t i = 0; i < n; i++)
+		t_assert_page(m, i, 0, fsize, SEED);
+	for (size_t i = 0; i < n; i += 97)
+		m[i * t_ps + 8] = (char)0xa5;
+	for (size_t i = 0; i < n; i += 97)
+		ck_assert_int_eq((unsigned char)m[i * t_ps + 8], 0xa5);
+	/* Drop 4 MiB in the middle (two whole chunks when aligned). */
+	ck_assert_int_eq(madvise(m + (mid & ~(size_t)511) * t_ps, 4 * MIB,
+				 MADV_DONTNEED), 0);
+	for (size_t i = 0; i < n; i++) {
+		size_t lo = mid & ~(size_t)511;
+
+		if (i >= lo && i < lo + 4 * MIB / t_ps)
+			t_assert_page(m, i, 0, fsize, SEED);
+	}
+	t_stats(ctx, &st);
+	ck_assert_uint_eq(st.faults[LUFFD_ERROR], 0);
+	ck_assert_uint_ge(st.events_remove, 1);
+	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+}
+END_TEST
+
+/* Once the stream runs in chunks, touch a staged chunk from its end
+ * backwards: each touch moves the pages from it to what is left, the
+ * ones below stay staged for the next touches. */
+START_TEST(backwards_in_chunk)
+{
+	uint64_t fsize = t_size(32, 16) * MIB;
+	struct luffd_ctx *ctx = ctx_mode(LUFFD_INSTALL_AUTO);
+	size_t len, n = t_npages(fsize), per = 2 * MIB / t_ps;
+	char *m = map_file(ctx, fsize, 0, &len);
+	struct luffd_stats st;
+
+	/* 6 MiB in order starts the stream. */
+	for (size_t i = 0; i < 3 * per; i++)
+		t_assert_page(m, i, 0, fsize, SEED);
+	/* Chunk 4, last page first, every 7th page down. */
+	for (size_t i = 5 * per; i-- > 4 * per;)
+		if (i % 7 == 0 || i == 5 * per - 1)
+			t_assert_page(m, i, 0, fsize, SEED);
+	for (size_t i = 0; i < n; i++)
+		t_assert_page(m, i, 0, fsize, SEED);
+	t_stats(ctx, &st);
+	ck_assert_uint_eq(st.faults[LUFFD_ERROR], 0);
+	if (has_move())
+		ck_assert_uint_gt(st.moved_pages, 0);
+	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+}
+END_TEST
+
+struct worker {
+	char *m;
+	size_t first, step, n;
+	uint64_t fsize;
+	int bad;
+};
+
+static void *read_blocks(void *arg)
+{
+	struct worker *w = arg;
+	size_t per = 2 * MIB / t_ps;
+
+	for (size_t b = w->first; b * per < w->n; b += w->step)
+		for (size_t i = b * per; i < (b + 1) * per && i < w->n; i++)
+			if (t_page_diff(w->m + i * t_ps, i * t_ps, w->fsize,
+					SEED) >= 0)
+				w->bad++;
+	return NULL;
+}
+
+/* Four threads, each reading every fourth 2 MiB block in order, then the
+ * whole range once more: no page wrong, nobody stuck. */
+START_TEST(threads_interleaved)
+{
+	uint64_t fsize = t_size(64, 16) * MIB;
+	struct luffd_ctx *ctx = ctx_mode(LUFFD_INSTALL_AUTO);
+	size_t len, n = t_npages(fsize);
+	char *m = map_file(ctx, fsize, 0, &len);
+	struct worker w[4];
+	pthread_t th[4];
+	struct luffd_stats st;
+
+	for (int i = 0; i < 4; i++) {
+		w[i] = (struct worker){ .m = m, .first = (size_t)i, .step = 4,
+					.n = n, .fsize = fsize };
+		ck_assert_int_eq(pthread_create(&th[i], NULL, read_blocks,
+						&w[i]), 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		ck_assert_int_eq(w[i].bad, 0);
+	}
+	for (size_t i = 0; i < n; i++)
+		t_assert_page(m, i, 0, fsize, SEED);
+	t_stats(ctx, &st);
+	ck_assert_uint_eq(st.faults[LUFFD_ERROR], 0);
+	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+}
+END_TEST
+
+static __thread sigjmp_buf segv_jb;
+static __thread volatile int segv_armed;
+
+static void on_segv(int sig)
+{
+	if (segv_armed)
+		siglongjmp(segv_jb, 1);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static void *read_all(void *arg)
+{
+	struct worker *w = arg;
+	volatile char sink = 0;
+
+	if (sigsetjmp(segv_jb, 1)) {
+		w->bad = -1; /* the range went away under it */
+		return NULL;
+	}
+	segv_armed = 1;
+	for (size_t i = 0; i < w->n; i++)
+		sink ^= w->m[i * t_ps];
+	segv_armed = 0;
+	(void)sink;
+	return NULL;
+}
+
+/* Unmap from another thread while a reader streams through chunks (reads
+ * in flight): the reader either finishes or gets SIGSEGV, never hangs,
+ * and the context goes away cleanly. */
+START_TEST(unmap_while_streaming)
+{
+	uint64_t fsize = t_size(64, 16) * MIB;
+	struct luffd_ctx *ctx = ctx_mode(LUFFD_INSTALL_AUTO);
+	size_t len, n = t_npages(fsize);
+	char *m = map_file(ctx, fsize, 0, &len);
+	struct worker w = { .m = m, .n = n, .fsize = fsize };
+	struct sigaction sa = { .sa_handler = on_segv };
+	pthread_t th;
+
+	sigemptyset(&sa.sa_mask);
+	ck_assert_int_eq(sigaction(SIGSEGV, &sa, NULL), 0);
+	ck_assert_int_eq(pthread_create(&th, NULL, read_all, &w), 0);
+	usleep(3000);
+	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
+	pthread_join(th, NULL);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+}
+END_TEST
+
+static Suite *make(void)
+{
+	Suite *s = suite_create("chunks");
+	TCase *tc = t_tcase(s, "chunks");
+
+	tcase_add_test(tc, seq_moved);
+	tcase_add_test(tc, seq_copied);
+	tcase_add_test(tc, store_end_in_chunk);
+	tcase_add_test(tc, write_and_refault);
+	tcase_add_test(tc, backwards_in_chunk);
+	tcase_add_test(tc, threads_interleaved);
+	tcase_add_test(tc, unmap_while_streaming);
+	return s;
+}
+
+int main(void)
+{
+	return t_main(make, 0);
+}
