@@ -28,6 +28,11 @@ enum engine {
 	 * reused buffer, the one-copy ceiling a handler is measured against.
 	 * Only on request (--engine ...,pread); "all" means the three above. */
 	ENG_PREAD = 3,
+	/* Not a fault engine either: the same preads into a fresh private
+	 * anonymous mapping of the whole file (2 MiB-aligned, MADV_HUGEPAGE),
+	 * the one-copy ceiling for any loader that fills new memory, as a
+	 * user-space handler must.  Only on request (--engine ...,fill). */
+	ENG_FILL = 4,
 	NR_ENGINES
 };
 #define NR_FAULT_ENGINES 3
@@ -83,6 +88,9 @@ struct config {
 	size_t install_ahead_bytes; /* 0: default */
 	bool direct;
 	enum luffd_open_mode open_mode;
+	enum luffd_install install_mode;
+	int prot;             /* of the libuffd and mmap mappings */
+	bool no_memory_warm;  /* --no-memory-warm */
 
 	/* Outputs. */
 	const char *trace_path;

@@ -328,7 +328,8 @@ static void verify(struct bench_ctx *b, const char *base, struct run *r)
 
 static int run_mmap(struct bench_ctx *b, struct run *r)
 {
-	void *m = mmap(NULL, map_len(b->cfg), PROT_READ, MAP_PRIVATE, b->fd, 0);
+	void *m = mmap(NULL, map_len(b->cfg), b->cfg->prot, MAP_PRIVATE, b->fd,
+		       0);
 	int err;
 
 	if (m == MAP_FAILED) {
@@ -741,6 +742,7 @@ static int run_libuffd(struct bench_ctx *b, struct run *r)
 	opts.install_ahead_bytes = cfg->install_ahead_bytes;
 	opts.spin_us = cfg->spin_us;
 	opts.open_mode = cfg->open_mode;
+	opts.install_mode = cfg->install_mode;
 	opts.trace_fn = trace_cb;
 	opts.trace_arg = &rec;
 	if (r->trace_file[0]) {
@@ -764,7 +766,7 @@ static int run_libuffd(struct bench_ctx *b, struct run *r)
 		set_err(r, "libuffd store: %s", luffd_strerror(err));
 		goto out;
 	}
-	err = luffd_map(ctx, store, 0, map_len(cfg), PROT_READ, 0, &m);
+	err = luffd_map(ctx, store, 0, map_len(cfg), cfg->prot, 0, &m);
 	luffd_store_put(store);
 	if (err) {
 		m = NULL;
@@ -820,53 +822,79 @@ out:
 }
 
 /* ------------------------------------------------------------------------
- * pread: no faults at all.  The whole file in order, 1 MiB per pread(2),
- * into one buffer touched beforehand: the bandwidth of the one copy any
- * user-space handler has to make, on the same file in the same run.
+ * pread and fill: no faults at all.  The whole file in order, 1 MiB per
+ * pread(2).  pread reads into one buffer touched beforehand: the bandwidth
+ * of the one copy any user-space handler has to make.  fill reads into a
+ * fresh private anonymous mapping of the whole file, as a handler must
+ * fill new memory: that copy plus the kernel allocating and zeroing the
+ * pages (and, on a VM, the host backing them).  Both on the same file in
+ * the same run.
  * ---------------------------------------------------------------------- */
 
-static int run_pread(struct bench_ctx *b, struct run *r)
+static int run_pread(struct bench_ctx *b, struct run *r, bool fill)
 {
 	const struct config *cfg = b->cfg;
-	const size_t chunk = 1u << 20;
+	const size_t chunk = 1u << 20, hp = 2u << 20;
 	uint64_t size = cfg->npages * cfg->page, total = 0, per_page;
-	char *buf = aligned_alloc(cfg->page, chunk);
+	size_t maplen = fill ? (size_t)size + hp : 0;
+	char *map = NULL, *buf;
 	char *exp = aligned_alloc(cfg->page, cfg->page);
 
+	if (fill) {
+		map = mmap(NULL, maplen, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (map == MAP_FAILED)
+			map = NULL;
+		buf = map ? (char *)(((uintptr_t)map + hp - 1) &
+				     ~(uintptr_t)(hp - 1)) : NULL;
+		if (buf)
+			madvise(buf, (size_t)size, MADV_HUGEPAGE);
+	} else {
+		buf = aligned_alloc(cfg->page, chunk);
+		if (buf)
+			memset(buf, 0, chunk);
+	}
 	if (!buf || !exp) {
-		free(buf);
+		if (map)
+			munmap(map, maplen);
+		else
+			free(buf);
 		free(exp);
 		set_err(r, "out of memory");
 		return -1;
 	}
-	memset(buf, 0, chunk);
 	r->bad_pages = 0;
 	for (uint64_t off = 0; off < size; off += chunk) {
 		size_t want = size - off < chunk ? (size_t)(size - off) : chunk;
+		char *at = fill ? buf + off : buf;
 		uint64_t t0 = now_ns();
-		ssize_t n = pread(b->fd, buf, want, (off_t)off);
+		ssize_t n = pread(b->fd, at, want, (off_t)off);
 
 		total += now_ns() - t0;
 		if (n < 0) {
 			set_err(r, "pread: %s", strerror(errno));
-			free(buf);
-			free(exp);
-			return -1;
+			break;
 		}
 		/* Outside the timed part: a generated file is checked page
 		 * by page (a --file can only be compared with itself). */
 		for (size_t p = 0; cfg->generated && p < (size_t)n;
 		     p += cfg->page) {
 			expected_page(cfg, (off + p) / cfg->page, exp);
-			if (memcmp(buf + p, exp, cfg->page) &&
+			if (memcmp(at + p, exp, cfg->page) &&
 			    r->bad_pages++ == 0)
 				snprintf(r->err, sizeof(r->err),
-					 "verification failed: engine pread: "
-					 "page %" PRIu64, (off + p) / cfg->page);
+					 "verification failed: engine %s: "
+					 "page %" PRIu64, engine_name(r->eng),
+					 (off + p) / cfg->page);
 		}
 	}
-	free(buf);
+	if (map)
+		munmap(map, maplen);
+	else
+		free(buf);
 	free(exp);
+	if (r->err[0] && !r->bad_pages)
+		return -1;
 	r->verified = true;
 	if (r->bad_pages)
 		r->ok = false;
@@ -881,6 +909,30 @@ static int run_pread(struct bench_ctx *b, struct run *r)
 	return 0;
 }
 
+/*
+ * Touch and free as much anonymous memory (in huge pages) as the run may
+ * fill.  On a VM that hands free memory back to its host (virtio-balloon
+ * free page reporting, as here), the first touch of guest memory costs a
+ * host fault per page, several times the cost of the copy: without this,
+ * whichever engine first runs after memory went back to the host pays for
+ * it and the others do not.  Freed just before the run, the memory is
+ * still backed when the run allocates it.
+ */
+static void warm_memory(const struct config *cfg)
+{
+	const size_t hp = 2u << 20;
+	size_t len = (size_t)(cfg->npages * cfg->page) + 2 * hp;
+	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+	if (m == MAP_FAILED)
+		return;
+	madvise(m, len, MADV_HUGEPAGE);
+	for (size_t i = 0; i < len; i += cfg->page)
+		m[i] = 1;
+	munmap(m, len);
+}
+
 int run_engine(struct bench_ctx *b, struct run *r)
 {
 	const struct config *cfg = b->cfg;
@@ -890,6 +942,8 @@ int run_engine(struct bench_ctx *b, struct run *r)
 	r->pages = b->n;
 	r->bytes = b->n * cfg->page;
 	set_run_label(r->label);
+	if (!cfg->no_memory_warm)
+		warm_memory(cfg);
 	if (cfg->timeout_s)
 		alarm(cfg->timeout_s);
 	g_timeout = cfg->timeout_s;
@@ -901,7 +955,8 @@ int run_engine(struct bench_ctx *b, struct run *r)
 		ret = run_naive(b, r);
 		break;
 	case ENG_PREAD:
-		ret = run_pread(b, r);
+	case ENG_FILL:
+		ret = run_pread(b, r, r->eng == ENG_FILL);
 		break;
 	default:
 		ret = run_libuffd(b, r);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -47,6 +48,8 @@ static void usage(FILE *f)
 "                         engine)\n"
 "  --warm-and-cold        both (default)\n"
 "  --repeat N             repeat every run N times (default 1)\n"
+"  --no-memory-warm       do not touch and free the run's size of memory\n"
+"                         before each run (see bench/README.md)\n"
 "\n"
 "libuffd settings (0 or absent = the library's default):\n"
 "  --handler-threads N    handler threads\n"
@@ -55,9 +58,13 @@ static void usage(FILE *f)
 "  --readahead-mode M     adaptive (default) or fixed\n"
 "  --install-ahead BYTES  install the cached pages after a fault (0 = off)\n"
 "  --direct               read the file with O_DIRECT\n"
+"  --install M            auto (default: sequential streams move in 2 MiB\n"
+"                         chunks where the mapping allows) or copy\n"
 "  --spin-us N            busy-poll the userfaultfd N us before sleeping\n"
 "  --queue-depth N        io_uring entries per handler thread\n"
 "  --open-mode MODE       auto, dev, syscall or user (how to get the uffd)\n"
+"  --prot P               rw (default) or r: protection of the libuffd and\n"
+"                         mmap mappings (chunks need rw)\n"
 "\n"
 "Output:\n"
 "  --trace FILE           libuffd fault trace (one file per libuffd run:\n"
@@ -193,7 +200,7 @@ static void parse_engines(struct config *cfg, const char *arg)
 				break;
 		if (e == NR_ENGINES)
 			bad_arg("--engine: unknown engine '%s' (libuffd, "
-				"mmap, naive, pread, all)", tok);
+				"mmap, naive, pread, fill, all)", tok);
 		if (!seen[e]) {
 			seen[e] = true;
 			cfg->engines[cfg->nengines++] = (enum engine)e;
@@ -209,7 +216,8 @@ enum {
 	OPT_ENGINE, OPT_WARM, OPT_COLD, OPT_BOTH, OPT_REPEAT, OPT_HTHREADS,
 	OPT_CACHE, OPT_RA, OPT_DIRECT, OPT_SPIN, OPT_QD, OPT_OPEN, OPT_TRACE,
 	OPT_TFMT, OPT_JSON, OPT_PLOT, OPT_QUIET, OPT_HELP, OPT_TIMEOUT,
-	OPT_CORRUPT, OPT_CHECK, OPT_RAMODE, OPT_IA,
+	OPT_CORRUPT, OPT_CHECK, OPT_RAMODE, OPT_IA, OPT_INSTALL, OPT_PROT,
+	OPT_NOMEMWARM,
 };
 
 static const struct option long_opts[] = {
@@ -242,6 +250,9 @@ static const struct option long_opts[] = {
 	{ "check-uffd", no_argument, NULL, OPT_CHECK },
 	{ "readahead-mode", required_argument, NULL, OPT_RAMODE },
 	{ "install-ahead", required_argument, NULL, OPT_IA },
+	{ "install", required_argument, NULL, OPT_INSTALL },
+	{ "prot", required_argument, NULL, OPT_PROT },
+	{ "no-memory-warm", no_argument, NULL, OPT_NOMEMWARM },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -337,6 +348,26 @@ static void parse_args(struct config *cfg, int argc, char **argv)
 						     : LUFFD_NO_INSTALL_AHEAD;
 			break;
 		}
+		case OPT_INSTALL:
+			if (!strcmp(optarg, "auto"))
+				cfg->install_mode = LUFFD_INSTALL_AUTO;
+			else if (!strcmp(optarg, "copy"))
+				cfg->install_mode = LUFFD_INSTALL_COPY;
+			else
+				bad_arg("--install: auto or copy, not '%s'",
+					optarg);
+			break;
+		case OPT_PROT:
+			if (!strcmp(optarg, "rw"))
+				cfg->prot = PROT_READ | PROT_WRITE;
+			else if (!strcmp(optarg, "r"))
+				cfg->prot = PROT_READ;
+			else
+				bad_arg("--prot: r or rw, not '%s'", optarg);
+			break;
+		case OPT_NOMEMWARM:
+			cfg->no_memory_warm = true;
+			break;
 		case OPT_SPIN:
 			cfg->spin_us = (unsigned int)parse_uint("--spin-us",
 								optarg, 0,
@@ -512,6 +543,7 @@ int main(int argc, char **argv)
 		.trace_fmt = LUFFD_TRACE_PFAULTS,
 		.corrupt_page = -1,
 		.timeout_s = 300,
+		.prot = PROT_READ | PROT_WRITE,
 	};
 	uint32_t *orders[MAX_PATTERNS];
 	uint64_t norders[MAX_PATTERNS];

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,7 +19,7 @@
 const char *engine_name(enum engine e)
 {
 	static const char *const names[] = { "libuffd", "mmap", "naive",
-					     "pread" };
+					     "pread", "fill" };
 
 	return (unsigned int)e < NR_ENGINES ? names[e] : "?";
 }
@@ -184,7 +185,8 @@ static double div_or_nan(double a, double b)
 size_t compute_ratios(const struct config *cfg, const struct run *runs,
 		      size_t nruns, struct ratio *out, size_t max)
 {
-	static const enum engine dens[] = { ENG_MMAP, ENG_NAIVE, ENG_PREAD };
+	static const enum engine dens[] = { ENG_MMAP, ENG_NAIVE, ENG_PREAD,
+					    ENG_FILL };
 	size_t k = 0;
 	int p, s, d;
 
@@ -196,7 +198,7 @@ size_t compute_ratios(const struct config *cfg, const struct run *runs,
 
 			if ((cold && !cfg->do_cold) || (!cold && !cfg->do_warm))
 				continue;
-			for (d = 0; d < 3; d++) {
+			for (d = 0; d < 4; d++) {
 				struct ratio *q;
 				double m[2][4];
 				int i;
@@ -536,6 +538,8 @@ static void j_run(struct jw *j, const struct config *cfg, const struct run *r)
 		j_u64(j, "readahead_pages", s->readahead_pages);
 		j_u64(j, "coalesced", s->coalesced);
 		j_u64(j, "evictions", s->evictions);
+		j_u64(j, "installed_ahead", s->installed_ahead);
+		j_u64(j, "moved_pages", s->moved_pages);
 		j_u64(j, "eexist", s->eexist);
 		j_u64(j, "eagain", s->eagain);
 		j_u64(j, "waits", s->waits);
@@ -605,6 +609,7 @@ int write_json(const struct config *cfg, const struct run *runs, size_t nruns,
 		j_str(&j, NULL, "cold");
 	j_close(&j, ']');
 	j_u64(&j, "threads", cfg->threads);
+	j_bool(&j, "memory_warm", !cfg->no_memory_warm);
 	j_u64(&j, "repeat", cfg->repeat);
 	j_u64(&j, "seed", cfg->seed);
 	j_open(&j, "libuffd", '{');
@@ -627,6 +632,9 @@ int write_json(const struct config *cfg, const struct run *runs, size_t nruns,
 		j_str(&j, "install_ahead_bytes", NULL);
 	j_bool(&j, "direct", cfg->direct);
 	j_u64(&j, "spin_us", cfg->spin_us);
+	j_str(&j, "install_mode",
+	      cfg->install_mode == LUFFD_INSTALL_COPY ? "copy" : "auto");
+	j_str(&j, "prot", cfg->prot & PROT_WRITE ? "rw" : "r");
 	j_close(&j, '}');
 	j_str(&j, "trace", cfg->trace_path);
 	j_str(&j, "trace_format",
