@@ -94,7 +94,10 @@ static int cat_one(const char *path, const struct luffd_ctx_opts *opts,
 		return 1;
 	}
 	maplen = (size + (uint64_t)ps - 1) & ~((uint64_t)ps - 1);
-	err = luffd_map(ctx, store, 0, maplen, PROT_READ, 0, (void **)&map);
+	/* Writable (private: nothing reaches the file) so that a sequential
+	 * read can take whole 2 MiB chunks (LUFFD_INSTALL_AUTO). */
+	err = luffd_map(ctx, store, 0, maplen, PROT_READ | PROT_WRITE, 0,
+			(void **)&map);
 	luffd_store_put(store); /* the region holds its own reference */
 	if (err) {
 		fprintf(stderr, "lazycat: %s: map: %s\n", path,
