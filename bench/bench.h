@@ -33,6 +33,11 @@ enum engine {
 	 * the one-copy ceiling for any loader that fills new memory, as a
 	 * user-space handler must.  Only on request (--engine ...,fill). */
 	ENG_FILL = 4,
+	/* The bare uffd round trip: naive's handler, serving every fault
+	 * with one UFFDIO_COPY from a copy of the file read into memory
+	 * beforehand (untimed), so no read at all.  Faults count as minor.
+	 * Only on request (--engine ...,bare). */
+	ENG_BARE = 5,
 	NR_ENGINES
 };
 #define NR_FAULT_ENGINES 3
@@ -91,6 +96,9 @@ struct config {
 	enum luffd_install install_mode;
 	int prot;             /* of the libuffd and mmap mappings */
 	bool no_memory_warm;  /* --no-memory-warm */
+	bool store_mem;       /* --store memory */
+	uint64_t handler_cpus; /* --handler-cpus: libuffd, naive, bare */
+	uint64_t thread_cpus;  /* --thread-cpus: the faulting threads */
 
 	/* Outputs. */
 	const char *trace_path;

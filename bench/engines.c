@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <linux/userfaultfd.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -171,6 +172,22 @@ struct touch {
 	struct worker *w;
 };
 
+/* Pin the calling thread to the CPUs in mask (0: leave it). */
+static void pin_self(uint64_t mask)
+{
+	cpu_set_t set;
+
+	if (!mask)
+		return;
+	CPU_ZERO(&set);
+	for (int i = 0; i < 64; i++)
+		if (mask & (1ull << i))
+			CPU_SET(i, &set);
+	if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set))
+		fprintf(stderr, "uffd-bench: cannot pin a thread to 0x%llx\n",
+			(unsigned long long)mask);
+}
+
 static void *touch_worker(void *arg)
 {
 	struct worker *w = arg;
@@ -181,6 +198,7 @@ static void *touch_worker(void *arg)
 	struct rusage ru0, ru1;
 	uint64_t i, sink = 0;
 
+	pin_self(t->b->cfg->thread_cpus);
 	getrusage(RUSAGE_THREAD, &ru0);
 	pthread_barrier_wait(&t->bar);
 	w->t0 = now_ns();
@@ -419,6 +437,8 @@ struct naive {
 	size_t page;
 	uint64_t size;
 	char *buf;
+	const char *mem;      /* bare: the file's bytes */
+	uint64_t cpus;        /* --handler-cpus */
 	uint32_t *svc;        /* service latency per fault */
 	uint64_t nsvc, cap;
 	uint64_t faults[LUFFD_NR_CLASSES];
@@ -429,9 +449,12 @@ static void *naive_handler(void *arg)
 {
 	struct naive *n = arg;
 
+	pin_self(n->cpus);
+
 	for (;;) {
 		struct uffd_msg msg;
 		struct uffdio_copy copy;
+		const char *src;
 		uint64_t t0, addr, off;
 		ssize_t got;
 		size_t done = 0;
@@ -458,6 +481,20 @@ static void *naive_handler(void *arg)
 			return NULL;
 		}
 		off = addr - n->base;
+		if (n->mem) {
+			/* bare: no read, just the install. */
+			n->faults[LUFFD_MINOR]++;
+			if (off + n->page <= n->size) {
+				src = n->mem + off;
+			} else {
+				done = off < n->size ? (size_t)(n->size - off)
+						     : 0;
+				memcpy(n->buf, n->mem + off, done);
+				memset(n->buf + done, 0, n->page - done);
+				src = n->buf;
+			}
+			goto install;
+		}
 		while (done < n->page) {
 			got = pread(n->fd, n->buf + done, n->page - done,
 				    (off_t)(off + done));
@@ -485,8 +522,10 @@ static void *naive_handler(void *arg)
 				done = keep;
 		}
 		memset(n->buf + done, 0, n->page - done);
+		src = n->buf;
+install:
 		copy.dst = addr;
-		copy.src = (uintptr_t)n->buf;
+		copy.src = (uintptr_t)src;
 		copy.len = n->page;
 		copy.mode = 0;
 		copy.copy = 0;
@@ -510,10 +549,40 @@ static void *naive_handler(void *arg)
 	}
 }
 
-static int run_naive(struct bench_ctx *b, struct run *r)
+/* The file's cfg->size bytes in memory (untimed), page-aligned; NULL
+ * with r's error set on failure.  free() it. */
+static char *load_file(struct bench_ctx *b, struct run *r)
+{
+	const struct config *cfg = b->cfg;
+	size_t len = (size_t)cfg->npages * cfg->page, done = 0;
+	char *m = aligned_alloc(cfg->page, len ? len : cfg->page);
+
+	if (!m) {
+		set_err(r, "out of memory for a copy of the file");
+		return NULL;
+	}
+	while (done < cfg->size) {
+		ssize_t got = pread(b->fd, m + done, cfg->size - done,
+				    (off_t)done);
+
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0) {
+			set_err(r, "reading the file into memory: %s",
+				got < 0 ? strerror(errno) : "short file");
+			free(m);
+			return NULL;
+		}
+		done += (size_t)got;
+	}
+	return m;
+}
+
+static int run_naive(struct bench_ctx *b, struct run *r, bool bare)
 {
 	const struct config *cfg = b->cfg;
 	struct naive n = { .fd = b->fd, .page = cfg->page, .size = cfg->size };
+	char *mem = NULL;
 	struct uffdio_register reg;
 	pthread_t th;
 	void *m = MAP_FAILED;
@@ -528,6 +597,13 @@ static int run_naive(struct bench_ctx *b, struct run *r)
 	if (err) {
 		set_err(r, "naive: UFFDIO_API: %s", strerror(-err));
 		goto out;
+	}
+	n.cpus = cfg->handler_cpus;
+	if (bare) {
+		mem = load_file(b, r);
+		if (!mem)
+			goto out;
+		n.mem = mem;
 	}
 	n.cap = b->n + 16;
 	n.svc = malloc(n.cap * sizeof(*n.svc));
@@ -581,6 +657,7 @@ out:
 	close(n.uffd);
 	free(n.svc);
 	free(n.buf);
+	free(mem);
 	return ret;
 }
 
@@ -730,6 +807,7 @@ static int run_libuffd(struct bench_ctx *b, struct run *r)
 	struct luffd_ctx *ctx = NULL;
 	struct luffd_store *store = NULL;
 	void *m = NULL;
+	char *mem = NULL;
 	int tfd = -1, err, ret = -1, i;
 	int c;
 
@@ -743,6 +821,7 @@ static int run_libuffd(struct bench_ctx *b, struct run *r)
 	opts.spin_us = cfg->spin_us;
 	opts.open_mode = cfg->open_mode;
 	opts.install_mode = cfg->install_mode;
+	opts.handler_cpus = cfg->handler_cpus;
 	opts.trace_fn = trace_cb;
 	opts.trace_arg = &rec;
 	if (r->trace_file[0]) {
@@ -761,7 +840,15 @@ static int run_libuffd(struct bench_ctx *b, struct run *r)
 		set_err(r, "luffd_ctx_create: %s", luffd_strerror(err));
 		goto out;
 	}
-	err = make_store(b, &cor, &store);
+	if (cfg->store_mem && cfg->corrupt_page < 0) {
+		/* Freed after the context: it serves from these bytes. */
+		mem = load_file(b, r);
+		if (!mem)
+			goto out;
+		err = luffd_store_memory(mem, cfg->size, &store);
+	} else {
+		err = make_store(b, &cor, &store);
+	}
 	if (err) {
 		set_err(r, "libuffd store: %s", luffd_strerror(err));
 		goto out;
@@ -818,6 +905,7 @@ out:
 	}
 	if (tfd >= 0)
 		close(tfd);
+	free(mem);
 	return ret;
 }
 
@@ -952,7 +1040,8 @@ int run_engine(struct bench_ctx *b, struct run *r)
 		ret = run_mmap(b, r);
 		break;
 	case ENG_NAIVE:
-		ret = run_naive(b, r);
+	case ENG_BARE:
+		ret = run_naive(b, r, r->eng == ENG_BARE);
 		break;
 	case ENG_PREAD:
 	case ENG_FILL:

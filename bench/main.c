@@ -58,9 +58,15 @@ static void usage(FILE *f)
 "  --readahead-mode M     adaptive (default) or fixed\n"
 "  --install-ahead BYTES  install the cached pages after a fault (0 = off)\n"
 "  --direct               read the file with O_DIRECT\n"
+"  --store S              file (default) or memory: libuffd serves a copy\n"
+"                         of the file read into memory (minor faults)\n"
 "  --install M            auto (default: sequential streams move in 2 MiB\n"
 "                         chunks where the mapping allows) or copy\n"
 "  --spin-us N            busy-poll the userfaultfd N us before sleeping\n"
+"                         (0 = never)\n"
+"  --handler-cpus MASK    pin the handler threads (libuffd, naive, bare) to\n"
+"                         these CPUs (bit n = CPU n, decimal)\n"
+"  --thread-cpus MASK     pin the faulting threads likewise\n"
 "  --queue-depth N        io_uring entries per handler thread\n"
 "  --open-mode MODE       auto, dev, syscall or user (how to get the uffd)\n"
 "  --prot P               rw (default) or r: protection of the libuffd and\n"
@@ -200,7 +206,7 @@ static void parse_engines(struct config *cfg, const char *arg)
 				break;
 		if (e == NR_ENGINES)
 			bad_arg("--engine: unknown engine '%s' (libuffd, "
-				"mmap, naive, pread, fill, all)", tok);
+				"mmap, naive, pread, fill, bare, all)", tok);
 		if (!seen[e]) {
 			seen[e] = true;
 			cfg->engines[cfg->nengines++] = (enum engine)e;
@@ -217,7 +223,7 @@ enum {
 	OPT_CACHE, OPT_RA, OPT_DIRECT, OPT_SPIN, OPT_QD, OPT_OPEN, OPT_TRACE,
 	OPT_TFMT, OPT_JSON, OPT_PLOT, OPT_QUIET, OPT_HELP, OPT_TIMEOUT,
 	OPT_CORRUPT, OPT_CHECK, OPT_RAMODE, OPT_IA, OPT_INSTALL, OPT_PROT,
-	OPT_NOMEMWARM,
+	OPT_NOMEMWARM, OPT_STORE, OPT_HCPUS, OPT_TCPUS,
 };
 
 static const struct option long_opts[] = {
@@ -253,6 +259,9 @@ static const struct option long_opts[] = {
 	{ "install", required_argument, NULL, OPT_INSTALL },
 	{ "prot", required_argument, NULL, OPT_PROT },
 	{ "no-memory-warm", no_argument, NULL, OPT_NOMEMWARM },
+	{ "store", required_argument, NULL, OPT_STORE },
+	{ "handler-cpus", required_argument, NULL, OPT_HCPUS },
+	{ "thread-cpus", required_argument, NULL, OPT_TCPUS },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -365,13 +374,32 @@ static void parse_args(struct config *cfg, int argc, char **argv)
 			else
 				bad_arg("--prot: r or rw, not '%s'", optarg);
 			break;
+		case OPT_HCPUS:
+			cfg->handler_cpus = parse_uint("--handler-cpus",
+						       optarg, 1, UINT64_MAX);
+			break;
+		case OPT_TCPUS:
+			cfg->thread_cpus = parse_uint("--thread-cpus", optarg,
+						      1, UINT64_MAX);
+			break;
+		case OPT_STORE:
+			if (!strcmp(optarg, "file"))
+				cfg->store_mem = false;
+			else if (!strcmp(optarg, "memory"))
+				cfg->store_mem = true;
+			else
+				bad_arg("--store: file or memory, not '%s'",
+					optarg);
+			break;
 		case OPT_NOMEMWARM:
 			cfg->no_memory_warm = true;
 			break;
 		case OPT_SPIN:
 			cfg->spin_us = (unsigned int)parse_uint("--spin-us",
 								optarg, 0,
-								10000000);
+								1000000);
+			if (!cfg->spin_us)
+				cfg->spin_us = LUFFD_NO_SPIN;
 			break;
 		case OPT_QD:
 			cfg->queue_depth = (unsigned int)parse_uint(

@@ -19,7 +19,7 @@
 const char *engine_name(enum engine e)
 {
 	static const char *const names[] = { "libuffd", "mmap", "naive",
-					     "pread", "fill" };
+					     "pread", "fill", "bare" };
 
 	return (unsigned int)e < NR_ENGINES ? names[e] : "?";
 }
@@ -186,7 +186,7 @@ size_t compute_ratios(const struct config *cfg, const struct run *runs,
 		      size_t nruns, struct ratio *out, size_t max)
 {
 	static const enum engine dens[] = { ENG_MMAP, ENG_NAIVE, ENG_PREAD,
-					    ENG_FILL };
+					    ENG_FILL, ENG_BARE };
 	size_t k = 0;
 	int p, s, d;
 
@@ -198,7 +198,7 @@ size_t compute_ratios(const struct config *cfg, const struct run *runs,
 
 			if ((cold && !cfg->do_cold) || (!cold && !cfg->do_warm))
 				continue;
-			for (d = 0; d < 4; d++) {
+			for (d = 0; d < 5; d++) {
 				struct ratio *q;
 				double m[2][4];
 				int i;
@@ -631,10 +631,18 @@ int write_json(const struct config *cfg, const struct run *runs, size_t nruns,
 	else
 		j_str(&j, "install_ahead_bytes", NULL);
 	j_bool(&j, "direct", cfg->direct);
-	j_u64(&j, "spin_us", cfg->spin_us);
+	if (cfg->spin_us == LUFFD_NO_SPIN)
+		j_u64(&j, "spin_us", 0);
+	else if (cfg->spin_us)
+		j_u64(&j, "spin_us", cfg->spin_us);
+	else
+		j_str(&j, "spin_us", NULL);
 	j_str(&j, "install_mode",
 	      cfg->install_mode == LUFFD_INSTALL_COPY ? "copy" : "auto");
 	j_str(&j, "prot", cfg->prot & PROT_WRITE ? "rw" : "r");
+	j_str(&j, "store", cfg->store_mem ? "memory" : "file");
+	j_u64(&j, "handler_cpus", cfg->handler_cpus);
+	j_u64(&j, "thread_cpus", cfg->thread_cpus);
 	j_close(&j, '}');
 	j_str(&j, "trace", cfg->trace_path);
 	j_str(&j, "trace_format",

@@ -4,7 +4,7 @@
  * libuffd maps lazily, byte-identical to cat(1).  -s prints the fault
  * statistics to stderr.  Options: -r BYTES largest read-ahead window,
  * -f fixed read-ahead windows (LUFFD_RA_FIXED), -i BYTES install-ahead
- * (0: off), -c BYTES cache size, -d O_DIRECT, -p US spin before sleeping,
+ * (0: off), -c BYTES cache size, -d O_DIRECT, -p US spin before sleeping (0: never),
  * -t FILE pfaults trace.
  *
  * The region is written out with write(2) straight from the mapping, which
@@ -157,6 +157,8 @@ int main(int argc, char **argv)
 			opts.spin_us = (unsigned int)strtoul(optarg, &end, 0);
 			if (*end)
 				usage();
+			if (!opts.spin_us)
+				opts.spin_us = LUFFD_NO_SPIN;
 			break;
 		case 'r':
 			opts.readahead_bytes = strtoull(optarg, &end, 0);

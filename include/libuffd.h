@@ -236,8 +236,14 @@ struct luffd_ctx_opts {
 	 * with 4 KiB pages). */
 	size_t readahead_bytes;
 	/* Busy-poll the userfaultfd for this long after serving a fault
-	 * before sleeping (microseconds).  Trades CPU for wake-up latency.
-	 * Default 0. */
+	 * before sleeping (microseconds), unless reads or other io_uring
+	 * work are in flight (their workers need the CPU, and their
+	 * completions wake the handler anyway).  A sleeping handler must be
+	 * woken for the next fault, which on a VM costs tens of
+	 * microseconds: with 50 us, random faults served from memory took a
+	 * third of the time (see the README).  Costs at most that much CPU
+	 * after each burst of faults.  0 means the default, 50 us;
+	 * LUFFD_NO_SPIN never spins.  At most 1000000. */
 	unsigned int spin_us;
 	enum luffd_open_mode open_mode;
 	/* UFFD_FEATURE_* bits the context must not use even when the kernel
@@ -277,11 +283,21 @@ struct luffd_ctx_opts {
 	size_t install_ahead_bytes;
 	/* How pages go into place (see enum luffd_install). */
 	enum luffd_install install_mode;
+	/* CPUs the handler threads may run on: bit n is CPU n (CPUs 0-63).
+	 * 0 means no pinning (the default).  A handler on the faulting
+	 * thread's CPU serves a fault without waking another CPU, which on a
+	 * VM saves most of a fault's cost when one thread faults at a time
+	 * (see the README's latency section); several faulting threads want
+	 * the handler on a CPU of its own.  -EINVAL if no CPU in the mask
+	 * exists. */
+	uint64_t handler_cpus;
 };
 
 #define LUFFD_NO_INSTALL_AHEAD ((size_t)-1)
 
 #define LUFFD_NO_TIMEOUT ((unsigned int)-1)
+
+#define LUFFD_NO_SPIN ((unsigned int)-1)
 
 #define LUFFD_NO_READAHEAD ((size_t)-1)
 

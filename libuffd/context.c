@@ -14,6 +14,10 @@
  * one, so it must bring in more per fault (see bench/README.md). */
 #define DEF_READAHEAD (512u << 10)
 #define DEF_INSTALL_AHEAD (256u << 10)
+/* Long enough to catch the next fault of a thread faulting in a loop
+ * (a fault costs 10-20 us when nobody sleeps), short enough that an idle
+ * handler goes to sleep at once (see bench/README.md). */
+#define DEF_SPIN_US 50
 
 /* Features asked for when the kernel offers them.  FORK is not: a child
  * would need a handler of its own (see luffd_map()). */
@@ -97,9 +101,19 @@ static int resolve_opts(struct luffd_ctx *ctx, const struct luffd_ctx_opts *o)
 		return -EINVAL;
 	if (d.trace_format && d.trace_fd < 0)
 		return -EBADF;
-	if (d.spin_us > 1000000)
+	if (d.spin_us > 1000000 && d.spin_us != LUFFD_NO_SPIN)
 		return -EINVAL;
-	ctx->spin_us = d.spin_us;
+	ctx->spin_us = d.spin_us ? d.spin_us : DEF_SPIN_US;
+	if (d.spin_us == LUFFD_NO_SPIN)
+		ctx->spin_us = 0;
+	ctx->handler_cpus = d.handler_cpus;
+	if (d.handler_cpus) {
+		long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+
+		if (ncpu > 0 && ncpu < 64 &&
+		    !(d.handler_cpus & ((1ull << ncpu) - 1)))
+			return -EINVAL;
+	}
 	ctx->read_timeout_ms = d.read_timeout_ms ? d.read_timeout_ms : 30000;
 	if (d.read_timeout_ms == LUFFD_NO_TIMEOUT)
 		ctx->read_timeout_ms = 0;

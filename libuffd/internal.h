@@ -85,6 +85,9 @@ struct luffd__store_ops {
 	 * *data_end = where the data run starting at off ends. */
 	int (*hole)(struct luffd_store *s, uint64_t off, uint64_t len,
 		    uint64_t *data_end);
+	/* Optional: [off, off+len) will be read soon; start fetching it
+	 * (a hint: no error, may block briefly). */
+	void (*willneed)(struct luffd_store *s, uint64_t off, uint64_t len);
 	void (*destroy)(struct luffd_store *s);
 };
 
@@ -358,6 +361,7 @@ struct luffd__loop {
 	unsigned char *hp_data, *hp_map;
 	size_t hp_map_len;
 	uint64_t hp_tick;
+	uint32_t populating; /* populates in flight */
 
 	struct luffd__op *ops;
 	uint32_t nops, free_op, ops_busy;
@@ -424,6 +428,7 @@ struct luffd_ctx {
 	uint32_t ia_pages; /* install-ahead chunk, pages (1: off) */
 	uint32_t hp_chunks; /* staging chunks per handler (0: copy only) */
 	unsigned int spin_us;
+	uint64_t handler_cpus; /* affinity mask, 0: none */
 	unsigned int read_timeout_ms; /* 0: none */
 	enum luffd_open_mode open_mode;
 	uint64_t features; /* enabled UFFD_FEATURE_* */

@@ -19,6 +19,8 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -886,6 +888,10 @@ static bool chunk_read(struct luffd__loop *l, struct luffd__region *r,
 	}
 	luffd__inc(l->stats.reads, 1);
 	luffd__inc(l->stats.readahead_pages, fi == LUFFD__NIL ? n : n - 1);
+	/* Read ahead of the stream (nobody waits yet): one syscall per
+	 * 2 MiB so that cold data is fetched all at once. */
+	if (fi == LUFFD__NIL && s->ops->willneed)
+		s->ops->willneed(s, off, n << shift);
 	submit_op(l, op);
 	return true;
 }
@@ -913,6 +919,7 @@ static void chunk_populate(struct luffd__loop *l, uint32_t hc)
 			      MADV_POPULATE_WRITE);
 	io_uring_sqe_set_data64(sqe, TAG_POPULATE + hc);
 	l->chunks[hc].mem = LUFFD__CHUNK_MEM_FILLING;
+	l->populating++;
 	/* Now, not at the loop's next turn: the point is to overlap. */
 	io_uring_submit(&l->ring);
 #else
@@ -923,6 +930,7 @@ static void chunk_populate(struct luffd__loop *l, uint32_t hc)
 
 static void chunk_populated(struct luffd__loop *l, uint32_t hc, int res)
 {
+	l->populating--;
 	/* A read may have filled it meanwhile, and a move emptied it. */
 	if (l->chunks[hc].mem == LUFFD__CHUNK_MEM_FILLING)
 		l->chunks[hc].mem = res < 0 ? LUFFD__CHUNK_MEM_NONE
@@ -1698,7 +1706,12 @@ static void spin(struct luffd__loop *l)
 
 	io_uring_submit(&l->ring);
 	while (!atomic_load_explicit(&l->stop, memory_order_relaxed)) {
-		if (io_uring_cq_ready(&l->ring))
+		/* Work in flight runs on io_uring workers, which need the
+		 * CPU this would burn (2 vCPUs: spinning through a chunk
+		 * stream's reads and populates cost it a third of its
+		 * speed); its completion wakes the loop anyway. */
+		if (io_uring_cq_ready(&l->ring) || l->ops_busy ||
+		    l->populating)
 			return;
 		if (drain_uffd(l) > 0) {
 			io_uring_submit(&l->ring);
@@ -1748,6 +1761,26 @@ static int ring_setup(struct luffd__loop *l)
 	return err < 0 ? err : 0;
 }
 
+/* handler_cpus: pin this handler thread (before its ring exists, so the
+ * ring's workers start out where it runs). */
+static int pin(struct luffd__loop *l)
+{
+	uint64_t mask = l->ctx->handler_cpus;
+	cpu_set_t set;
+	int err;
+
+	if (!mask)
+		return 0;
+	CPU_ZERO(&set);
+	for (int i = 0; i < 64; i++)
+		if (mask & (1ull << i))
+			CPU_SET(i, &set);
+	err = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	if (err)
+		pr_warn("pinning a handler thread: %s\n", luffd_strerror(-err));
+	return -err;
+}
+
 static void *loop_main(void *arg)
 {
 	struct luffd__loop *l = arg;
@@ -1755,7 +1788,9 @@ static void *loop_main(void *arg)
 	int err;
 
 	l->tid = (pid_t)syscall(SYS_gettid);
-	err = ring_setup(l);
+	err = pin(l);
+	if (!err)
+		err = ring_setup(l);
 
 	pthread_mutex_lock(&l->lock);
 	l->init_err = err;
@@ -1785,7 +1820,7 @@ static void *loop_main(void *arg)
 			io_uring_submit_and_wait_timeout(&l->ring, &cqe, 1,
 							 &ts, NULL);
 		} else {
-			if (l->ctx->spin_us)
+			if (l->ctx->spin_us && !l->ops_busy && !l->populating)
 				spin(l);
 			io_uring_submit_and_wait(&l->ring, 1);
 		}

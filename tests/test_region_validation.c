@@ -8,7 +8,9 @@
 #define _GNU_SOURCE
 #include "common.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stddef.h>
@@ -373,6 +375,66 @@ static int try_create(const struct luffd_ctx_opts *o)
 	return r;
 }
 
+/* Threads of this process whose allowed CPUs are exactly list. */
+static int tasks_pinned_to(const char *list)
+{
+	char fn[320], line[256];
+	int n = 0;
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+
+	ck_assert_ptr_nonnull(d);
+	while ((e = readdir(d))) {
+		FILE *f;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(fn, sizeof(fn), "/proc/self/task/%s/status",
+			 e->d_name);
+		f = fopen(fn, "r");
+		if (!f)
+			continue;
+		while (fgets(line, sizeof(line), f))
+			if (!strncmp(line, "Cpus_allowed_list:", 18)) {
+				char *v = line + 18;
+
+				v += strspn(v, " \t");
+				v[strcspn(v, "\n")] = 0;
+				n += !strcmp(v, list);
+			}
+		fclose(f);
+	}
+	closedir(d);
+	return n;
+}
+
+/* handler_cpus pins every handler thread, and only them. */
+START_TEST(handler_pinned)
+{
+	cpu_set_t all;
+	int last = -1;
+	char list[16];
+
+	ck_assert_int_eq(sched_getaffinity(0, sizeof(all), &all), 0);
+	for (int i = 0; i < 64; i++)
+		if (CPU_ISSET(i, &all))
+			last = i;
+	if (last < 1 || CPU_COUNT(&all) < 2)
+		return; /* one CPU: nothing to tell apart */
+	snprintf(list, sizeof(list), "%d", last);
+	{
+		LUFFD_OPTS(luffd_ctx_opts, o, .handler_cpus = 1ull << last,
+			   .handler_threads = 2);
+		struct luffd_ctx *ctx = t_ctx(&o);
+
+		ck_assert_int_eq(tasks_pinned_to(list), 2);
+		ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+		ck_assert_int_eq(t_threads_settle(1), 1);
+		ck_assert_int_eq(tasks_pinned_to(list), 0);
+	}
+}
+END_TEST
+
 START_TEST(ctx_opts_bad)
 {
 	size_t ra = 128 * 1024;
@@ -436,6 +498,31 @@ START_TEST(ctx_opts_bad)
 		ck_assert_int_eq(try_create(&o), -EINVAL);
 		o.cache_bytes = 2 * t_ps;
 		ck_assert_int_eq(try_create(&o), 0);
+	}
+	{
+		LUFFD_OPTS(luffd_ctx_opts, o, .spin_us = 1000001);
+		ck_assert_int_eq(try_create(&o), -EINVAL);
+		o.spin_us = LUFFD_NO_SPIN;
+		ck_assert_int_eq(try_create(&o), 0);
+		o.spin_us = 1000000;
+		ck_assert_int_eq(try_create(&o), 0);
+	}
+	{
+		LUFFD_OPTS(luffd_ctx_opts, o, .install_mode = 7);
+		ck_assert_int_eq(try_create(&o), -EINVAL);
+		o.install_mode = LUFFD_INSTALL_COPY;
+		ck_assert_int_eq(try_create(&o), 0);
+	}
+	{
+		/* handler_cpus: a mask naming no CPU of this machine. */
+		long n = sysconf(_SC_NPROCESSORS_CONF);
+		LUFFD_OPTS(luffd_ctx_opts, o, .handler_cpus = 1);
+
+		ck_assert_int_eq(try_create(&o), 0);
+		if (n > 0 && n < 64) {
+			o.handler_cpus = 1ull << 63;
+			ck_assert_int_eq(try_create(&o), -EINVAL);
+		}
 	}
 	{
 		LUFFD_OPTS(luffd_ctx_opts, o, .open_mode = 99);
@@ -595,6 +682,7 @@ static Suite *make(void)
 	tcase_add_test(tc, unmap_bad_args);
 	tcase_add_test(tc, store_bad_args);
 	tcase_add_test(tc, ctx_opts_bad);
+	tcase_add_test(tc, handler_pinned);
 	tcase_add_test(tc, getters_bad_args);
 	tcase_add_test(tc, silent_without_print_callback);
 	return s;
