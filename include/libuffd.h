@@ -174,10 +174,12 @@ enum luffd_readahead {
 	 * a region reads 4 pages; a miss that continues the region's stream
 	 * (or follows 4+ cached pages) doubles the window up to
 	 * readahead_bytes.  Any other miss is random access: on a file it
-	 * reads the aligned readahead_bytes block around the page (the
-	 * kernel's mmap read-around) until 12.5 MiB of such blocks have gone
-	 * unused (pages read around a miss, less minor hits), then the page
-	 * alone.  While a stream is
+	 * reads the aligned 128 KiB block around the page (readahead_bytes if
+	 * smaller: the kernel's mmap read-around) for as long as that pays.
+	 * Each such miss counts one against the region, each page served from
+	 * the cache (a minor hit, or installed around one) one for it; while
+	 * misses lead by 100 (the kernel's MMAP_LOTSAMISS), a miss reads its
+	 * page alone.  While a stream is
 	 * being read, touching the second page of a window (or the first of
 	 * a background window) reads the next window in the background, so a
 	 * sequential reader mostly sees minor faults.  A read of several
@@ -273,13 +275,16 @@ struct luffd_ctx_opts {
 	/* Install-ahead, like the kernel's fault-around: after serving a
 	 * fault, install the following pages of the region that are ready
 	 * in the cache, up to this many bytes from the faulting page, so a
-	 * sequential reader takes one fault per chunk.  Those pages never
-	 * fault (stats.installed_ahead counts them).  With adaptive
+	 * sequential reader takes one fault per chunk.  With adaptive
 	 * read-ahead the chunk follows the stream: the region's last window,
-	 * at least 16 pages (the kernel's fault-around), at most this.  0
-	 * means the default: 256 KiB with adaptive read-ahead, off with
-	 * LUFFD_RA_FIXED; LUFFD_NO_INSTALL_AHEAD turns it off.  A multiple
-	 * of the page size, at most 1024 pages. */
+	 * at least 16 pages (the kernel's fault-around), at most this; outside
+	 * a stream, the other pages of the faulting page's aligned 16-page
+	 * block that are cached and were never installed go in instead, as
+	 * the kernel maps a fault's neighbours.  Those pages never fault
+	 * (stats.installed_ahead counts them).  0 means the default: 256 KiB
+	 * with adaptive read-ahead, off with LUFFD_RA_FIXED;
+	 * LUFFD_NO_INSTALL_AHEAD turns it off.  A multiple of the page size,
+	 * at most 1024 pages. */
 	size_t install_ahead_bytes;
 	/* How pages go into place (see enum luffd_install). */
 	enum luffd_install install_mode;

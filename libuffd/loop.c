@@ -47,11 +47,15 @@
 #define TAG_POPULATE ((uint64_t)16)
 #define FAULTS_INIT 256
 #define ORPHAN_NS (100 * 1000000ull) /* see resolve() */
-/* Read-around stops once this many pages read around random misses have
- * gone unused (100 misses of 128 KiB: the kernel's MMAP_LOTSAMISS). */
-#define RA_LOTSAMISS_PAGES 3200
-#define RA_MISS_MAX (2 * RA_LOTSAMISS_PAGES)
+/* Read-around stops once random misses outnumber the pages the cache
+ * served around them by this many (the kernel's MMAP_LOTSAMISS), and
+ * starts again as hits pay the misses back. */
+#define RA_LOTSAMISS 100
+#define RA_MISS_MAX (10 * RA_LOTSAMISS)
 #define IA_MIN 16 /* the kernel's fault-around, in pages */
+/* A random miss reads this much around it, at most: the kernel's
+ * read_ahead_kb (128 KiB), not a stream's window. */
+#define AROUND_BYTES (128u << 10)
 
 /* ------------------------------------------------------------------------
  * Fault records and lists
@@ -501,40 +505,56 @@ static uint64_t chunk_clip(struct luffd__loop *l, struct luffd__region *r,
 
 /*
  * Install-ahead, the kernel's fault-around: after serving store page pg of
- * r, copy the pages that follow it, up to install_ahead pages, straight
- * into place if they are ready in the cache, so that a sequential reader
- * takes one fault per chunk instead of one per page.  Adjacent cache pages
- * go in one call.  Nobody is woken: a thread faulting on one of them
- * meanwhile finds it present (-EEXIST) and is woken then.
+ * r, copy pages around it straight into place if they are ready in the
+ * cache, so that a reader takes one fault per chunk instead of one per
+ * page.  In a stream, the pages that follow pg, up to the stream's window;
+ * elsewhere (random access), the other pages of pg's aligned 16-page block
+ * that were never installed, as the kernel maps a fault's neighbours.
+ * Adjacent cache pages go in one call.  Nobody is woken: a thread faulting
+ * on one of them meanwhile finds it present (-EEXIST) and is woken then.
+ * Returns the pages installed.
  */
-static void install_ahead(struct luffd__loop *l, struct luffd__region *r,
-			  uint64_t pg)
+static uint64_t install_ahead(struct luffd__loop *l, struct luffd__region *r,
+			      uint64_t pg)
 {
 	struct luffd__cache *c = &l->cache;
 	unsigned int shift = l->ctx->page_shift;
 	size_t ps = l->ctx->page_size;
 	uint64_t end = (r->off + r->len) >> shift, n = l->ctx->ia_pages;
+	uint64_t first = pg + 1, run_dst = 0, run_src = 0, run_len = 0;
+	uint64_t installed = 0;
+	bool around = false;
 
 	/* Adaptive: as far as the stream has earned (its last window), at
 	 * least the kernel's fault-around (16 pages), at most the setting. */
-	if (l->ctx->ra_adaptive && r->ra_win > IA_MIN && r->ra_win < n)
+	if (l->ctx->ra_adaptive && r->ra_win > IA_MIN && r->ra_win < n) {
 		n = r->ra_win;
-	else if (l->ctx->ra_adaptive && r->ra_win <= IA_MIN && n > IA_MIN)
-		n = IA_MIN;
-	uint64_t run_dst = 0, run_src = 0, run_len = 0, installed = 0;
-
+	} else if (l->ctx->ra_adaptive && r->ra_win <= IA_MIN &&
+		   n >= IA_MIN) {
+		around = true;
+		first = pg & ~(uint64_t)(IA_MIN - 1);
+		if (first < r->off >> shift)
+			first = r->off >> shift;
+		n = IA_MIN - (pg - first);
+	}
 	if (n <= 1 || atomic_load_explicit(&r->dead, memory_order_relaxed))
-		return;
-	for (uint64_t p = pg + 1; p < pg + n && p < end; p++) {
-		uint32_t slot = luffd__cache_find(c, r->store->id, p);
+		return 0;
+	for (uint64_t p = first; p < pg + n && p < end; p++) {
+		uint32_t slot;
 		uint64_t dst, src;
 
+		if (p == pg)
+			continue;
+		slot = luffd__cache_find(c, r->store->id, p);
 		/* Like the kernel's fault-around, not the read-ahead mark:
 		 * a real touch of it is what starts the next window. */
 		if (slot == LUFFD__NIL ||
 		    c->slots[slot].state != LUFFD__SLOT_READY ||
-		    p == r->ra_mark)
+		    p == r->ra_mark || (around && c->slots[slot].used)) {
+			if (around)
+				continue;
 			break;
+		}
 		dst = r->start + (p << shift) - r->off;
 		/* Not into the stream's chunks: they go in whole. */
 		if (r->hp_on && !(dst & (LUFFD__HP_SIZE - 1)) &&
@@ -557,6 +577,7 @@ static void install_ahead(struct luffd__loop *l, struct luffd__region *r,
 	if (run_len)
 		installed += copy_run(l, run_dst, run_src, run_len);
 	luffd__inc(l->stats.installed_ahead, installed);
+	return installed;
 }
 
 static void chunk_complete(struct luffd__loop *l, struct luffd__op *op,
@@ -1266,18 +1287,25 @@ static void readahead_async(struct luffd__loop *l, struct luffd__region *r)
 	issue_read(l, r, pg, w, LUFFD__NIL, 0, STREAM_BACKGROUND);
 }
 
+static uint64_t around_pages(const struct luffd__loop *l)
+{
+	uint64_t w = AROUND_BYTES >> l->ctx->page_shift;
+
+	return w && w < l->ctx->ra_pages ? w : l->ctx->ra_pages;
+}
+
 /*
- * A random miss reads the aligned block of read-ahead size around it, as
+ * A random miss reads the aligned 128 KiB block around it, as
  * the kernel's mmap read-around does, for as long as that pays: every
- * random miss counts its block's pages against the region (ra_miss), every
- * minor hit one page for it, and past RA_LOTSAMISS_PAGES a random miss
- * reads its page alone.
+ * random miss counts one against the region (ra_miss), every page served
+ * from the cache (a minor hit, or installed around one) one for it, and
+ * past RA_LOTSAMISS a random miss reads its page alone.
  * Cached pages bound the block.
  */
 static uint32_t read_around(struct luffd__loop *l, struct luffd__region *r,
 			    uint64_t pg, uint32_t fi)
 {
-	uint64_t w = l->ctx->ra_pages, first = r->off >> l->ctx->page_shift;
+	uint64_t w = around_pages(l), first = r->off >> l->ctx->page_shift;
 	uint64_t lo = pg & ~(w - 1), id = r->store->id, start = pg;
 
 	if (w & (w - 1)) /* not a power of two: no alignment */
@@ -1334,11 +1362,11 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 	/* Read-around only where a read past the faulting page cannot
 	 * change its answer: files, not callbacks. */
 	around = n == 1 && l->ctx->ra_adaptive &&
-		 r->ra_miss < RA_LOTSAMISS_PAGES &&
+		 r->ra_miss < RA_LOTSAMISS &&
 		 data_end == UINT64_MAX && !F(l, fi)->alone &&
 		 (s->caps & LUFFD__CAP_SHORT_EOF);
 	if (n == 1 && r->ra_miss < RA_MISS_MAX)
-		r->ra_miss += around ? l->ctx->ra_pages : 1;
+		r->ra_miss++;
 	/* Neither r nor the fault may be touched once the read is issued:
 	 * it can complete inside, serve the fault and let the region go. */
 	if (around)
@@ -1392,7 +1420,7 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 		return;
 	}
 	if (l->cache.slots[slot].state == LUFFD__SLOT_READY) {
-		uint64_t pg = off >> l->ctx->page_shift;
+		uint64_t pg = off >> l->ctx->page_shift, n;
 
 		if (r->ra_miss)
 			r->ra_miss--;
@@ -1404,8 +1432,11 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 			readahead_async(l, r);
 		}
 		/* The pages ahead go in before the faulting one wakes its
-		 * thread, or the thread races them to the next page. */
-		install_ahead(l, r, pg);
+		 * thread, or the thread races them to the next page.  Like
+		 * the hit itself, each pays a random miss back (the kernel's
+		 * fault-around does the same for mmap_miss). */
+		n = install_ahead(l, r, pg);
+		r->ra_miss = r->ra_miss > n ? r->ra_miss - (uint32_t)n : 0;
 		serve_copy(l, fi, luffd__cache_data(&l->cache, slot),
 			   LUFFD_MINOR);
 		luffd__cache_used(&l->cache, slot);

@@ -238,11 +238,59 @@ START_TEST(file_adaptive)
 		      "random: %llu minor, %llu major",
 		      (unsigned long long)s.faults[LUFFD_MINOR],
 		      (unsigned long long)s.faults[LUFFD_MAJOR]);
+	/* And a minor hit installs its cached 16-page block: far fewer
+	 * faults than pages. */
+	ck_assert_msg(t_total_faults(&s) <= n / 4,
+		      "random: %llu faults for %zu pages",
+		      (unsigned long long)t_total_faults(&s), n);
+	ck_assert_uint_ge(s.installed_ahead, n / 2);
 	printf("adaptive random: %llu minor %llu major\n",
 	       (unsigned long long)s.faults[LUFFD_MINOR],
 	       (unsigned long long)s.faults[LUFFD_MAJOR]);
 	ck_assert_int_eq(luffd_unmap(ctx, a, n * t_ps), 0);
 	luffd_store_put(st);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	free(perm);
+	free(path);
+}
+END_TEST
+
+/*
+ * Read-around stops paying when the cache cannot keep what it reads: here
+ * a 256 KiB cache against scattered touches of a 64 MiB file.  After about
+ * 100 misses more than hits (the kernel's MMAP_LOTSAMISS), each miss reads
+ * only its page.
+ */
+START_TEST(read_around_stops)
+{
+	size_t n = 16384, touches = 600, blk = 128 * 1024 / t_ps;
+	uint64_t seed = 0x5ca, rng = 11;
+	char *path = t_make_file(n * t_ps, seed);
+	LUFFD_OPTS(luffd_ctx_opts, o, .cache_bytes = 256 * 1024);
+	struct luffd_ctx *ctx = t_ctx(&o);
+	struct luffd_store *st;
+	struct luffd_stats s;
+	size_t *perm = malloc(n * sizeof(*perm));
+	char *a;
+
+	ck_assert_int_eq(luffd_store_open(path, 0, &st), 0);
+	ck_assert_int_eq(luffd_map(ctx, st, 0, n * t_ps, PROT_READ, 0,
+				   (void **)&a), 0);
+	luffd_store_put(st);
+	t_perm(perm, n, &rng);
+	for (size_t i = 0; i < touches; i++)
+		t_assert_page(a, perm[i], 0, n * t_ps, seed);
+	t_stats(ctx, &s);
+	printf("read-around: %llu reads, %llu pages read ahead, %llu minor\n",
+	       (unsigned long long)s.reads,
+	       (unsigned long long)s.readahead_pages,
+	       (unsigned long long)s.faults[LUFFD_MINOR]);
+	/* About 100 blocks read around, then single pages. */
+	ck_assert_uint_ge(s.readahead_pages, 80 * (blk - 1));
+	ck_assert_uint_le(s.readahead_pages, 130 * (blk - 1));
+	/* Nearly every touch is a miss of its own. */
+	ck_assert_uint_ge(s.reads, touches * 3 / 4);
+	ck_assert_int_eq(luffd_unmap(ctx, a, n * t_ps), 0);
 	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
 	free(perm);
 	free(path);
@@ -597,6 +645,7 @@ static Suite *make(void)
 	tcase_add_test(tc, file_no_readahead);
 	tcase_add_test(tc, file_no_thread_id);
 	tcase_add_test(tc, file_adaptive);
+	tcase_add_test(tc, read_around_stops);
 	tcase_add_test(tc, memory_minor);
 	tcase_add_test(tc, callback_major);
 	tcase_add_test(tc, callback_short_count);
