@@ -174,8 +174,8 @@ enum luffd_readahead {
 	 * a region reads 4 pages; a miss that continues the region's stream
 	 * (or follows 4+ cached pages) doubles the window up to
 	 * readahead_bytes.  Any other miss is random access: on a file it
-	 * reads the aligned 128 KiB block around the page (readahead_bytes if
-	 * smaller: the kernel's mmap read-around) for as long as that pays.
+	 * reads the aligned readahead_bytes block around the page (the
+	 * kernel's mmap read-around) for as long as that pays.
 	 * Each such miss counts one against the region, each page served from
 	 * the cache (a minor hit, or installed around one) one for it; while
 	 * misses lead by 100 (the kernel's MMAP_LOTSAMISS), a miss reads its

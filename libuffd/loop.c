@@ -53,9 +53,6 @@
 #define RA_LOTSAMISS 100
 #define RA_MISS_MAX (10 * RA_LOTSAMISS)
 #define IA_MIN 16 /* the kernel's fault-around, in pages */
-/* A random miss reads this much around it, at most: the kernel's
- * read_ahead_kb (128 KiB), not a stream's window. */
-#define AROUND_BYTES (128u << 10)
 
 /* ------------------------------------------------------------------------
  * Fault records and lists
@@ -1287,15 +1284,8 @@ static void readahead_async(struct luffd__loop *l, struct luffd__region *r)
 	issue_read(l, r, pg, w, LUFFD__NIL, 0, STREAM_BACKGROUND);
 }
 
-static uint64_t around_pages(const struct luffd__loop *l)
-{
-	uint64_t w = AROUND_BYTES >> l->ctx->page_shift;
-
-	return w && w < l->ctx->ra_pages ? w : l->ctx->ra_pages;
-}
-
 /*
- * A random miss reads the aligned 128 KiB block around it, as
+ * A random miss reads the aligned readahead_bytes block around it, as
  * the kernel's mmap read-around does, for as long as that pays: every
  * random miss counts one against the region (ra_miss), every page served
  * from the cache (a minor hit, or installed around one) one for it, and
@@ -1305,7 +1295,7 @@ static uint64_t around_pages(const struct luffd__loop *l)
 static uint32_t read_around(struct luffd__loop *l, struct luffd__region *r,
 			    uint64_t pg, uint32_t fi)
 {
-	uint64_t w = around_pages(l), first = r->off >> l->ctx->page_shift;
+	uint64_t w = l->ctx->ra_pages, first = r->off >> l->ctx->page_shift;
 	uint64_t lo = pg & ~(w - 1), id = r->store->id, start = pg;
 
 	if (w & (w - 1)) /* not a power of two: no alignment */
