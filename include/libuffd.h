@@ -199,7 +199,10 @@ enum luffd_install {
 	 * region that can take it, the stream is read in 2 MiB chunks into
 	 * transparent-huge-page staging buffers and each chunk is moved into
 	 * place (UFFDIO_MOVE, one page-table update for 2 MiB: no copy, one
-	 * fault per 2 MiB).  A region can take chunks when it comes from
+	 * fault per 2 MiB).  Random access whose read-around pages keep being
+	 * used (more pages served around misses than misses) reads the 2 MiB
+	 * chunk around a miss, moved in whole at once.  A region can take
+	 * chunks when it comes from
 	 * luffd_map() with PROT_READ | PROT_WRITE over a file store and the
 	 * kernel has UFFDIO_MOVE (6.8+); such mappings are 2 MiB-aligned
 	 * and marked MADV_HUGEPAGE.  Up to 16 chunks per handler thread are

@@ -182,6 +182,7 @@ struct luffd__region {
 	uint64_t ra_mark;      /* a minor hit here reads the next window */
 	uint32_t ra_win;       /* last window, pages */
 	uint32_t ra_miss;      /* random misses not paid back by hits */
+	uint32_t ra_credit;    /* hits beyond that (see start_read()) */
 	/* Chunk streams (see loop.c), handler thread only.  huge: the
 	 * mapping can take 2 MiB moves (luffd_map(), PROT_READ|PROT_WRITE,
 	 * a file store, the kernel has UFFDIO_MOVE), set before the region
@@ -322,6 +323,7 @@ struct luffd__chunk {
 			     were moved into place */
 	uint8_t state;
 	uint8_t mem;      /* its memory: LUFFD__CHUNK_MEM_* */
+	uint8_t whole;    /* read for a random miss: moved whole at once */
 };
 
 enum {

@@ -52,6 +52,11 @@
  * starts again as hits pay the misses back. */
 #define RA_LOTSAMISS 100
 #define RA_MISS_MAX (10 * RA_LOTSAMISS)
+/* Pages served from the cache around random misses beyond paying them
+ * back; a random miss in a region that can take chunks spends
+ * RA_CREDIT_CHUNK of them to read its whole 2 MiB chunk. */
+#define RA_CREDIT_MAX 4096
+#define RA_CREDIT_CHUNK 64
 #define IA_MIN 16 /* the kernel's fault-around, in pages */
 
 /* ------------------------------------------------------------------------
@@ -866,7 +871,7 @@ static uint32_t chunk_alloc(struct luffd__loop *l)
  * is free.  As with issue_read(), neither r nor fi may be touched after
  * a true return unless the caller holds r: the read can complete inside. */
 static bool chunk_read(struct luffd__loop *l, struct luffd__region *r,
-		       uint64_t base, uint64_t off, uint32_t fi)
+		       uint64_t base, uint64_t off, uint32_t fi, bool whole)
 {
 	struct luffd_store *s = r->store;
 	unsigned int shift = l->ctx->page_shift;
@@ -891,6 +896,7 @@ static bool chunk_read(struct luffd__loop *l, struct luffd__region *r,
 	ch->store_id = s->id;
 	ch->off = off;
 	ch->state = LUFFD__CHUNK_INFLIGHT;
+	ch->whole = whole;
 	ch->avail = 0;
 	ch->waiters = LUFFD__NIL;
 	ch->op = (uint32_t)(op - l->ops);
@@ -967,11 +973,12 @@ static int chunk_move(struct luffd__loop *l, uint32_t hc, uint64_t base,
 {
 	struct luffd__chunk *ch = &l->chunks[hc];
 	unsigned int shift = l->ctx->page_shift;
-	size_t ps = l->ctx->page_size;
 	uint64_t dst = base + ((uint64_t)idx << shift);
 	uint64_t src = (uint64_t)(uintptr_t)chunk_data(l, hc) +
 		       ((uint64_t)idx << shift);
 	uint64_t len = (uint64_t)(ch->avail - idx) << shift, moved = 0;
+	uint64_t wake_from = dst, wake_len = len;
+	bool present = false;
 	int err = 0;
 
 	*done = 0;
@@ -990,9 +997,19 @@ static int chunk_move(struct luffd__loop *l, uint32_t hc, uint64_t base,
 			step = (uint64_t)m.move;
 			moved += step;
 		} else if (m.move == -EEXIST || errno == EEXIST) {
+			/* Pages installed meanwhile (by the page path, or a
+			 * racing fault): one mincore() finds how many in a
+			 * row, rather than one failed move per page. */
+			unsigned char vec[LUFFD__HP_SIZE / 4096];
+			uint64_t n = len >> shift, k = 1;
+
 			luffd__inc(l->stats.eexist, 1);
-			uffd_wake(l, dst);
-			step = ps;
+			present = true;
+			if (n <= sizeof(vec) &&
+			    !mincore((void *)(uintptr_t)dst, len, vec))
+				while (k < n && (vec[k] & 1))
+					k++;
+			step = k << shift;
 		} else {
 			err = m.move < 0 ? (int)m.move : -errno;
 			break;
@@ -1001,6 +1018,13 @@ static int chunk_move(struct luffd__loop *l, uint32_t hc, uint64_t base,
 		dst += step;
 		src += step;
 		len -= step;
+	}
+	/* A thread may wait on a page someone else installed. */
+	if (present) {
+		struct uffdio_range rg = { .start = wake_from,
+					   .len = wake_len };
+
+		ioctl(l->uffd, UFFDIO_WAKE, &rg);
 	}
 	*done >>= shift;
 	moved >>= shift;
@@ -1016,28 +1040,36 @@ static int chunk_move(struct luffd__loop *l, uint32_t hc, uint64_t base,
 	return err;
 }
 
-/* Serve fault fi from chunk hc (ready) at base.  Returns the pages put
- * in place from fi's on, 0 when the chunk does not have fi's page: the
- * caller takes the page path. */
-static uint64_t chunk_serve(struct luffd__loop *l, uint32_t fi, uint32_t hc,
-			    uint64_t base, enum luffd_class cls)
+/* Serve fault fi from chunk hc (ready) at base: move the pages from fi's
+ * on (from the chunk's first, if it was read for a random miss) and say
+ * which are in place now, [*lo, *hi).  False when fi's page is not among
+ * them: the caller takes the page path. */
+static bool chunk_serve(struct luffd__loop *l, uint32_t fi, uint32_t hc,
+			uint64_t base, enum luffd_class cls, uint64_t *lo,
+			uint64_t *hi)
 {
 	struct luffd__fault *f = F(l, fi);
+	struct luffd__chunk *ch = &l->chunks[hc];
 	uint32_t idx = (uint32_t)((f->addr - base) >> l->ctx->page_shift);
+	uint32_t from = ch->whole ? 0 : idx;
 	uint64_t done;
 	int err;
 
-	if (idx >= l->chunks[hc].avail)
-		return 0;
-	err = chunk_move(l, hc, base, idx, &done);
+	*lo = *hi = 0;
+	if (idx >= ch->avail)
+		return false;
+	err = chunk_move(l, hc, base, from, &done);
 	if (err == -EINVAL) {
 		/* The kernel will not move into this mapping after all
 		 * (its protection or type changed): copy from now on. */
 		f->region->huge = false;
 	}
-	if (done)
-		record(l, fi, f->waited ? LUFFD_MAJOR : cls, 0);
-	return done;
+	*lo = from;
+	*hi = from + done;
+	if (idx >= *hi)
+		return false;
+	record(l, fi, f->waited ? LUFFD_MAJOR : cls, 0);
+	return true;
 }
 
 /* Keep the stream's read-ahead depth: chunks after the one at off (at
@@ -1055,7 +1087,7 @@ static void chunk_ahead(struct luffd__loop *l, struct luffd__region *r,
 		if (b >= end || r->hp_next >= r->store->size)
 			break;
 		if (chunk_find(l, r->store->id, r->hp_next) == LUFFD__NIL &&
-		    !chunk_read(l, r, b, r->hp_next, LUFFD__NIL))
+		    !chunk_read(l, r, b, r->hp_next, LUFFD__NIL, false))
 			break;
 		r->hp_next += LUFFD__HP_SIZE;
 	}
@@ -1103,7 +1135,7 @@ static bool chunk_fault(struct luffd__loop *l, uint32_t fi)
 	struct luffd__fault *f = F(l, fi);
 	struct luffd__region *r = f->region;
 	struct luffd__chunk *ch;
-	uint64_t base, off;
+	uint64_t base, off, lo, hi;
 	uint32_t hc;
 	bool ok;
 
@@ -1118,7 +1150,7 @@ static bool chunk_fault(struct luffd__loop *l, uint32_t fi)
 			return false;
 		atomic_fetch_add(&r->inflight, 1);
 		r->hp_last = off;
-		ok = chunk_read(l, r, base, off, fi);
+		ok = chunk_read(l, r, base, off, fi, false);
 		if (ok)
 			chunk_ahead(l, r, base, off);
 		luffd__region_put(r);
@@ -1144,7 +1176,7 @@ static bool chunk_fault(struct luffd__loop *l, uint32_t fi)
 	/* Ready.  The thread is woken by the move, before the read-ahead
 	 * (which may read synchronously); the extra hold keeps r. */
 	atomic_fetch_add(&r->inflight, 1);
-	ok = chunk_serve(l, fi, hc, base, LUFFD_MINOR) != 0;
+	ok = chunk_serve(l, fi, hc, base, LUFFD_MINOR, &lo, &hi);
 	if (ok && r->hp_on && r->huge) {
 		r->hp_last = off;
 		chunk_ahead(l, r, base, off);
@@ -1201,7 +1233,7 @@ static void chunk_complete(struct luffd__loop *l, struct luffd__op *op,
 			continue;
 		if (chunk_of(f->region, f->addr, &base, &off) &&
 		    off == ch->off) {
-			uint64_t idx = (f->addr - base) >> shift, done;
+			uint64_t idx = (f->addr - base) >> shift;
 
 			if (base == last_base && idx >= lo && idx < hi) {
 				/* Moved in (and woken) with a lower
@@ -1211,14 +1243,12 @@ static void chunk_complete(struct luffd__loop *l, struct luffd__op *op,
 			}
 			if (ch->state == LUFFD__CHUNK_READY &&
 			    idx < ch->avail) {
-				done = chunk_serve(l, fi, hc, base,
-						   LUFFD_MAJOR);
-				if (done) {
-					last_base = base;
-					lo = idx;
-					hi = idx + done;
+				bool ok = chunk_serve(l, fi, hc, base,
+						      LUFFD_MAJOR, &lo, &hi);
+
+				last_base = base;
+				if (ok)
 					continue;
-				}
 			}
 		}
 		/* Past the chunk's data, or its read or move failed: the
@@ -1357,6 +1387,21 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 		 (s->caps & LUFFD__CAP_SHORT_EOF);
 	if (n == 1 && r->ra_miss < RA_MISS_MAX)
 		r->ra_miss++;
+	/* Random misses whose neighbours keep being used (more pages served
+	 * around misses than misses: ra_credit) read the whole 2 MiB chunk
+	 * around them where the region can take chunks. */
+	if (around && r->huge && !F(l, fi)->nochunk &&
+	    r->ra_credit >= RA_CREDIT_CHUNK) {
+		uint64_t base, coff;
+
+		if (chunk_of(r, F(l, fi)->addr, &base, &coff) &&
+		    chunk_find(l, s->id, coff) == LUFFD__NIL &&
+		    coff < s->size) {
+			r->ra_credit -= RA_CREDIT_CHUNK;
+			if (chunk_read(l, r, base, coff, fi, true))
+				return;
+		}
+	}
 	/* Neither r nor the fault may be touched once the read is issued:
 	 * it can complete inside, serve the fault and let the region go. */
 	if (around)
@@ -1414,6 +1459,8 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 
 		if (r->ra_miss)
 			r->ra_miss--;
+		else if (r->ra_credit < RA_CREDIT_MAX)
+			r->ra_credit++;
 		if (pg == r->ra_mark && l->ctx->ra_adaptive) {
 			/* A stream that fills whole windows goes on in
 			 * chunks where the region can take them. */
@@ -1426,7 +1473,14 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 		 * the hit itself, each pays a random miss back (the kernel's
 		 * fault-around does the same for mmap_miss). */
 		n = install_ahead(l, r, pg);
-		r->ra_miss = r->ra_miss > n ? r->ra_miss - (uint32_t)n : 0;
+		if (r->ra_miss >= n) {
+			r->ra_miss -= (uint32_t)n;
+		} else {
+			n -= r->ra_miss;
+			r->ra_miss = 0;
+			r->ra_credit = r->ra_credit + n < RA_CREDIT_MAX ?
+				r->ra_credit + (uint32_t)n : RA_CREDIT_MAX;
+		}
 		serve_copy(l, fi, luffd__cache_data(&l->cache, slot),
 			   LUFFD_MINOR);
 		luffd__cache_used(&l->cache, slot);

@@ -187,6 +187,40 @@ START_TEST(backwards_in_chunk)
 }
 END_TEST
 
+/* Random order over the whole file: once the pages read around misses
+ * keep being used, a random miss reads its whole chunk and moves it in at
+ * once.  Every page right, far fewer faults than pages. */
+START_TEST(random_whole_chunks)
+{
+	uint64_t fsize = t_size(48, 16) * MIB, rng = 7;
+	struct luffd_ctx *ctx = ctx_mode(LUFFD_INSTALL_AUTO);
+	size_t len, n = t_npages(fsize);
+	char *m = map_file(ctx, fsize, 0, &len);
+	size_t *perm = malloc(n * sizeof(*perm));
+	struct luffd_stats st;
+
+	ck_assert_ptr_nonnull(perm);
+	t_perm(perm, n, &rng);
+	for (size_t i = 0; i < n; i++)
+		t_assert_page(m, perm[i], 0, fsize, SEED);
+	t_stats(ctx, &st);
+	printf("random: %llu faults, %llu pages moved, %llu read\n",
+	       (unsigned long long)t_total_faults(&st),
+	       (unsigned long long)st.moved_pages,
+	       (unsigned long long)(st.bytes_read / t_ps));
+	ck_assert_uint_eq(st.faults[LUFFD_ERROR], 0);
+	if (has_move()) {
+		ck_assert_uint_ge(st.moved_pages, n / 4);
+		ck_assert_msg(t_total_faults(&st) < n / 16,
+			      "%llu faults for %zu pages",
+			      (unsigned long long)t_total_faults(&st), n);
+	}
+	free(perm);
+	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+}
+END_TEST
+
 struct worker {
 	char *m;
 	size_t first, step, n;
@@ -300,6 +334,7 @@ static Suite *make(void)
 	tcase_add_test(tc, write_and_refault);
 	tcase_add_test(tc, backwards_in_chunk);
 	tcase_add_test(tc, threads_interleaved);
+	tcase_add_test(tc, random_whole_chunks);
 	tcase_add_test(tc, unmap_while_streaming);
 	return s;
 }
