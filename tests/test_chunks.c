@@ -10,6 +10,8 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <setjmp.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -221,6 +223,93 @@ START_TEST(random_whole_chunks)
 }
 END_TEST
 
+/* mremap() of a region mid-stream to an address that is not 2 MiB
+ * aligned: the stream goes on at the new address (chunks clipped to the
+ * moved region), every page right. */
+START_TEST(mremap_mid_stream)
+{
+	uint64_t fsize = t_size(32, 16) * MIB;
+	struct luffd_ctx *ctx = ctx_mode(LUFFD_INSTALL_AUTO);
+	size_t len, n = t_npages(fsize), half = n / 2;
+	char *m = map_file(ctx, fsize, 0, &len);
+	char *hole, *to, *q;
+	struct luffd_stats st;
+
+	for (size_t i = 0; i < half; i++)
+		t_assert_page(m, i, 0, fsize, SEED);
+	/* A free range, then a target one page into it. */
+	hole = mmap(NULL, len + 4 * MIB, PROT_NONE,
+		    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(hole, MAP_FAILED);
+	to = (char *)(((uintptr_t)hole + 2 * MIB - 1) & ~(uintptr_t)(2 * MIB - 1)) +
+	     t_ps;
+	q = mremap(m, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+	ck_assert_ptr_eq(q, to);
+	for (size_t i = 0; i < n; i++)
+		t_assert_page(q, i, 0, fsize, SEED);
+	t_stats(ctx, &st);
+	ck_assert_uint_eq(st.faults[LUFFD_ERROR], 0);
+	ck_assert_uint_ge(st.events_remap, 1);
+	/* The region moved with the mapping: unmap it where it is now. */
+	ck_assert_int_eq(luffd_unmap(ctx, q, len), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	munmap(hole, len + 4 * MIB);
+}
+END_TEST
+
+struct dropper {
+	char *m;
+	size_t len;
+	atomic_bool stop;
+	unsigned long drops;
+};
+
+static void *drop_blocks(void *arg)
+{
+	struct dropper *d = arg;
+	uint64_t rng = 3;
+
+	while (!atomic_load(&d->stop)) {
+		size_t nb = d->len / (2 * MIB);
+		size_t b = (size_t)(t_rand(&rng) % (nb ? nb : 1));
+
+		madvise(d->m + b * 2 * MIB, 2 * MIB, MADV_DONTNEED);
+		d->drops++;
+		usleep(200);
+	}
+	return NULL;
+}
+
+/* A reader streams through the region twice while another thread drops
+ * random 2 MiB blocks (MADV_DONTNEED): dropped pages fault again and are
+ * read again; no page is ever wrong. */
+START_TEST(dontneed_while_streaming)
+{
+	uint64_t fsize = t_size(48, 16) * MIB;
+	struct luffd_ctx *ctx = ctx_mode(LUFFD_INSTALL_AUTO);
+	size_t len, n = t_npages(fsize);
+	char *m = map_file(ctx, fsize, 0, &len);
+	struct dropper d = { .m = m, .len = len };
+	struct luffd_stats st;
+	pthread_t th;
+
+	atomic_init(&d.stop, false);
+	ck_assert_int_eq(pthread_create(&th, NULL, drop_blocks, &d), 0);
+	for (int pass = 0; pass < 2; pass++)
+		for (size_t i = 0; i < n; i++)
+			t_assert_page(m, i, 0, fsize, SEED);
+	atomic_store(&d.stop, true);
+	pthread_join(th, NULL);
+	for (size_t i = 0; i < n; i++)
+		t_assert_page(m, i, 0, fsize, SEED);
+	t_stats(ctx, &st);
+	ck_assert_uint_eq(st.faults[LUFFD_ERROR], 0);
+	ck_assert_uint_ge(st.events_remove, 1);
+	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+}
+END_TEST
+
 struct worker {
 	char *m;
 	size_t first, step, n;
@@ -335,6 +424,8 @@ static Suite *make(void)
 	tcase_add_test(tc, backwards_in_chunk);
 	tcase_add_test(tc, threads_interleaved);
 	tcase_add_test(tc, random_whole_chunks);
+	tcase_add_test(tc, mremap_mid_stream);
+	tcase_add_test(tc, dontneed_while_streaming);
 	tcase_add_test(tc, unmap_while_streaming);
 	return s;
 }
