@@ -207,7 +207,7 @@ enum luffd_install {
 	 * kernel has UFFDIO_MOVE (6.8+); such mappings are 2 MiB-aligned
 	 * and marked MADV_HUGEPAGE.  Up to 16 chunks per handler thread are
 	 * taken out of cache_bytes (a quarter of it, none if that is less
-	 * than 2 chunks); half of them are read ahead of the stream.  A
+	 * than 2 chunks); all but two are read ahead of the stream.  A
 	 * chunk's pages are moved, not kept: a page faulting again later
 	 * (after MADV_DONTNEED) is read again.  Everything else (random
 	 * access, read-only mappings, luffd_register() ranges, memory and

@@ -85,9 +85,6 @@ struct luffd__store_ops {
 	 * *data_end = where the data run starting at off ends. */
 	int (*hole)(struct luffd_store *s, uint64_t off, uint64_t len,
 		    uint64_t *data_end);
-	/* Optional: [off, off+len) will be read soon; start fetching it
-	 * (a hint: no error, may block briefly). */
-	void (*willneed)(struct luffd_store *s, uint64_t off, uint64_t len);
 	void (*destroy)(struct luffd_store *s);
 };
 

@@ -136,21 +136,6 @@ static int file_hole(struct luffd_store *s, uint64_t off, uint64_t len,
 	return 0;
 }
 
-/*
- * A chunk is about to be read.  A buffered read of 2 MiB from a cold file
- * is done by the kernel in read_ahead_kb steps, each waited for before the
- * next is asked for; WILLNEED puts the whole range on the device's queue at
- * once, so the chunks read ahead of a stream keep it busy.  Data already
- * cached costs a page-cache walk and nothing else.  O_DIRECT reads go to
- * the device whole already.
- */
-static void file_willneed(struct luffd_store *s, uint64_t off, uint64_t len)
-{
-	if (!s->direct_io)
-		(void)posix_fadvise(s->fd, (off_t)off, (off_t)len,
-				    POSIX_FADV_WILLNEED);
-}
-
 static void file_destroy(struct luffd_store *s)
 {
 	if (s->fd >= 0)
@@ -160,7 +145,6 @@ static void file_destroy(struct luffd_store *s)
 static const struct luffd__store_ops file_ops = {
 	.read = file_read,
 	.hole = file_hole,
-	.willneed = file_willneed,
 	.destroy = file_destroy,
 };
 
