@@ -150,6 +150,21 @@ t_small() {
 	head -c 3000001 /dev/urandom >"$TMP/f"
 	expect_exit 0 --file "$TMP/f" --threads 3 --pattern zipf,stride:7 \
 		--warm --quiet
+	# The references, a memory store, copies only, read-only mappings,
+	# pinned threads: every run verified, every ratio printed.
+	expect_exit 0 --size 8M --pattern seq,rand --warm \
+		--engine libuffd,pread,fill,bare --store memory --quiet
+	for e in pread fill bare; do
+		grep -q "^seq  *warm *$e " "$TMP/out" || fail "no $e row"
+		grep -q "libuffd/$e" "$TMP/out" || fail "no libuffd/$e ratio"
+	done
+	expect_exit 0 --size 8M --warm --engine libuffd,mmap --install copy \
+		--prot r --spin-us 0 --handler-cpus 1 --thread-cpus 1 --quiet
+	grep -q "FAILED" "$TMP/out" && fail "a run failed"
+	expect_exit 2 --store disk
+	expect_exit 2 --install move
+	expect_exit 2 --prot w
+	expect_exit 2 --handler-cpus 0
 	:
 }
 
