@@ -841,12 +841,14 @@ static uint32_t issue_read(struct luffd__loop *l, struct luffd__region *r,
 	return (uint32_t)n;
 }
 
-/* A chunk to read into: a free one with its memory in place, else the
- * one ready longest, else a free one being populated or empty;
- * LUFFD__NIL when every chunk is being read. */
+/* A chunk to read into: a free one, preferably with its memory in place
+ * (populated, or being populated), else the one ready longest (evicting
+ * it); LUFFD__NIL when every chunk is being read.  A ready chunk is data
+ * read ahead that a fault has not reached yet: it goes only when nothing
+ * is free. */
 static uint32_t chunk_alloc(struct luffd__loop *l)
 {
-	uint32_t best = LUFFD__NIL, empty = LUFFD__NIL;
+	uint32_t oldest = LUFFD__NIL, free_best = LUFFD__NIL;
 
 	for (uint32_t i = 0; i < l->ctx->hp_chunks; i++) {
 		const struct luffd__chunk *ch = &l->chunks[i];
@@ -854,16 +856,16 @@ static uint32_t chunk_alloc(struct luffd__loop *l)
 		if (ch->state == LUFFD__CHUNK_FREE) {
 			if (ch->mem == LUFFD__CHUNK_MEM_READY)
 				return i;
-			if (empty == LUFFD__NIL ||
-			    ch->mem == LUFFD__CHUNK_MEM_NONE)
-				empty = i;
+			if (free_best == LUFFD__NIL ||
+			    ch->mem > l->chunks[free_best].mem)
+				free_best = i;
 		} else if (ch->state == LUFFD__CHUNK_READY &&
-			   (best == LUFFD__NIL ||
-			    ch->tick < l->chunks[best].tick)) {
-			best = i;
+			   (oldest == LUFFD__NIL ||
+			    ch->tick < l->chunks[oldest].tick)) {
+			oldest = i;
 		}
 	}
-	return best != LUFFD__NIL ? best : empty;
+	return free_best != LUFFD__NIL ? free_best : oldest;
 }
 
 /* Read the chunk of r at mapping address base (store offset off), with
