@@ -294,6 +294,7 @@ struct luffd__op {
 	uint32_t next_free;
 	bool expired;     /* read_timeout_ms passed: its faults got SIGBUS */
 	bool had_waiter;  /* a fault started it (not background read-ahead) */
+	bool async;       /* off the handler thread from the start */
 	uint32_t widx;    /* the waiting fault's page in the window */
 	uint32_t chunk;   /* the chunk it fills, or LUFFD__NIL (pages) */
 	uint64_t deadline;

@@ -762,6 +762,7 @@ static struct luffd__op *op_begin(struct luffd__loop *l,
 	op->niov = 0;
 	op->widx = 0;
 	op->chunk = LUFFD__NIL;
+	op->async = false;
 	return op;
 }
 
@@ -907,6 +908,11 @@ static bool chunk_read(struct luffd__loop *l, struct luffd__region *r,
 	op->iov_mem[0].iov_len = n << shift;
 	op->niov = 1;
 	op->had_waiter = fi != LUFFD__NIL;
+	/* Read-ahead goes to an io_uring worker, even when cached: its
+	 * 2 MiB copy then runs beside the handler, which stays free to
+	 * serve faults (a cold read would also start its I/O, and may
+	 * block, on whichever thread tries it first). */
+	op->async = fi == LUFFD__NIL;
 	if (fi != LUFFD__NIL) {
 		F(l, fi)->waited = 1;
 		F(l, fi)->next = LUFFD__NIL;

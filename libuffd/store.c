@@ -83,7 +83,7 @@ static int file_read(struct luffd_store *s, struct luffd__loop *l,
 	 * anything that would block goes to io_uring.  A partial answer
 	 * (part of the window cached) is taken: the rest is asked for as a
 	 * continuation. */
-	if (!s->direct_io && !op->done) {
+	if (!s->direct_io && !op->done && !op->async) {
 		ssize_t n = preadv2(s->fd, op->iov, (int)op->niov,
 				    (off_t)op->off, RWF_NOWAIT);
 
@@ -109,6 +109,8 @@ static int file_read(struct luffd_store *s, struct luffd__loop *l,
 	else
 		io_uring_prep_readv(sqe, s->fd, op->iov, op->niov,
 				    op->off + op->done);
+	if (op->async)
+		sqe->flags |= IOSQE_ASYNC;
 	io_uring_sqe_set_data(sqe, op);
 	return 0;
 }
