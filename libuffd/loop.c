@@ -1927,6 +1927,16 @@ static void *loop_main(void *arg)
 		if (l->orphans.head != LUFFD__NIL)
 			rerun(l, &l->orphans);
 	}
+	/* A populate still running on an io_uring worker writes into the
+	 * staging mapping, which fini unmaps: closing the ring does not
+	 * wait for it.  They take milliseconds; give them a second. */
+	for (int i = 0; l->populating && i < 100; i++) {
+		struct __kernel_timespec ts = { .tv_nsec = 10000000 };
+		bool unused = false;
+
+		io_uring_submit_and_wait_timeout(&l->ring, &cqe, 1, &ts, NULL);
+		process_cqes(l, &unused);
+	}
 	return NULL;
 }
 
@@ -2100,6 +2110,8 @@ void luffd__loop_fini(struct luffd__loop *l)
 			busy = true;
 			luffd_store_put(l->ops[i].store);
 		}
+	if (l->populating)
+		busy = true; /* see loop_main() */
 	if (busy) {
 		pr_warn("destroying a context with a read stuck in flight: "
 			"%zu bytes of cache left mapped\n",
