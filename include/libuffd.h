@@ -376,6 +376,13 @@ struct luffd_store;
 /* Flags for luffd_store_file() / luffd_store_open(). */
 #define LUFFD_FILE_DIRECT (1u << 0) /* read with O_DIRECT (bypasses the page
 				       cache; the file system must support it) */
+/* Read every chunk (see enum luffd_install) through the page cache.  By
+ * default a 2 MiB chunk that the page cache holds less than half of is read
+ * with O_DIRECT where the file system supports it: straight from the device
+ * into the staging buffer, at the device's speed, without a second copy of
+ * the data in the page cache (a later run reads it from the device again).
+ * Dirty cached pages are written back first, as for any O_DIRECT read. */
+#define LUFFD_FILE_CACHED (1u << 1)
 
 /*
  * File store over fd, read through io_uring.  The store keeps its own

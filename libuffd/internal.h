@@ -95,6 +95,7 @@ struct luffd_store {
 	uint64_t size; /* bytes, as seen at creation */
 	const struct luffd__store_ops *ops;
 	int fd;        /* file stores */
+	int dfd;       /* file stores: O_DIRECT reopen for cold chunks, or -1 */
 	bool direct_io;
 	const unsigned char *mem; /* memory stores */
 	struct luffd_callback_ops cb; /* callback stores */
@@ -102,6 +103,9 @@ struct luffd_store {
 };
 
 struct luffd_store *luffd__store_get(struct luffd_store *s);
+/* Does the page cache hold less than half of [off, off+len) of file store
+ * s, which can read it with O_DIRECT (s->dfd)?  One cachestat() call. */
+bool luffd__store_cold(struct luffd_store *s, uint64_t off, uint64_t len);
 
 /* ------------------------------------------------------------------------
  * Cache (cache.c): a bounded set of page slots keyed by (store id, page).
@@ -295,6 +299,7 @@ struct luffd__op {
 	bool expired;     /* read_timeout_ms passed: its faults got SIGBUS */
 	bool had_waiter;  /* a fault started it (not background read-ahead) */
 	bool async;       /* off the handler thread from the start */
+	bool direct;      /* a cold chunk: read through store->dfd */
 	uint32_t widx;    /* the waiting fault's page in the window */
 	uint32_t chunk;   /* the chunk it fills, or LUFFD__NIL (pages) */
 	uint64_t deadline;

@@ -763,6 +763,7 @@ static struct luffd__op *op_begin(struct luffd__loop *l,
 	op->widx = 0;
 	op->chunk = LUFFD__NIL;
 	op->async = false;
+	op->direct = false;
 	return op;
 }
 
@@ -913,6 +914,8 @@ static bool chunk_read(struct luffd__loop *l, struct luffd__region *r,
 	 * serve faults (a cold read would also start its I/O, and may
 	 * block, on whichever thread tries it first). */
 	op->async = fi == LUFFD__NIL;
+	/* Cold data: straight from the device (see LUFFD_FILE_CACHED). */
+	op->direct = luffd__store_cold(s, off, n << shift);
 	if (fi != LUFFD__NIL) {
 		F(l, fi)->waited = 1;
 		F(l, fi)->next = LUFFD__NIL;

@@ -29,6 +29,7 @@ static struct luffd_store *store_new(const struct luffd__store_ops *ops,
 	s->caps = caps;
 	s->size = size;
 	s->fd = -1;
+	s->dfd = -1;
 	s->id = atomic_fetch_add(&next_store_id, 1);
 	return s;
 }
@@ -83,7 +84,9 @@ static int file_read(struct luffd_store *s, struct luffd__loop *l,
 	 * anything that would block goes to io_uring.  A partial answer
 	 * (part of the window cached) is taken: the rest is asked for as a
 	 * continuation. */
-	if (!s->direct_io && !op->done && !op->async) {
+	int fd = op->direct ? s->dfd : s->fd;
+
+	if (!s->direct_io && !op->direct && !op->done && !op->async) {
 		ssize_t n = preadv2(s->fd, op->iov, (int)op->niov,
 				    (off_t)op->off, RWF_NOWAIT);
 
@@ -96,18 +99,18 @@ static int file_read(struct luffd_store *s, struct luffd__loop *l,
 	if (!sqe) {
 		/* Cannot happen with the ring sized for every read in flight;
 		 * should it, a blocking read beats failing the fault. */
-		ssize_t n = preadv(s->fd, op->iov, (int)op->niov,
+		ssize_t n = preadv(fd, op->iov, (int)op->niov,
 				   (off_t)(op->off + op->done));
 
 		op->res = n < 0 ? -errno : n;
 		return LUFFD__READ_DONE;
 	}
 	if (op->niov == 1)
-		io_uring_prep_read(sqe, s->fd, op->iov[0].iov_base,
+		io_uring_prep_read(sqe, fd, op->iov[0].iov_base,
 				   (unsigned int)op->iov[0].iov_len,
 				   op->off + op->done);
 	else
-		io_uring_prep_readv(sqe, s->fd, op->iov, op->niov,
+		io_uring_prep_readv(sqe, fd, op->iov, op->niov,
 				    op->off + op->done);
 	if (op->async)
 		sqe->flags |= IOSQE_ASYNC;
@@ -142,6 +145,25 @@ static void file_destroy(struct luffd_store *s)
 {
 	if (s->fd >= 0)
 		close(s->fd);
+	if (s->dfd >= 0)
+		close(s->dfd);
+}
+
+bool luffd__store_cold(struct luffd_store *s, uint64_t off, uint64_t len)
+{
+	static atomic_bool unsupported;
+	struct luffd__cachestat_range r = { .off = off, .len = len };
+	struct luffd__cachestat cs;
+
+	if (s->dfd < 0 || atomic_load_explicit(&unsupported,
+					       memory_order_relaxed))
+		return false;
+	if (syscall(__NR_cachestat, s->fd, &r, &cs, 0) < 0) {
+		if (errno == ENOSYS)
+			atomic_store(&unsupported, true);
+		return false;
+	}
+	return cs.nr_cache * 2 * 4096 < len;
 }
 
 static const struct luffd__store_ops file_ops = {
@@ -158,7 +180,7 @@ int luffd_store_file(int fd, unsigned int flags, struct luffd_store **storep)
 	int acc, nfd;
 	unsigned int caps = LUFFD__CAP_SHORT_EOF;
 
-	if (!storep || (flags & ~LUFFD_FILE_DIRECT))
+	if (!storep || (flags & ~(LUFFD_FILE_DIRECT | LUFFD_FILE_CACHED)))
 		return -EINVAL;
 	if (fd < 0)
 		return -EBADF;
@@ -200,6 +222,15 @@ int luffd_store_file(int fd, unsigned int flags, struct luffd_store **storep)
 	}
 	s->fd = nfd;
 	s->direct_io = flags & LUFFD_FILE_DIRECT;
+	/* Cold chunks: a second description with O_DIRECT, if the file
+	 * system takes it (tmpfs does not: then everything is buffered). */
+	if (!(flags & (LUFFD_FILE_DIRECT | LUFFD_FILE_CACHED)) &&
+	    S_ISREG(st.st_mode)) {
+		char path[64];
+
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		s->dfd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+	}
 	*storep = s;
 	return 0;
 }
@@ -209,14 +240,18 @@ int luffd_store_open(const char *path, unsigned int flags,
 {
 	int fd, err;
 
-	if (!path || !storep || (flags & ~LUFFD_FILE_DIRECT))
+	if (!path || !storep || (flags & ~(LUFFD_FILE_DIRECT |
+					    LUFFD_FILE_CACHED)))
 		return -EINVAL;
 	fd = open(path, O_RDONLY | O_CLOEXEC |
 			((flags & LUFFD_FILE_DIRECT) ? O_DIRECT : 0));
 	if (fd < 0)
 		return -errno;
-	/* Already opened as wanted: no need for a reopen. */
-	err = luffd_store_file(fd, 0, storep);
+	/* Already opened as wanted: no need for a reopen (and with
+	 * O_DIRECT for everything, no second description for cold chunks:
+	 * CACHED says so). */
+	err = luffd_store_file(fd, (flags & LUFFD_FILE_DIRECT) ?
+				   LUFFD_FILE_CACHED : flags, storep);
 	if (!err && (flags & LUFFD_FILE_DIRECT))
 		(*storep)->direct_io = true;
 	close(fd);

@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -105,6 +106,52 @@ END_TEST
 START_TEST(seq_copied)
 {
 	seq_read(LUFFD_INSTALL_COPY, t_size(48, 16) * MIB);
+}
+END_TEST
+
+/* Cold data: chunks the page cache does not hold are read with O_DIRECT
+ * (or through the page cache with LUFFD_FILE_CACHED, or where the file
+ * system has no O_DIRECT); the bytes are the same either way, including
+ * the tail of a store that ends inside a chunk. */
+static void seq_cold(unsigned int flags)
+{
+	uint64_t fsize = t_size(24, 12) * MIB + 12345;
+	char *path = t_make_file(fsize, SEED);
+	struct luffd_ctx *ctx = ctx_mode(LUFFD_INSTALL_AUTO);
+	struct luffd_store *st;
+	struct luffd_stats sts;
+	size_t len = t_npages(fsize) * t_ps, n = t_npages(fsize);
+	int fd = open(path, O_RDONLY);
+	void *m;
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(fdatasync(fd), 0);
+	ck_assert_int_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	ck_assert_int_eq(luffd_store_file(fd, flags, &st), 0);
+	close(fd);
+	free(path);
+	ck_assert_int_eq(luffd_map(ctx, st, 0, len, PROT_READ | PROT_WRITE, 0,
+				   &m), 0);
+	luffd_store_put(st);
+	for (size_t i = 0; i < n; i++)
+		t_assert_page(m, i, 0, fsize, SEED);
+	t_stats(ctx, &sts);
+	ck_assert_uint_eq(sts.faults[LUFFD_ERROR], 0);
+	if (has_move())
+		ck_assert_uint_gt(sts.moved_pages, 0);
+	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+}
+
+START_TEST(seq_cold_direct)
+{
+	seq_cold(0);
+}
+END_TEST
+
+START_TEST(seq_cold_cached)
+{
+	seq_cold(LUFFD_FILE_CACHED);
 }
 END_TEST
 
@@ -426,6 +473,8 @@ static Suite *make(void)
 	tcase_add_test(tc, seq_moved);
 	tcase_add_test(tc, seq_copied);
 	tcase_add_test(tc, store_end_in_chunk);
+	tcase_add_test(tc, seq_cold_direct);
+	tcase_add_test(tc, seq_cold_cached);
 	tcase_add_test(tc, write_and_refault);
 	tcase_add_test(tc, backwards_in_chunk);
 	tcase_add_test(tc, threads_interleaved);
