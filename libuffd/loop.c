@@ -1795,9 +1795,12 @@ static void spin(struct luffd__loop *l)
 		/* Work in flight runs on io_uring workers, which need the
 		 * CPU this would burn (2 vCPUs: spinning through a chunk
 		 * stream's reads and populates cost it a third of its
-		 * speed); its completion wakes the loop anyway. */
+		 * speed); its completion wakes the loop anyway.  A fault
+		 * that met -EAGAIN (retry) or has no region yet (orphans)
+		 * needs the loop's timed wait: it has nothing to wake it. */
 		if (io_uring_cq_ready(&l->ring) || l->ops_busy ||
-		    l->populating)
+		    l->populating || l->retry.head != LUFFD__NIL ||
+		    l->orphans.head != LUFFD__NIL)
 			return;
 		if (drain_uffd(l) > 0) {
 			io_uring_submit(&l->ring);
@@ -1891,6 +1894,15 @@ static void *loop_main(void *arg)
 
 		uint64_t wait = expire_reads(l);
 
+		/* Nothing in flight and nothing to retry: spin a while.  The
+		 * faults served meanwhile can start reads (with deadlines)
+		 * or meet -EAGAIN, so the wait is worked out again after. */
+		if (wait == UINT64_MAX && l->ctx->spin_us && !l->ops_busy &&
+		    !l->populating && l->retry.head == LUFFD__NIL &&
+		    l->orphans.head == LUFFD__NIL) {
+			spin(l);
+			wait = expire_reads(l);
+		}
 		/* -EAGAIN: the address space is changing; give the change
 		 * 50 us before trying again (orphans: give the REMAP event
 		 * time to arrive). */
@@ -1906,8 +1918,6 @@ static void *loop_main(void *arg)
 			io_uring_submit_and_wait_timeout(&l->ring, &cqe, 1,
 							 &ts, NULL);
 		} else {
-			if (l->ctx->spin_us && !l->ops_busy && !l->populating)
-				spin(l);
 			io_uring_submit_and_wait(&l->ring, 1);
 		}
 		process_cqes(l, &uffd_ready);
