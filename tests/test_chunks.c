@@ -60,6 +60,23 @@ static char *map_file(struct luffd_ctx *ctx, uint64_t fsize, size_t extra,
 	return m;
 }
 
+/* Every page of the mapping m of a SEED file of fsize bytes is right. */
+static void check_all(const char *m, uint64_t fsize)
+{
+	for (size_t i = 0; i < t_npages(fsize); i++)
+		t_assert_page(m, i, 0, fsize, SEED);
+}
+
+/* Stats into *st (no fault failed), then unmap and destroy. */
+static void finish(struct luffd_ctx *ctx, void *m, size_t len,
+		   struct luffd_stats *st)
+{
+	t_stats(ctx, st);
+	ck_assert_uint_eq(st->faults[LUFFD_ERROR], 0);
+	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+}
+
 /* Read the whole file in order, checking every page; then the stats. */
 static void seq_read(enum luffd_install mode, uint64_t fsize)
 {
@@ -71,10 +88,8 @@ static void seq_read(enum luffd_install mode, uint64_t fsize)
 	ck_assert_uint_eq((uintptr_t)m % (2 * MIB),
 			  mode == LUFFD_INSTALL_AUTO && has_move() ? 0 :
 			  (uintptr_t)m % (2 * MIB));
-	for (size_t i = 0; i < n; i++)
-		t_assert_page(m, i, 0, fsize, SEED);
-	t_stats(ctx, &st);
-	ck_assert_uint_eq(st.faults[LUFFD_ERROR], 0);
+	check_all(m, fsize);
+	finish(ctx, m, len, &st);
 	ck_assert_uint_eq(st.bytes_read >= fsize, 1);
 	/* Read once: chunks read ahead are never dropped unused for new
 	 * ones while others are free. */
@@ -93,8 +108,6 @@ static void seq_read(enum luffd_install mode, uint64_t fsize)
 			      "%llu faults for %zu pages",
 			      (unsigned long long)t_total_faults(&st), n);
 	}
-	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
-	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
 }
 
 START_TEST(seq_moved)
@@ -120,7 +133,7 @@ static void seq_cold(unsigned int flags)
 	struct luffd_ctx *ctx = ctx_mode(LUFFD_INSTALL_AUTO);
 	struct luffd_store *st;
 	struct luffd_stats sts;
-	size_t len = t_npages(fsize) * t_ps, n = t_npages(fsize);
+	size_t len = t_npages(fsize) * t_ps;
 	int fd = open(path, O_RDONLY);
 	void *m;
 
@@ -133,14 +146,10 @@ static void seq_cold(unsigned int flags)
 	ck_assert_int_eq(luffd_map(ctx, st, 0, len, PROT_READ | PROT_WRITE, 0,
 				   &m), 0);
 	luffd_store_put(st);
-	for (size_t i = 0; i < n; i++)
-		t_assert_page(m, i, 0, fsize, SEED);
-	t_stats(ctx, &sts);
-	ck_assert_uint_eq(sts.faults[LUFFD_ERROR], 0);
+	check_all(m, fsize);
+	finish(ctx, m, len, &sts);
 	if (has_move())
 		ck_assert_uint_gt(sts.moved_pages, 0);
-	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
-	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
 }
 
 START_TEST(seq_cold_direct)
@@ -167,8 +176,7 @@ START_TEST(store_end_in_chunk)
 	int code;
 	void *addr;
 
-	for (size_t i = 0; i < n; i++)
-		t_assert_page(m, i, 0, fsize, SEED);
+	check_all(m, fsize);
 	ck_assert_int_eq(t_touch_sig(m + n * t_ps, 0, &code, &addr, NULL),
 			 SIGBUS);
 	ck_assert_ptr_eq(addr, m + n * t_ps);
@@ -190,8 +198,7 @@ START_TEST(write_and_refault)
 	struct luffd_stats st;
 	size_t mid = n / 2;
 
-	for (size_t i = 0; i < n; i++)
-		t_assert_page(m, i, 0, fsize, SEED);
+	check_all(m, fsize);
 	for (size_t i = 0; i < n; i += 97)
 		m[i * t_ps + 8] = (char)0xa5;
 	for (size_t i = 0; i < n; i += 97)
@@ -205,11 +212,8 @@ START_TEST(write_and_refault)
 		if (i >= lo && i < lo + 4 * MIB / t_ps)
 			t_assert_page(m, i, 0, fsize, SEED);
 	}
-	t_stats(ctx, &st);
-	ck_assert_uint_eq(st.faults[LUFFD_ERROR], 0);
+	finish(ctx, m, len, &st);
 	ck_assert_uint_ge(st.events_remove, 1);
-	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
-	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
 }
 END_TEST
 
@@ -220,7 +224,7 @@ START_TEST(backwards_in_chunk)
 {
 	uint64_t fsize = t_size(32, 16) * MIB;
 	struct luffd_ctx *ctx = ctx_mode(LUFFD_INSTALL_AUTO);
-	size_t len, n = t_npages(fsize), per = 2 * MIB / t_ps;
+	size_t len, per = 2 * MIB / t_ps;
 	char *m = map_file(ctx, fsize, 0, &len);
 	struct luffd_stats st;
 
@@ -231,14 +235,10 @@ START_TEST(backwards_in_chunk)
 	for (size_t i = 5 * per; i-- > 4 * per;)
 		if (i % 7 == 0 || i == 5 * per - 1)
 			t_assert_page(m, i, 0, fsize, SEED);
-	for (size_t i = 0; i < n; i++)
-		t_assert_page(m, i, 0, fsize, SEED);
-	t_stats(ctx, &st);
-	ck_assert_uint_eq(st.faults[LUFFD_ERROR], 0);
+	check_all(m, fsize);
+	finish(ctx, m, len, &st);
 	if (has_move())
 		ck_assert_uint_gt(st.moved_pages, 0);
-	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
-	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
 }
 END_TEST
 
@@ -353,13 +353,9 @@ START_TEST(dontneed_while_streaming)
 			t_assert_page(m, i, 0, fsize, SEED);
 	atomic_store(&d.stop, true);
 	pthread_join(th, NULL);
-	for (size_t i = 0; i < n; i++)
-		t_assert_page(m, i, 0, fsize, SEED);
-	t_stats(ctx, &st);
-	ck_assert_uint_eq(st.faults[LUFFD_ERROR], 0);
+	check_all(m, fsize);
+	finish(ctx, m, len, &st);
 	ck_assert_uint_ge(st.events_remove, 1);
-	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
-	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
 }
 END_TEST
 
@@ -405,12 +401,8 @@ START_TEST(threads_interleaved)
 		pthread_join(th[i], NULL);
 		ck_assert_int_eq(w[i].bad, 0);
 	}
-	for (size_t i = 0; i < n; i++)
-		t_assert_page(m, i, 0, fsize, SEED);
-	t_stats(ctx, &st);
-	ck_assert_uint_eq(st.faults[LUFFD_ERROR], 0);
-	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
-	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	check_all(m, fsize);
+	finish(ctx, m, len, &st);
 }
 END_TEST
 
