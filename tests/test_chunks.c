@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -310,6 +311,40 @@ START_TEST(mremap_mid_stream)
 }
 END_TEST
 
+/* fork() mid-stream: the child gets neither the region nor the staging
+ * buffers (MADV_DONTFORK), so the parent's pages stay its own and keep
+ * moving; the child, touching the region, gets SIGSEGV rather than data. */
+START_TEST(fork_mid_stream)
+{
+	uint64_t fsize = t_size(32, 16) * MIB;
+	struct luffd_ctx *ctx = ctx_mode(LUFFD_INSTALL_AUTO);
+	size_t len, n = t_npages(fsize);
+	char *m = map_file(ctx, fsize, 0, &len);
+	struct luffd_stats st;
+	uint64_t moved;
+	int status;
+	pid_t pid;
+
+	for (size_t i = 0; i < n / 2; i++)
+		t_assert_page(m, i, 0, fsize, SEED);
+	t_stats(ctx, &st);
+	moved = st.moved_pages;
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		signal(SIGSEGV, SIG_DFL);
+		(void)*(volatile char *)(m + (n - 1) * t_ps);
+		_exit(0);
+	}
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV);
+	check_all(m, fsize);
+	finish(ctx, m, len, &st);
+	if (has_move())
+		ck_assert_uint_gt(st.moved_pages, moved);
+}
+END_TEST
+
 struct dropper {
 	char *m;
 	size_t len;
@@ -472,6 +507,7 @@ static Suite *make(void)
 	tcase_add_test(tc, threads_interleaved);
 	tcase_add_test(tc, random_whole_chunks);
 	tcase_add_test(tc, mremap_mid_stream);
+	tcase_add_test(tc, fork_mid_stream);
 	tcase_add_test(tc, dontneed_while_streaming);
 	tcase_add_test(tc, unmap_while_streaming);
 	return s;
