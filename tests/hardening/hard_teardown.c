@@ -194,20 +194,23 @@ static void all_zero(char *base, size_t n)
 	free(buf);
 }
 
-/* _i: 0 file store, 1 slow callback store */
+/* _i: 0 file store, 1 slow callback store, 2 file store mapped
+ * read-write (chunks: moves from staging buffers in flight) */
 START_TEST(unmap_inflight)
 {
-	size_t n = _i == 0 ? h_size(4096, 1024) : 512, len = n * h_ps;
+	int kind = _i == 2 ? 0 : _i;
+	int prot = _i == 2 ? PROT_READ | PROT_WRITE : PROT_READ;
+	size_t n = kind == 0 ? h_size(4096, 1024) : 512, len = n * h_ps;
 	const uint64_t seed = 0xe0 + (uint64_t)_i;
 	struct slow sl = { 0 };
 	struct luffd_ctx *ctx = h_ctx(NULL);
-	struct luffd_store *s = store_of(_i, len, seed, &sl);
+	struct luffd_store *s = store_of(kind, len, seed, &sl);
 	struct worker w[NTHREADS];
 	atomic_int stop = 0, td = 0;
 	void *addr = NULL;
 	double t0;
 
-	ck_assert_int_eq(luffd_map(ctx, s, 0, len, PROT_READ, 0, &addr), 0);
+	ck_assert_int_eq(luffd_map(ctx, s, 0, len, prot, 0, &addr), 0);
 	luffd_store_put(s);
 	start_workers(w, NTHREADS, addr, n, seed, &stop, &td);
 	usleep(30000);
@@ -256,13 +259,15 @@ END_TEST
  * being faulted on. */
 START_TEST(destroy_inflight)
 {
-	size_t n = _i == 0 ? h_size(2048, 512) : 256, len = n * h_ps;
+	int kind = _i == 2 ? 0 : _i;
+	int prot = _i == 2 ? PROT_READ | PROT_WRITE : PROT_READ;
+	size_t n = kind == 0 ? h_size(2048, 512) : 256, len = n * h_ps;
 	const uint64_t seed = 0xe4 + (uint64_t)_i;
 	struct slow sl1 = { 0 }, sl2 = { 0 };
 	LUFFD_OPTS(luffd_ctx_opts, o, .handler_threads = 2);
 	struct luffd_ctx *ctx = h_ctx(&o);
-	struct luffd_store *s1 = store_of(_i, len, seed, &sl1);
-	struct luffd_store *s2 = store_of(_i, len, seed, &sl2);
+	struct luffd_store *s1 = store_of(kind, len, seed, &sl1);
+	struct luffd_store *s2 = store_of(kind, len, seed, &sl2);
 	char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE,
 			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	struct worker wm[NTHREADS / 2], wr[NTHREADS / 2];
@@ -272,7 +277,7 @@ START_TEST(destroy_inflight)
 	double t0;
 
 	ck_assert_ptr_ne(mem, MAP_FAILED);
-	ck_assert_int_eq(luffd_map(ctx, s1, 0, len, PROT_READ, 0, &addr), 0);
+	ck_assert_int_eq(luffd_map(ctx, s1, 0, len, prot, 0, &addr), 0);
 	ck_assert_int_eq(luffd_register(ctx, mem, len, s2, 0, 0), 0);
 	luffd_store_put(s1);
 	luffd_store_put(s2);
@@ -344,9 +349,9 @@ int main(void)
 	Suite *s = suite_create("hard_teardown");
 	TCase *tc = h_tcase(s, "teardown", H_TIMEOUT);
 
-	tcase_add_loop_test(tc, unmap_inflight, 0, 2);
+	tcase_add_loop_test(tc, unmap_inflight, 0, 3);
 	tcase_add_loop_test(tc, unregister_inflight, 0, 2);
-	tcase_add_loop_test(tc, destroy_inflight, 0, 2);
+	tcase_add_loop_test(tc, destroy_inflight, 0, 3);
 	tcase_add_test(tc, destroy_repeat);
 	return h_main(s);
 }
