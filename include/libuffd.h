@@ -465,6 +465,9 @@ LUFFD_API void luffd_store_put(struct luffd_store *store);
  * Like mmap, the mapping may extend past the end of the store: touching a
  * page wholly past it raises SIGBUS; the tail of the last page reads as zero.
  * On success *addrp is the mapping's address; release it with luffd_unmap().
+ * With PROT_READ | PROT_WRITE over a file store (and chunks available: see
+ * enum luffd_install) the mapping is 2 MiB-aligned and MADV_HUGEPAGE, and
+ * sequential (or densely random) access moves 2 MiB at a time into it.
  * On failure nothing is mapped or registered.  Thread-safe.
  */
 LUFFD_API int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
