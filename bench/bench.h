@@ -99,6 +99,7 @@ struct config {
 	bool store_mem;       /* --store memory */
 	uint64_t handler_cpus; /* --handler-cpus: libuffd, naive, bare */
 	uint64_t thread_cpus;  /* --thread-cpus: the faulting threads */
+	uint64_t stripe_bytes; /* --stripe-bytes */
 
 	/* Outputs. */
 	const char *trace_path;

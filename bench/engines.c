@@ -822,6 +822,7 @@ static int run_libuffd(struct bench_ctx *b, struct run *r)
 	opts.open_mode = cfg->open_mode;
 	opts.install_mode = cfg->install_mode;
 	opts.handler_cpus = cfg->handler_cpus;
+	opts.stripe_bytes = cfg->stripe_bytes;
 	opts.trace_fn = trace_cb;
 	opts.trace_arg = &rec;
 	if (r->trace_file[0]) {

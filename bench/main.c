@@ -67,6 +67,8 @@ static void usage(FILE *f)
 "  --handler-cpus MASK    pin the handler threads (libuffd, naive, bare) to\n"
 "                         these CPUs (bit n = CPU n, decimal)\n"
 "  --thread-cpus MASK     pin the faulting threads likewise\n"
+"  --stripe-bytes BYTES   with several handler threads, stripe the mapping\n"
+"                         over them (0 = one handler per mapping)\n"
 "  --queue-depth N        io_uring entries per handler thread\n"
 "  --open-mode MODE       auto, dev, syscall or user (how to get the uffd)\n"
 "  --prot P               rw (default) or r: protection of the libuffd and\n"
@@ -223,7 +225,7 @@ enum {
 	OPT_CACHE, OPT_RA, OPT_DIRECT, OPT_SPIN, OPT_QD, OPT_OPEN, OPT_TRACE,
 	OPT_TFMT, OPT_JSON, OPT_PLOT, OPT_QUIET, OPT_HELP, OPT_TIMEOUT,
 	OPT_CORRUPT, OPT_CHECK, OPT_RAMODE, OPT_IA, OPT_INSTALL, OPT_PROT,
-	OPT_NOMEMWARM, OPT_STORE, OPT_HCPUS, OPT_TCPUS,
+	OPT_NOMEMWARM, OPT_STORE, OPT_HCPUS, OPT_TCPUS, OPT_STRIPE,
 };
 
 static const struct option long_opts[] = {
@@ -262,6 +264,7 @@ static const struct option long_opts[] = {
 	{ "store", required_argument, NULL, OPT_STORE },
 	{ "handler-cpus", required_argument, NULL, OPT_HCPUS },
 	{ "thread-cpus", required_argument, NULL, OPT_TCPUS },
+	{ "stripe-bytes", required_argument, NULL, OPT_STRIPE },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -377,6 +380,10 @@ static void parse_args(struct config *cfg, int argc, char **argv)
 		case OPT_HCPUS:
 			cfg->handler_cpus = parse_uint("--handler-cpus",
 						       optarg, 1, UINT64_MAX);
+			break;
+		case OPT_STRIPE:
+			cfg->stripe_bytes = parse_bytes("--stripe-bytes",
+							optarg, 0, 1ull << 40);
 			break;
 		case OPT_TCPUS:
 			cfg->thread_cpus = parse_uint("--thread-cpus", optarg,

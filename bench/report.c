@@ -643,6 +643,7 @@ int write_json(const struct config *cfg, const struct run *runs, size_t nruns,
 	j_str(&j, "store", cfg->store_mem ? "memory" : "file");
 	j_u64(&j, "handler_cpus", cfg->handler_cpus);
 	j_u64(&j, "thread_cpus", cfg->thread_cpus);
+	j_u64(&j, "stripe_bytes", cfg->stripe_bytes);
 	j_close(&j, '}');
 	j_str(&j, "trace", cfg->trace_path);
 	j_str(&j, "trace_format",

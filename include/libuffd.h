@@ -299,6 +299,19 @@ struct luffd_ctx_opts {
 	 * the handler on a CPU of its own.  -EINVAL if no CPU in the mask
 	 * exists. */
 	uint64_t handler_cpus;
+	/* With several handler threads: split each luffd_map() or
+	 * luffd_register() range longer than this into stripes of this many
+	 * bytes, dealt out round-robin over the handler threads, so that the
+	 * faults of one range spread over all of them.  0 (the default): a
+	 * range goes to one handler thread, ranges round-robin.  A multiple
+	 * of the page size; 2 MiB multiples keep chunks whole.  Each stripe
+	 * is a VMA of its own (vm.max_map_count), and a sequential stream
+	 * starts its read-ahead afresh at each stripe, so make stripes large
+	 * (tens of MiB).  mremap() cannot move a striped range whole (it
+	 * spans several VMAs), only stripe by stripe.  A striped range is
+	 * released with luffd_unmap() / luffd_unregister() on the whole range
+	 * (-EINVAL for a part of it). */
+	size_t stripe_bytes;
 };
 
 #define LUFFD_NO_INSTALL_AHEAD ((size_t)-1)

@@ -107,6 +107,9 @@ static int resolve_opts(struct luffd_ctx *ctx, const struct luffd_ctx_opts *o)
 	if (d.spin_us == LUFFD_NO_SPIN)
 		ctx->spin_us = 0;
 	ctx->handler_cpus = d.handler_cpus;
+	if (d.stripe_bytes % ctx->page_size)
+		return -EINVAL;
+	ctx->stripe_bytes = d.stripe_bytes;
 	if (d.handler_cpus) {
 		long ncpu = sysconf(_SC_NPROCESSORS_CONF);
 

@@ -178,6 +178,8 @@ struct luffd__region {
 	atomic_uint inflight;  /* faults and reads holding the region */
 	uint64_t born;         /* when it entered the table (ns): events read
 				  before that are about an older mapping */
+	uint64_t gid;          /* a stripe of a striped range (stripe_bytes):
+				  the range's group id; 0 otherwise */
 	/* Read-ahead stream state, handler thread only (see window()). */
 	uint64_t ra_next;      /* store page after the last window */
 	uint64_t ra_mark;      /* a minor hit here reads the next window */
@@ -434,6 +436,8 @@ struct luffd_ctx {
 	uint32_t hp_chunks; /* staging chunks per handler (0: copy only) */
 	unsigned int spin_us;
 	uint64_t handler_cpus; /* affinity mask, 0: none */
+	uint64_t stripe_bytes; /* 0: a range goes to one handler */
+	uint64_t next_gid;     /* striped ranges made so far (ctx->lock) */
 	unsigned int read_timeout_ms; /* 0: none */
 	enum luffd_open_mode open_mode;
 	uint64_t features; /* enabled UFFD_FEATURE_* */

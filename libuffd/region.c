@@ -166,18 +166,21 @@ static int check_range(struct luffd_ctx *ctx, struct luffd_store *store,
 	return 0;
 }
 
-static int add_region(struct luffd_ctx *ctx, uint64_t start, uint64_t len,
-		      struct luffd_store *store, uint64_t off, bool mapped,
-		      bool huge)
+/*
+ * Add one region [start, start+len) served by loop l (ctx->lock held):
+ * in l's table first, then registered with l's userfaultfd.  On success
+ * *rp is the region.
+ */
+static int add_one(struct luffd_ctx *ctx, struct luffd__loop *l,
+		   uint64_t start, uint64_t len, struct luffd_store *store,
+		   uint64_t off, bool mapped, bool huge, uint64_t gid,
+		   struct luffd__region **rp)
 {
 	struct uffdio_register reg;
-	struct luffd__region *r;
-	struct luffd__loop *l;
+	struct luffd__region *r = calloc(1, sizeof(*r));
 	int err;
 
-	if (start + len < start)
-		return -EOVERFLOW;
-	r = calloc(1, sizeof(*r));
+	(void)ctx;
 	if (!r)
 		return -ENOMEM;
 	r->start = start;
@@ -189,19 +192,7 @@ static int add_region(struct luffd_ctx *ctx, uint64_t start, uint64_t len,
 	r->ra_mark = UINT64_MAX;
 	r->huge = huge;
 	r->hp_last = UINT64_MAX;
-
-	pthread_mutex_lock(&ctx->lock);
-	luffd__region_reap(ctx);
-	if (overlaps(ctx, start, len)) {
-		err = -EEXIST;
-		goto fail;
-	}
-	if (store->caps & LUFFD__CAP_APP_CODE) {
-		err = luffd__guard_start(ctx);
-		if (err)
-			goto fail;
-	}
-	l = &ctx->loops[atomic_fetch_add(&ctx->next_loop, 1) % ctx->nloops];
+	r->gid = gid;
 	r->loop = l;
 	r->store = luffd__store_get(store);
 
@@ -228,7 +219,7 @@ static int add_region(struct luffd_ctx *ctx, uint64_t start, uint64_t len,
 		err = -EOPNOTSUPP;
 		goto fail_table;
 	}
-	pthread_mutex_unlock(&ctx->lock);
+	*rp = r;
 	return 0;
 
 fail_table:
@@ -237,9 +228,80 @@ fail_table:
 	pthread_mutex_unlock(&l->lock);
 fail_store:
 	luffd_store_put(r->store);
-fail:
-	pthread_mutex_unlock(&ctx->lock);
 	free(r);
+	return err;
+}
+
+static void remove_region(struct luffd__region *r);
+
+/*
+ * Add [start, start+len) of store at off: one region on the next handler
+ * thread, or, with stripe_bytes and several handler threads, one region
+ * per stripe, dealt out round-robin, all with one group id.
+ */
+static int add_region(struct luffd_ctx *ctx, uint64_t start, uint64_t len,
+		      struct luffd_store *store, uint64_t off, bool mapped,
+		      bool huge)
+{
+	uint64_t stripe = ctx->stripe_bytes, gid = 0, done = 0;
+	unsigned int first;
+	int err = 0;
+
+	if (start + len < start)
+		return -EOVERFLOW;
+	if (ctx->nloops < 2 || !stripe || len <= stripe)
+		stripe = len;
+	pthread_mutex_lock(&ctx->lock);
+	luffd__region_reap(ctx);
+	if (overlaps(ctx, start, len)) {
+		err = -EEXIST;
+		goto out;
+	}
+	if (store->caps & LUFFD__CAP_APP_CODE) {
+		err = luffd__guard_start(ctx);
+		if (err)
+			goto out;
+	}
+	if (stripe < len)
+		gid = ++ctx->next_gid;
+	first = atomic_fetch_add(&ctx->next_loop, 1);
+	for (unsigned int k = 0; done < len; k++) {
+		uint64_t n = len - done < stripe ? len - done : stripe;
+		struct luffd__loop *l = &ctx->loops[(first + k) % ctx->nloops];
+		struct luffd__region *r;
+
+		err = add_one(ctx, l, start + done, n, store, off + done,
+			      mapped, huge, gid, &r);
+		if (err)
+			break;
+		done += n;
+	}
+	if (err && done) {
+		/* Take back the stripes already added.  Nobody can have
+		 * faulted in a luffd_map() range yet; a luffd_register()
+		 * one is woken and sees its own memory again. */
+		for (unsigned int i = 0; i < ctx->nloops; i++) {
+			struct luffd__loop *l = &ctx->loops[i];
+
+			pthread_mutex_lock(&l->lock);
+			for (size_t j = 0; j < l->nregions;) {
+				struct luffd__region *r = l->regions[j];
+
+				if (r->gid != gid || r->start < start ||
+				    r->start >= start + len) {
+					j++;
+					continue;
+				}
+				r->mapped = false; /* the caller unmaps */
+				remove_region(r); /* unlocks l->lock */
+				pthread_mutex_lock(&l->lock);
+				j = 0;
+			}
+			pthread_mutex_unlock(&l->lock);
+		}
+	}
+out:
+	pthread_mutex_unlock(&ctx->lock);
 	return err;
 }
 
@@ -304,6 +366,53 @@ static void remove_region(struct luffd__region *r)
 	free(r);
 }
 
+/* Remove every region of group gid (ctx->lock held). */
+static void remove_group(struct luffd_ctx *ctx, uint64_t gid)
+{
+	for (unsigned int i = 0; i < ctx->nloops; i++) {
+		struct luffd__loop *l = &ctx->loops[i];
+
+		pthread_mutex_lock(&l->lock);
+		for (size_t j = 0; j < l->nregions;) {
+			if (l->regions[j]->gid != gid) {
+				j++;
+				continue;
+			}
+			remove_region(l->regions[j]); /* unlocks l->lock */
+			pthread_mutex_lock(&l->lock);
+			j = 0;
+		}
+		pthread_mutex_unlock(&l->lock);
+	}
+}
+
+/* Does group gid cover exactly [start, start+len), every stripe of it
+ * created the way `mapped` says?  (ctx->lock held.) */
+static bool group_is(struct luffd_ctx *ctx, uint64_t gid, uint64_t start,
+		     uint64_t len, bool mapped)
+{
+	uint64_t lo = UINT64_MAX, hi = 0, total = 0;
+	bool ok = true;
+
+	for (unsigned int i = 0; i < ctx->nloops; i++) {
+		struct luffd__loop *l = &ctx->loops[i];
+
+		pthread_mutex_lock(&l->lock);
+		for (size_t j = 0; j < l->nregions; j++) {
+			struct luffd__region *r = l->regions[j];
+
+			if (r->gid != gid)
+				continue;
+			lo = r->start < lo ? r->start : lo;
+			hi = r->start + r->len > hi ? r->start + r->len : hi;
+			total += r->len;
+			ok = ok && r->mapped == mapped;
+		}
+		pthread_mutex_unlock(&l->lock);
+	}
+	return ok && lo == start && hi == start + len && total == len;
+}
+
 static int remove_exact(struct luffd_ctx *ctx, void *addr, size_t length,
 			bool mapped)
 {
@@ -319,6 +428,7 @@ static int remove_exact(struct luffd_ctx *ctx, void *addr, size_t length,
 	for (unsigned int i = 0; i < ctx->nloops && err == -ENOENT; i++) {
 		struct luffd__loop *l = &ctx->loops[i];
 		struct luffd__region *r = NULL;
+		uint64_t gid;
 		size_t j;
 
 		pthread_mutex_lock(&l->lock);
@@ -328,6 +438,18 @@ static int remove_exact(struct luffd_ctx *ctx, void *addr, size_t length,
 		if (!r) {
 			pthread_mutex_unlock(&l->lock);
 			continue;
+		}
+		if (r->gid) {
+			/* A stripe: the range is the whole group's. */
+			gid = r->gid;
+			pthread_mutex_unlock(&l->lock);
+			if (!group_is(ctx, gid, start, length, mapped)) {
+				err = -EINVAL;
+				break;
+			}
+			remove_group(ctx, gid);
+			err = 0;
+			break;
 		}
 		if (r->len != length || r->mapped != mapped) {
 			pthread_mutex_unlock(&l->lock);
@@ -400,6 +522,7 @@ static struct luffd__region *piece(struct luffd__region *r, uint64_t start,
 	p->ra_mark = UINT64_MAX;
 	p->huge = r->huge;
 	p->hp_last = UINT64_MAX;
+	p->gid = r->gid;
 	p->born = r->born;
 	return p;
 }

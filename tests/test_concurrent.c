@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -188,6 +189,75 @@ START_TEST(random_two_handlers)
 }
 END_TEST
 
+/* VMAs of /proc/self/maps that lie inside [a, a+len). */
+static int vmas_in(const char *a, size_t len)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	unsigned long lo, hi;
+	char line[512];
+	int n = 0;
+
+	ck_assert_ptr_nonnull(f);
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 &&
+		    lo >= (uintptr_t)a && hi <= (uintptr_t)a + len)
+			n++;
+	fclose(f);
+	return n;
+}
+
+/*
+ * stripe_bytes: one range split into 2 MiB stripes over two handler
+ * threads (each stripe registered with its handler's userfaultfd: a VMA of
+ * its own).  Eight threads fault at random, every page right; the range
+ * unmaps only whole.
+ */
+START_TEST(striped_range)
+{
+	size_t stripe = 2u << 20, len = t_size(16, 8) << 20, npg = len / t_ps;
+	uint64_t seed = 0x57e;
+	char *path = t_make_file(len - 1000, seed);
+	LUFFD_OPTS(luffd_ctx_opts, o, .handler_threads = 2,
+		   .stripe_bytes = stripe);
+	struct luffd_ctx *ctx = t_ctx(&o);
+	struct luffd_store *st;
+	struct luffd_stats stats;
+	struct rnd r[8];
+	pthread_t th[8];
+	char *a;
+
+	ck_assert_int_eq(luffd_store_open(path, 0, &st), 0);
+	ck_assert_int_eq(luffd_map(ctx, st, 0, len, PROT_READ | PROT_WRITE,
+				   0, (void **)&a), 0);
+	luffd_store_put(st);
+	ck_assert_int_eq(vmas_in(a, len), (int)(len / stripe));
+	for (int t = 0; t < 8; t++) {
+		r[t] = (struct rnd){ a, npg, seed, len - 1000,
+				     (uint64_t)t * 7919 + 1, 0 };
+		ck_assert_int_eq(pthread_create(&th[t], NULL, rnd_thread,
+						&r[t]), 0);
+	}
+	for (int t = 0; t < 8; t++)
+		pthread_join(th[t], NULL);
+	for (int t = 0; t < 8; t++)
+		ck_assert_msg(r[t].bad == -1, "thread %d: page %ld wrong", t,
+			      r[t].bad);
+	t_stats(ctx, &stats);
+	ck_assert_uint_eq(stats.faults[LUFFD_ERROR], 0);
+	/* Only the whole range: not one stripe, not a longer range. */
+	ck_assert_int_eq(luffd_unmap(ctx, a, stripe), -EINVAL);
+	ck_assert_int_eq(luffd_unmap(ctx, a, len + t_ps), -EINVAL);
+	ck_assert_int_eq(luffd_unmap(ctx, a + stripe, stripe), -EINVAL);
+	/* Each stripe is a VMA: mremap() cannot take the range whole. */
+	ck_assert_ptr_eq(mremap(a, len, 2 * len, MREMAP_MAYMOVE), MAP_FAILED);
+	ck_assert_int_eq(luffd_unmap(ctx, a, len), 0);
+	ck_assert_int_eq(luffd_unmap(ctx, a, len), -ENOENT);
+	ck_assert_int_eq(vmas_in(a, len), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	free(path);
+}
+END_TEST
+
 /* Two contexts, each served by its own handler, faulted in parallel. */
 struct ctxjob {
 	char *path;
@@ -336,6 +406,7 @@ static Suite *make(void)
 	tcase_add_test(tc, random_no_readahead);
 	tcase_add_test(tc, random_readahead);
 	tcase_add_test(tc, random_two_handlers);
+	tcase_add_test(tc, striped_range);
 	tcase_add_test(tc, two_contexts_parallel);
 	tcase_add_test(tc, map_unmap_concurrent);
 	return s;

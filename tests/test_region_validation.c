@@ -515,6 +515,12 @@ START_TEST(ctx_opts_bad)
 		ck_assert_int_eq(try_create(&o), 0);
 	}
 	{
+		LUFFD_OPTS(luffd_ctx_opts, o, .stripe_bytes = t_ps + 1);
+		ck_assert_int_eq(try_create(&o), -EINVAL);
+		o.stripe_bytes = t_ps;
+		ck_assert_int_eq(try_create(&o), 0);
+	}
+	{
 		LUFFD_OPTS(luffd_ctx_opts, o, .install_mode = 7);
 		ck_assert_int_eq(try_create(&o), -EINVAL);
 		o.install_mode = LUFFD_INSTALL_COPY;

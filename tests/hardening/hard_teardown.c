@@ -264,7 +264,10 @@ START_TEST(destroy_inflight)
 	size_t n = kind == 0 ? h_size(2048, 512) : 256, len = n * h_ps;
 	const uint64_t seed = 0xe4 + (uint64_t)_i;
 	struct slow sl1 = { 0 }, sl2 = { 0 };
-	LUFFD_OPTS(luffd_ctx_opts, o, .handler_threads = 2);
+	/* The read-write variant also stripes both ranges over the two
+	 * handlers (16-page stripes: every handler has faults in flight). */
+	LUFFD_OPTS(luffd_ctx_opts, o, .handler_threads = 2,
+		   .stripe_bytes = _i == 2 ? 16 * h_ps : 0);
 	struct luffd_ctx *ctx = h_ctx(&o);
 	struct luffd_store *s1 = store_of(kind, len, seed, &sl1);
 	struct luffd_store *s2 = store_of(kind, len, seed, &sl2);
