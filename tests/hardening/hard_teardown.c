@@ -67,6 +67,8 @@ struct worker {
 	atomic_int *stop;
 	atomic_int *torn_down; /* set just before the teardown call */
 	unsigned long pages, bad, zeros, early_zeros;
+	atomic_ulong reads;   /* pages read, for wait_progress() */
+	atomic_int ended;
 	struct h_sig sig;
 	int signo;
 };
@@ -101,6 +103,7 @@ static void *worker_main(void *arg)
 		 * not begun is a bug. */
 		late = atomic_load(w->torn_down);
 		w->pages++;
+		atomic_fetch_add(&w->reads, 1);
 		if (h_page_diff(buf, i * h_ps, w->size, w->seed) < 0) {
 			/* right */
 		} else if (h_page_zero(buf) ||
@@ -116,8 +119,31 @@ static void *worker_main(void *arg)
 		}
 		madvise(p, h_ps, MADV_DONTNEED);
 	}
+	atomic_store(&w->ended, 1);
 	free(buf);
 	return NULL;
+}
+
+/* Wait until every worker has read `more` pages from now on, or ended (at
+ * most 10 s): a loaded machine may not run them for a while, and a fixed
+ * sleep then ends the test before they did anything. */
+static void wait_progress(struct worker *w, int nw, unsigned long more)
+{
+	unsigned long base[NTHREADS];
+	double t0 = h_now();
+	int ok;
+
+	for (int i = 0; i < nw; i++)
+		base[i] = atomic_load(&w[i].reads);
+	do {
+		ok = 1;
+		for (int i = 0; i < nw; i++)
+			if (!atomic_load(&w[i].ended) &&
+			    atomic_load(&w[i].reads) < base[i] + more)
+				ok = 0;
+		if (!ok)
+			usleep(1000);
+	} while (!ok && h_now() - t0 < 10);
 }
 
 static void start_workers(struct worker *w, int nw, char *base, size_t n,
@@ -213,7 +239,7 @@ START_TEST(unmap_inflight)
 	ck_assert_int_eq(luffd_map(ctx, s, 0, len, prot, 0, &addr), 0);
 	luffd_store_put(s);
 	start_workers(w, NTHREADS, addr, n, seed, &stop, &td);
-	usleep(30000);
+	wait_progress(w, NTHREADS, 2);
 	atomic_store(&td, 1);
 	t0 = h_now();
 	ck_assert_int_eq(luffd_unmap(ctx, addr, len), 0);
@@ -241,10 +267,10 @@ START_TEST(unregister_inflight)
 	ck_assert_int_eq(luffd_register(ctx, mem, len, s, 0, 0), 0);
 	luffd_store_put(s);
 	start_workers(w, NTHREADS, mem, n, seed, &stop, &td);
-	usleep(30000);
+	wait_progress(w, NTHREADS, 2);
 	atomic_store(&td, 1);
 	ck_assert_int_eq(luffd_unregister(ctx, mem, len), 0);
-	usleep(30000);
+	wait_progress(w, NTHREADS, 4);
 	atomic_store(&stop, 1);
 	join_workers(w, NTHREADS);
 	check_registered_workers(w, NTHREADS);
@@ -286,12 +312,13 @@ START_TEST(destroy_inflight)
 	luffd_store_put(s2);
 	start_workers(wm, NTHREADS / 2, addr, n, seed, &stop, &td);
 	start_workers(wr, NTHREADS / 2, mem, n, seed, &stop, &td);
-	usleep(30000);
+	wait_progress(wm, NTHREADS / 2, 2);
+	wait_progress(wr, NTHREADS / 2, 2);
 	atomic_store(&td, 1);
 	t0 = h_now();
 	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
 	ck_assert_double_lt(h_now() - t0, 5.0);
-	usleep(30000);
+	wait_progress(wr, NTHREADS / 2, 4);
 	atomic_store(&stop, 1);
 	join_workers(wm, NTHREADS / 2);
 	join_workers(wr, NTHREADS / 2);
