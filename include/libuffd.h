@@ -194,24 +194,25 @@ enum luffd_readahead {
 };
 
 enum luffd_install {
-	/* Default.  Pages are copied into place (UFFDIO_COPY), except that
-	 * once a sequential stream fills whole read-ahead windows in a
-	 * region that can take it, the stream is read in 2 MiB chunks into
+	/* Default.  Pages are copied into place (UFFDIO_COPY), except in
+	 * regions that can take chunks: there, once a sequential stream fills
+	 * whole read-ahead windows, it is read in 2 MiB chunks into
 	 * transparent-huge-page staging buffers and each chunk is moved into
-	 * place (UFFDIO_MOVE, one page-table update for 2 MiB: no copy, one
-	 * fault per 2 MiB).  Random access whose read-around pages keep being
-	 * used (more pages served around misses than misses) reads the 2 MiB
-	 * chunk around a miss, moved in whole at once.  A region can take
-	 * chunks when it comes from
-	 * luffd_map() with PROT_READ | PROT_WRITE over a file store and the
-	 * kernel has UFFDIO_MOVE (6.8+); such mappings are 2 MiB-aligned
-	 * and marked MADV_HUGEPAGE.  Up to 16 chunks per handler thread are
-	 * taken out of cache_bytes (a quarter of it, none if that is less
-	 * than 2 chunks); all but two are read ahead of the stream.  A
-	 * chunk's pages are moved, not kept: a page faulting again later
-	 * (after MADV_DONTNEED) is read again.  Everything else (random
-	 * access, read-only mappings, luffd_register() ranges, memory and
-	 * callback stores, LUFFD_RA_FIXED) is copied. */
+	 * place (UFFDIO_MOVE: one page-table update for 2 MiB, no copy, one
+	 * fault per 2 MiB); and random access whose read-around pages keep
+	 * being used (more pages served around misses than misses) reads the
+	 * 2 MiB chunk around a miss and moves it in whole.  A region can take
+	 * chunks when it comes from luffd_map() with PROT_READ | PROT_WRITE
+	 * over a file store, with 4 KiB pages and a kernel with UFFDIO_MOVE
+	 * (6.8+); such mappings are 2 MiB-aligned and marked MADV_HUGEPAGE.
+	 * Up to 16 chunks per handler thread are taken out of cache_bytes (a
+	 * quarter of it, none if that is less than 2 chunks); all but two are
+	 * read ahead of a stream.  Cold chunks are read with O_DIRECT (see
+	 * LUFFD_FILE_CACHED).  A chunk's pages are moved, not kept: a page
+	 * faulting again later (after MADV_DONTNEED) is read again.
+	 * Everything else (read-only mappings, luffd_register() ranges,
+	 * memory and callback stores, LUFFD_RA_FIXED, sparse random access)
+	 * is copied. */
 	LUFFD_INSTALL_AUTO = 0,
 	/* Always copy (for comparison, and for workloads that want every
 	 * page kept in the cache). */
@@ -400,7 +401,9 @@ struct luffd_store;
 /*
  * File store over fd, read through io_uring.  The store keeps its own
  * descriptor (a dup, or with LUFFD_FILE_DIRECT a reopen of /proc/self/fd/N
- * with O_DIRECT), so the caller may close fd at once.  fd must be a regular
+ * with O_DIRECT), and for a regular file without LUFFD_FILE_DIRECT or
+ * LUFFD_FILE_CACHED a second, O_DIRECT reopen for cold chunks where the
+ * file system allows it; so the caller may close fd at once.  fd must be a regular
  * file or block device open for reading (-EBADF, -EACCES, -EINVAL
  * otherwise).  Release with luffd_store_put().
  */
