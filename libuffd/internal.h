@@ -96,6 +96,7 @@ struct luffd_store {
 	const struct luffd__store_ops *ops;
 	int fd;        /* file stores */
 	int dfd;       /* file stores: O_DIRECT reopen for cold chunks, or -1 */
+	atomic_bool dfd_refused; /* an O_DIRECT read failed with -EINVAL */
 	bool direct_io;
 	const unsigned char *mem; /* memory stores */
 	struct luffd_callback_ops cb; /* callback stores */

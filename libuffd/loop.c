@@ -1222,6 +1222,11 @@ static void chunk_complete(struct luffd__loop *l, struct luffd__op *op,
 	size_t ps = l->ctx->page_size;
 	uint64_t last_base = 0, lo = 0, hi = 0;
 
+	/* A file system that opened O_DIRECT but refuses its reads (an
+	 * alignment it wants bigger than a page): buffered from now on; the
+	 * waiters take the page path below. */
+	if (err == -EINVAL && op->direct)
+		atomic_store(&op->store->dfd_refused, true);
 	ch->avail = 0;
 	if (!err && total) {
 		ch->avail = (uint16_t)((total + ps - 1) >> shift);

@@ -25,6 +25,7 @@ static struct luffd_store *store_new(const struct luffd__store_ops *ops,
 	if (!s)
 		return NULL;
 	atomic_init(&s->refs, 1);
+	atomic_init(&s->dfd_refused, false);
 	s->ops = ops;
 	s->caps = caps;
 	s->size = size;
@@ -156,7 +157,8 @@ bool luffd__store_cold(struct luffd_store *s, uint64_t off, uint64_t len)
 	struct luffd__cachestat cs;
 
 	if (s->dfd < 0 || atomic_load_explicit(&unsupported,
-					       memory_order_relaxed))
+					       memory_order_relaxed) ||
+	    atomic_load_explicit(&s->dfd_refused, memory_order_relaxed))
 		return false;
 	if (syscall(__NR_cachestat, s->fd, &r, &cs, 0) < 0) {
 		if (errno == ENOSYS)
