@@ -914,7 +914,9 @@ static bool chunk_read(struct luffd__loop *l, struct luffd__region *r,
 	 * serve faults (a cold read would also start its I/O, and may
 	 * block, on whichever thread tries it first). */
 	op->async = fi == LUFFD__NIL;
-	/* Cold data: straight from the device (see LUFFD_FILE_CACHED). */
+	/* Cold data: straight from the device (see LUFFD_FILE_CACHED).
+	 * One cachestat() syscall per 2 MiB read, which it turns into
+	 * either a memory copy or one device request. */
 	op->direct = luffd__store_cold(s, off, n << shift);
 	if (fi != LUFFD__NIL) {
 		F(l, fi)->waited = 1;

@@ -168,19 +168,16 @@ static int check_range(struct luffd_ctx *ctx, struct luffd_store *store,
 
 /*
  * Add one region [start, start+len) served by loop l (ctx->lock held):
- * in l's table first, then registered with l's userfaultfd.  On success
- * *rp is the region.
+ * in l's table first, then registered with l's userfaultfd.
  */
-static int add_one(struct luffd_ctx *ctx, struct luffd__loop *l,
-		   uint64_t start, uint64_t len, struct luffd_store *store,
-		   uint64_t off, bool mapped, bool huge, uint64_t gid,
-		   struct luffd__region **rp)
+static int add_one(struct luffd__loop *l, uint64_t start, uint64_t len,
+		   struct luffd_store *store, uint64_t off, bool mapped,
+		   bool huge, uint64_t gid)
 {
 	struct uffdio_register reg;
 	struct luffd__region *r = calloc(1, sizeof(*r));
 	int err;
 
-	(void)ctx;
 	if (!r)
 		return -ENOMEM;
 	r->start = start;
@@ -219,7 +216,6 @@ static int add_one(struct luffd_ctx *ctx, struct luffd__loop *l,
 		err = -EOPNOTSUPP;
 		goto fail_table;
 	}
-	*rp = r;
 	return 0;
 
 fail_table:
@@ -268,10 +264,9 @@ static int add_region(struct luffd_ctx *ctx, uint64_t start, uint64_t len,
 	for (unsigned int k = 0; done < len; k++) {
 		uint64_t n = len - done < stripe ? len - done : stripe;
 		struct luffd__loop *l = &ctx->loops[(first + k) % ctx->nloops];
-		struct luffd__region *r;
 
-		err = add_one(ctx, l, start + done, n, store, off + done,
-			      mapped, huge, gid, &r);
+		err = add_one(l, start + done, n, store, off + done, mapped,
+			      huge, gid);
 		if (err)
 			break;
 		done += n;

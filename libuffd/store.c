@@ -165,7 +165,20 @@ bool luffd__store_cold(struct luffd_store *s, uint64_t off, uint64_t len)
 			atomic_store(&unsupported, true);
 		return false;
 	}
-	return cs.nr_cache * 2 * 4096 < len;
+	/* cachestat() counts pages. */
+	return cs.nr_cache * 2 * (uint64_t)getpagesize() < len;
+}
+
+/* A new description of fd's file with O_DIRECT (the flag belongs to the
+ * description: the caller's keeps its own), or -errno. */
+static int reopen_direct(int fd)
+{
+	char path[64];
+	int nfd;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	nfd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+	return nfd < 0 ? -errno : nfd;
 }
 
 static const struct luffd__store_ops file_ops = {
@@ -206,17 +219,14 @@ int luffd_store_file(int fd, unsigned int flags, struct luffd_store **storep)
 	}
 
 	if (flags & LUFFD_FILE_DIRECT) {
-		char path[64];
-
-		/* O_DIRECT belongs to the open file description: reopen so
-		 * the caller's descriptor keeps its own flags. */
-		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-		nfd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+		nfd = reopen_direct(fd);
 	} else {
 		nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+		if (nfd < 0)
+			nfd = -errno;
 	}
 	if (nfd < 0)
-		return -errno;
+		return nfd;
 	s = store_new(&file_ops, caps, size);
 	if (!s) {
 		close(nfd);
@@ -228,10 +238,8 @@ int luffd_store_file(int fd, unsigned int flags, struct luffd_store **storep)
 	 * system takes it (tmpfs does not: then everything is buffered). */
 	if (!(flags & (LUFFD_FILE_DIRECT | LUFFD_FILE_CACHED)) &&
 	    S_ISREG(st.st_mode)) {
-		char path[64];
-
-		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-		s->dfd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+		nfd = reopen_direct(fd);
+		s->dfd = nfd < 0 ? -1 : nfd;
 	}
 	*storep = s;
 	return 0;

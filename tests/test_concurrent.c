@@ -258,6 +258,41 @@ START_TEST(striped_range)
 }
 END_TEST
 
+/* A striped luffd_register() whose third stripe is taken (registered
+ * with another context's userfaultfd): -EBUSY, and the two stripes added
+ * before it are taken back (the range registers again, in part). */
+START_TEST(striped_rollback)
+{
+	size_t stripe = 2u << 20, len = 4 * stripe;
+	char *path = t_make_file(len, 0x5e);
+	LUFFD_OPTS(luffd_ctx_opts, o, .handler_threads = 2,
+		   .stripe_bytes = stripe);
+	struct luffd_ctx *ctx = t_ctx(&o), *other = t_ctx(NULL);
+	struct luffd_store *st;
+	char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int fds = t_count_fds();
+
+	ck_assert_ptr_ne(mem, MAP_FAILED);
+	ck_assert_int_eq(luffd_store_open(path, 0, &st), 0);
+	ck_assert_int_eq(luffd_register(other, mem + 2 * stripe, stripe, st,
+					0, 0), 0);
+	ck_assert_int_eq(luffd_register(ctx, mem, len, st, 0, 0), -EBUSY);
+	ck_assert_int_eq(luffd_register(ctx, mem, 2 * stripe, st, 0, 0), 0);
+	ck_assert_int_lt(t_page_diff(mem + stripe + 5 * t_ps,
+				     5 * t_ps + stripe, len, 0x5e), 0);
+	ck_assert_int_eq(luffd_unregister(ctx, mem, 2 * stripe), 0);
+	ck_assert_int_eq(luffd_unregister(other, mem + 2 * stripe, stripe),
+			 0);
+	luffd_store_put(st);
+	ck_assert_int_eq(t_count_fds(), fds);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(other), 0);
+	munmap(mem, len);
+	free(path);
+}
+END_TEST
+
 /* Two contexts, each served by its own handler, faulted in parallel. */
 struct ctxjob {
 	char *path;
@@ -407,6 +442,7 @@ static Suite *make(void)
 	tcase_add_test(tc, random_readahead);
 	tcase_add_test(tc, random_two_handlers);
 	tcase_add_test(tc, striped_range);
+	tcase_add_test(tc, striped_rollback);
 	tcase_add_test(tc, two_contexts_parallel);
 	tcase_add_test(tc, map_unmap_concurrent);
 	return s;

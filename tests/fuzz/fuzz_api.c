@@ -283,6 +283,14 @@ static int fuzz_ctx(struct in *in, struct luffd_ctx **ctxp)
 	o.trace_fd = (sel & 16) ? g_fds[1] : (sel & 32) ? -1 : g_fds[7];
 	o.read_timeout_ms = U32(in);
 	o.readahead_mode = (enum luffd_readahead)(U8(in) % 3);
+	o.install_mode = (enum luffd_install)(U8(in) % 3);
+	o.handler_cpus = sel & 64 ? U64(in) : 0;
+	switch (U8(in) % 4) {
+	case 0: o.stripe_bytes = 0; break;
+	case 1: o.stripe_bytes = (size_t)(U8(in) % 8) * ps; break;
+	case 2: o.stripe_bytes = (size_t)U8(in) << 21; break;
+	default: o.stripe_bytes = (size_t)U32(in); break;
+	}
 	rc = luffd_ctx_create(&o, ctxp);
 	rc_ok(rc);
 	return rc;
@@ -326,7 +334,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		switch (op) {
 		case 0: { /* file store over an fd */
 			int fd = a & 0x80 ? (int)U16(&in) - 2 : g_fds[a % 8];
-			unsigned int fl = U8(&in) & 0x10 ? U32(&in) : U8(&in) & 1;
+			unsigned int fl = U8(&in) & 0x10 ? U32(&in) : U8(&in) & 3;
 
 			luffd_store_put(*sp);
 			*sp = NULL;
