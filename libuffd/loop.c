@@ -32,6 +32,32 @@
 
 #include "internal.h"
 
+/*
+ * liburing maps and unmaps a ring with raw syscalls, which ThreadSanitizer
+ * does not see, so its shadow memory outlives the ring. A new handler's
+ * ring is often mapped where an old one was, and if nothing else orders
+ * the two handlers TSan reports the new ring's first write as a race with
+ * the old ring's last access. The kernel does order them (the old unmap
+ * precedes the new map); say so with a release after every ring exit and
+ * an acquire after every ring setup, on one shared address.
+ */
+#if defined(__SANITIZE_THREAD__)
+#define LUFFD__TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define LUFFD__TSAN 1
+#endif
+#endif
+#ifdef LUFFD__TSAN
+#include <sanitizer/tsan_interface.h>
+static char ring_reuse;
+#define ring_mapped() __tsan_acquire(&ring_reuse)
+#define ring_unmapped() __tsan_release(&ring_reuse)
+#else
+#define ring_mapped() ((void)0)
+#define ring_unmapped() ((void)0)
+#endif
+
 #if defined(__x86_64__) || defined(__i386__)
 #define cpu_relax() __builtin_ia32_pause()
 #elif defined(__aarch64__)
@@ -1851,6 +1877,7 @@ static int ring_setup(struct luffd__loop *l)
 		return err == -ENOSYS || err == -EPERM ? -LUFFD_E_NOURING : err;
 	}
 	l->ring_ok = true;
+	ring_mapped();
 	if (arm_poll(l, l->uffd, TAG_UFFD) || arm_poll(l, l->evfd, TAG_EVFD))
 		return -EBUSY;
 	err = io_uring_submit(&l->ring);
@@ -2139,8 +2166,10 @@ void luffd__loop_fini(struct luffd__loop *l)
 		l->cache.data = NULL;
 		l->hp_map = NULL;
 	}
-	if (l->ring_ok)
+	if (l->ring_ok) {
 		io_uring_queue_exit(&l->ring);
+		ring_unmapped();
+	}
 	l->ring_ok = false;
 	if (l->uffd >= 0)
 		close(l->uffd);
