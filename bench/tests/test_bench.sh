@@ -10,31 +10,13 @@ BENCH=${1:?usage: test_bench.sh PATH/TO/uffd-bench TEST}
 TEST=${2:-all}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/uffd-bench-test.XXXXXX") || exit 1
 trap 'rm -rf "$TMP"' EXIT INT TERM
-
-fail() {
-	echo "FAIL: $*" >&2
-	exit 1
-}
+NAME=uffd-bench
+. "$(dirname "$0")/lib.sh"
 
 need_uffd() {
 	if ! "$BENCH" --check-uffd 2>"$TMP/why"; then
 		echo "SKIP: $(cat "$TMP/why")" >&2
 		exit 77
-	fi
-}
-
-# expect_exit CODE ARGS...: run the bench, want exit CODE and, for 2, a
-# message on stderr.
-expect_exit() {
-	want=$1
-	shift
-	"$BENCH" "$@" >"$TMP/out" 2>"$TMP/err"
-	got=$?
-	[ "$got" -eq "$want" ] ||
-		fail "uffd-bench $* exited $got, want $want: $(cat "$TMP/err")"
-	if [ "$want" -eq 2 ]; then
-		grep -q "uffd-bench: " "$TMP/err" ||
-			fail "uffd-bench $*: no message on stderr"
 	fi
 }
 

@@ -8,24 +8,8 @@ set -u
 BENCH=${1:?usage: test_uring_reg.sh PATH/TO/uring-reg-bench}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/uring-reg-test.XXXXXX") || exit 1
 trap 'rm -rf "$TMP"' EXIT INT TERM
-
-fail() {
-	echo "FAIL: $*" >&2
-	exit 1
-}
-
-expect_exit() {
-	want=$1
-	shift
-	"$BENCH" "$@" >"$TMP/out" 2>"$TMP/err"
-	got=$?
-	[ "$got" -eq "$want" ] ||
-		fail "uring-reg-bench $* exited $got, want $want: $(cat "$TMP/err")"
-	if [ "$want" -eq 2 ]; then
-		grep -q "uring-reg-bench: " "$TMP/err" ||
-			fail "uring-reg-bench $*: no message on stderr"
-	fi
-}
+NAME=uring-reg-bench
+. "$(dirname "$0")/lib.sh"
 
 expect_exit 0 --help
 grep -q -- "--bs" "$TMP/out" || fail "--help text incomplete"
