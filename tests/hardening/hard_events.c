@@ -27,7 +27,9 @@ struct toucher {
 	size_t first, count;
 	int dontneed;
 	atomic_int *stop;
-	unsigned long rounds, bad, sigs;
+	unsigned long bad, sigs;
+	atomic_ulong rounds; /* read by wait_rounds() while it runs */
+	atomic_int ended;
 	struct h_sig sig;
 };
 
@@ -50,9 +52,10 @@ static void *toucher_main(void *arg)
 			if (w->dontneed && (i & 1))
 				madvise(p, h_ps, MADV_DONTNEED);
 		}
-		w->rounds++;
+		atomic_fetch_add(&w->rounds, 1);
 	}
 out:
+	atomic_store(&w->ended, 1);
 	free(buf);
 	return NULL;
 }
@@ -60,6 +63,29 @@ out:
 static void start_toucher(struct toucher *w)
 {
 	ck_assert_int_eq(h_thread(&w->t, toucher_main, w), 0);
+}
+
+/* Wait until every toucher has done `more` rounds from now on, or ended
+ * (at most 10 s): on a loaded machine a fixed sleep may pass before a
+ * thread ran at all. */
+static void wait_rounds(struct toucher *w, int nw, unsigned long more)
+{
+	unsigned long base[8];
+	double t0 = h_now();
+	int ok;
+
+	ck_assert_int_le(nw, 8);
+	for (int i = 0; i < nw; i++)
+		base[i] = atomic_load(&w[i].rounds);
+	do {
+		ok = 1;
+		for (int i = 0; i < nw; i++)
+			if (!atomic_load(&w[i].ended) &&
+			    atomic_load(&w[i].rounds) < base[i] + more)
+				ok = 0;
+		if (!ok)
+			usleep(1000);
+	} while (!ok && h_now() - t0 < 10);
 }
 
 static void join_toucher(struct toucher *w)
@@ -213,9 +239,9 @@ START_TEST(munmap_middle)
 		};
 		start_toucher(&w[i]);
 	}
-	usleep(50000);
+	wait_rounds(w, 4, 1);
 	ck_assert_int_eq(munmap(addr + S * h_ps, S * h_ps), 0);
-	usleep(100000);
+	wait_rounds(w, 4, 2);
 	atomic_store(&stop, 1);
 	for (int i = 0; i < 4; i++)
 		join_toucher(&w[i]);
@@ -393,7 +419,7 @@ START_TEST(fork_child)
 		};
 		start_toucher(&w[i]);
 	}
-	usleep(20000);
+	wait_rounds(w, 2, 1);
 	pid = fork();
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
@@ -433,7 +459,7 @@ START_TEST(fork_child)
 		waitpid(pid, &status, 0);
 		ck_abort_msg("child hung");
 	}
-	usleep(50000);
+	wait_rounds(w, 2, 1);
 	atomic_store(&stop, 1);
 	for (int i = 0; i < 2; i++)
 		join_toucher(&w[i]);

@@ -146,6 +146,25 @@ static void wait_progress(struct worker *w, int nw, unsigned long more)
 	} while (!ok && h_now() - t0 < 10);
 }
 
+/* Wait until every worker has ended (at most 10 s): threads on a
+ * luffd_map() region end only with the signal of the unmapped range, and
+ * a loaded machine may not run one again for a while after the teardown.
+ * Setting stop before that ends it without the signal the test checks. */
+static void wait_ended(struct worker *w, int nw)
+{
+	double t0 = h_now();
+	int ok;
+
+	do {
+		ok = 1;
+		for (int i = 0; i < nw; i++)
+			if (!atomic_load(&w[i].ended))
+				ok = 0;
+		if (!ok)
+			usleep(1000);
+	} while (!ok && h_now() - t0 < 10);
+}
+
 static void start_workers(struct worker *w, int nw, char *base, size_t n,
 			  uint64_t seed, atomic_int *stop, atomic_int *td)
 {
@@ -319,6 +338,7 @@ START_TEST(destroy_inflight)
 	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
 	ck_assert_double_lt(h_now() - t0, 5.0);
 	wait_progress(wr, NTHREADS / 2, 4);
+	wait_ended(wm, NTHREADS / 2);
 	atomic_store(&stop, 1);
 	join_workers(wm, NTHREADS / 2);
 	join_workers(wr, NTHREADS / 2);
