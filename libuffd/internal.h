@@ -110,7 +110,10 @@ bool luffd__store_cold(struct luffd_store *s, uint64_t off, uint64_t len);
 
 /* ------------------------------------------------------------------------
  * Cache (cache.c): a bounded set of page slots keyed by (store id, page).
- * Owned by one handler thread; no locking.
+ * Owned by one handler thread; no locking.  13-15 bytes of bookkeeping
+ * per page slot: a 12-byte slot, a 4-byte hash bucket per two to four
+ * slots, two bits of replacement state, and a table of the stores with
+ * pages cached (see cache.c).
  * ---------------------------------------------------------------------- */
 enum {
 	LUFFD__SLOT_FREE = 0,
@@ -118,15 +121,21 @@ enum {
 	LUFFD__SLOT_READY,
 };
 
+/* Page indexes in a store must be below this (4 PiB with 4 KiB pages). */
+#define LUFFD__CACHE_PG_BITS 40
+#define LUFFD__CACHE_SIDX_BITS 22
+
 struct luffd__slot {
-	uint64_t store_id;
-	uint64_t pg;       /* page index in the store */
-	uint32_t hnext;    /* hash chain */
-	uint32_t prev, next; /* LRU list (READY) or free list */
-	uint32_t waiters;  /* faults waiting for an INFLIGHT slot */
-	uint32_t op;       /* INFLIGHT: the read filling it */
-	uint8_t state;
-	uint8_t used;      /* installed at least once */
+	/* page index << 24 | store table index << 2 | state */
+	uint64_t key;
+	uint32_t hnext; /* hash chain (hashed), free list (free) */
+} __attribute__((packed, aligned(4)));
+
+/* A store with pages in the cache: slots refer to it by its index. */
+struct luffd__cache_store {
+	uint64_t id;
+	uint32_t pages; /* slots holding its pages; the entry goes at 0 */
+	uint32_t hnext; /* id hash chain (in use), free list (free) */
 };
 
 struct luffd__cache {
@@ -137,7 +146,19 @@ struct luffd__cache {
 	uint32_t free_head;
 	uint32_t nfree;
 	uint32_t ninflight;
-	struct luffd__slot lru_sent; /* LRU sentinel, index nslots */
+	/* Replacement: one bit per slot in each map, READY slots only.
+	 * Installed pages go first, then read-ahead pages nobody has used,
+	 * each in slot order from a rotating hand. */
+	uint64_t *unused_map, *used_map;
+	uint32_t nused;
+	uint32_t hand;
+	/* Store table: index -> store id, and an id hash. */
+	struct luffd__cache_store *stores;
+	uint32_t nstores_cap;
+	uint32_t *store_buckets; /* nstores_cap of them */
+	uint32_t store_free;
+	uint64_t memo_id;  /* the last store looked up, and its index */
+	uint32_t memo_sidx;
 	unsigned char *data;
 	size_t data_len;
 	unsigned int page_shift;
@@ -149,21 +170,34 @@ int luffd__cache_init(struct luffd__cache *c, uint32_t nslots,
 void luffd__cache_fini(struct luffd__cache *c);
 uint32_t luffd__cache_find(struct luffd__cache *c, uint64_t store_id,
 			   uint64_t pg);
-/* A slot for (store_id, pg) in state INFLIGHT, evicting the least recently
- * used READY page if needed; LUFFD__NIL when every slot is in flight. */
+/* A slot for (store_id, pg) in state INFLIGHT, evicting a READY page if
+ * needed (installed ones first); LUFFD__NIL when every slot is in flight
+ * or, memory being short, the store cannot be entered in the table. */
 uint32_t luffd__cache_alloc(struct luffd__cache *c, uint64_t store_id,
 			    uint64_t pg);
 void luffd__cache_ready(struct luffd__cache *c, uint32_t i);
 /* The page was installed: keep it (a second fault on it is minor) but
- * make it the first to go. */
+ * make it one of the first to go. */
 void luffd__cache_used(struct luffd__cache *c, uint32_t i);
 void luffd__cache_release(struct luffd__cache *c, uint32_t i);
 static inline void *luffd__cache_data(struct luffd__cache *c, uint32_t i)
 {
 	return c->data + ((size_t)i << c->page_shift);
 }
+static inline unsigned int luffd__cache_state(const struct luffd__cache *c,
+					      uint32_t i)
+{
+	return (unsigned int)(c->slots[i].key & 3);
+}
+static inline bool luffd__cache_is_used(const struct luffd__cache *c,
+					uint32_t i)
+{
+	return c->used_map[i >> 6] >> (i & 63) & 1;
+}
 /* Slots that could be handed out now (free or evictable). */
 uint32_t luffd__cache_available(const struct luffd__cache *c);
+/* Bytes of bookkeeping (everything but the page data). */
+size_t luffd__cache_overhead(const struct luffd__cache *c);
 
 /* ------------------------------------------------------------------------
  * Regions (region.c)
@@ -308,6 +342,7 @@ struct luffd__op {
 	uint64_t deadline;
 	struct luffd__op *prev, *next; /* loop->inflight, oldest first */
 	uint32_t *slot;   /* npages cache slots */
+	uint32_t *waiters; /* per page: faults waiting for it (LUFFD__NIL) */
 	struct iovec *iov; /* npages iovecs (advanced on continuation) */
 	struct iovec *iov_mem;
 	uint32_t niov;
@@ -374,6 +409,7 @@ struct luffd__loop {
 	struct luffd__op *ops;
 	uint32_t nops, free_op, ops_busy;
 	uint32_t *op_slots;
+	uint32_t *op_waiters;
 	struct iovec *op_iov;
 
 	/* Fault records: grown in chunks when every one is in use (there is
@@ -386,6 +422,9 @@ struct luffd__loop {
 	/* Reads in flight and not yet expired, oldest (first to expire)
 	 * first: every read has the same timeout. */
 	struct luffd__op *inflight_head, *inflight_tail;
+	/* Reads past read_timeout_ms still running (their pages stay in
+	 * flight until they complete). */
+	struct luffd__op *expired_head;
 
 	/* Callback guard (guard.c).  cb_since: when the callback running on
 	 * this handler started (0: none).  The guard stashes the messages it

@@ -334,23 +334,32 @@ static struct luffd__op *op_alloc(struct luffd__loop *l)
 	return op;
 }
 
-static void inflight_unlink(struct luffd__loop *l, struct luffd__op *op)
+/* Take op off a list of reads (tail: NULL for a list without one). */
+static void op_unlink(struct luffd__op **head, struct luffd__op **tail,
+		      struct luffd__op *op)
 {
 	if (op->prev)
 		op->prev->next = op->next;
 	else
-		l->inflight_head = op->next;
+		*head = op->next;
 	if (op->next)
 		op->next->prev = op->prev;
-	else
-		l->inflight_tail = op->prev;
+	else if (tail)
+		*tail = op->prev;
 	op->prev = op->next = NULL;
+}
+
+static void inflight_unlink(struct luffd__loop *l, struct luffd__op *op)
+{
+	op_unlink(&l->inflight_head, &l->inflight_tail, op);
 }
 
 static void op_free(struct luffd__loop *l, struct luffd__op *op)
 {
 	if (!op->expired)
 		inflight_unlink(l, op);
+	else
+		op_unlink(&l->expired_head, NULL, op);
 	luffd_store_put(op->store);
 	op->store = NULL;
 	luffd__region_put(op->region);
@@ -577,8 +586,9 @@ static uint64_t install_ahead(struct luffd__loop *l, struct luffd__region *r,
 		/* Like the kernel's fault-around, not the read-ahead mark:
 		 * a real touch of it is what starts the next window. */
 		if (slot == LUFFD__NIL ||
-		    c->slots[slot].state != LUFFD__SLOT_READY ||
-		    p == r->ra_mark || (around && c->slots[slot].used)) {
+		    luffd__cache_state(c, slot) != LUFFD__SLOT_READY ||
+		    p == r->ra_mark ||
+		    (around && luffd__cache_is_used(c, slot))) {
 			if (around)
 				continue;
 			break;
@@ -613,13 +623,14 @@ static void chunk_complete(struct luffd__loop *l, struct luffd__op *op,
 
 enum page_fate { PAGE_READY, PAGE_ZERO, PAGE_ERROR, PAGE_ABSENT };
 
-static void settle_page(struct luffd__loop *l, uint32_t slot,
-			enum page_fate fate, int err, bool shared)
+/* Page k of op: into the cache or out of it, and its waiters served. */
+static void settle_page(struct luffd__loop *l, struct luffd__op *op,
+			uint32_t k, enum page_fate fate, int err, bool shared)
 {
 	struct luffd__cache *c = &l->cache;
-	uint32_t w = c->slots[slot].waiters, next;
+	uint32_t slot = op->slot[k], w = op->waiters[k], next;
 
-	c->slots[slot].waiters = LUFFD__NIL;
+	op->waiters[k] = LUFFD__NIL;
 	if (fate == PAGE_READY) {
 		luffd__cache_ready(c, slot);
 		if (w != LUFFD__NIL)
@@ -702,22 +713,22 @@ static void complete_op(struct luffd__loop *l, struct luffd__op *op,
 		uint32_t slot = op->slot[k];
 
 		if (have >= ps) {
-			settle_page(l, slot, PAGE_READY, 0, shared);
+			settle_page(l, op, k, PAGE_READY, 0, shared);
 		} else if (have > 0 && !err) {
 			/* The store's last page: zeroes after its end, as
 			 * mmap shows them. */
 			memset((char *)luffd__cache_data(&l->cache, slot) + have,
 			       0, ps - have);
-			settle_page(l, slot, PAGE_READY, 0, shared);
+			settle_page(l, op, k, PAGE_READY, 0, shared);
 		} else if (err) {
-			settle_page(l, slot, PAGE_ERROR, err, shared);
+			settle_page(l, op, k, PAGE_ERROR, err, shared);
 		} else if (s->caps & LUFFD__CAP_EMPTY_ZERO) {
-			settle_page(l, slot,
+			settle_page(l, op, k,
 				    k == op->widx ? PAGE_ZERO : PAGE_ABSENT, 0,
 				    shared);
 		} else {
 			/* Past the end of the store. */
-			settle_page(l, slot, PAGE_ERROR, -ENXIO, shared);
+			settle_page(l, op, k, PAGE_ERROR, -ENXIO, shared);
 		}
 		if (j == op->npages - 1 && op->had_waiter && total >= ps &&
 		    !err)
@@ -811,7 +822,7 @@ static uint32_t issue_read(struct luffd__loop *l, struct luffd__region *r,
 	size_t ps = l->ctx->page_size;
 	uint64_t lim = ((r->off + r->len) >> shift) - pg;
 	struct luffd__op *op;
-	uint32_t avail;
+	uint32_t avail, first;
 
 	n = n < lim ? n : lim;
 	/* Not past the store's size (but always up to the faulting page: a
@@ -831,17 +842,24 @@ static uint32_t issue_read(struct luffd__loop *l, struct luffd__region *r,
 		return 0;
 	if (n > avail)
 		n = avail;
-	op = op_begin(l, r, pg << shift, (uint32_t)n);
-	if (!op)
+	if (l->free_op == LUFFD__NIL)
 		return 0;
+	/* The first page's slot before the read: it enters the store in the
+	 * cache's table, which only fails when memory is short (then the
+	 * fault waits for a read to finish, as when every slot is busy).
+	 * The other pages then cannot fail (avail, and the store is in). */
+	first = luffd__cache_alloc(c, s->id, pg);
+	if (first == LUFFD__NIL)
+		return 0;
+	op = op_begin(l, r, pg << shift, (uint32_t)n);
 	op->widx = widx;
 	for (uint32_t k = 0; k < n; k++) {
-		uint32_t slot = luffd__cache_alloc(c, s->id, pg + k);
+		uint32_t slot = k ? luffd__cache_alloc(c, s->id, pg + k) : first;
 		char *data = luffd__cache_data(c, slot);
 		struct iovec *last = op->niov ? &op->iov[op->niov - 1] : NULL;
 
 		op->slot[k] = slot;
-		c->slots[slot].op = (uint32_t)(op - l->ops);
+		op->waiters[k] = LUFFD__NIL;
 		/* Slots handed out in order are often adjacent: one iovec
 		 * for each run keeps requests large (O_DIRECT likes that). */
 		if (last && (char *)last->iov_base + last->iov_len == data) {
@@ -858,7 +876,7 @@ static uint32_t issue_read(struct luffd__loop *l, struct luffd__region *r,
 	if (fi != LUFFD__NIL) {
 		F(l, fi)->waited = 1;
 		F(l, fi)->next = LUFFD__NIL;
-		c->slots[op->slot[widx]].waiters = fi;
+		op->waiters[widx] = fi;
 	}
 	luffd__inc(l->stats.reads, 1);
 	luffd__inc(l->stats.readahead_pages, fi == LUFFD__NIL ? n : n - 1);
@@ -1462,6 +1480,29 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 	}
 }
 
+/*
+ * The read filling page pg of store id, which the cache has in flight, and
+ * the page's index in it.  A walk over the reads in flight (at most
+ * queue_depth, expired ones included) instead of a read index in every
+ * cache slot: it is taken only by a fault on a page being read, and keeps
+ * the cache at 12 bytes a slot.
+ */
+static struct luffd__op *page_op(struct luffd__loop *l, uint64_t id,
+				 uint64_t pg, uint32_t *k)
+{
+	struct luffd__op *lists[2] = { l->inflight_head, l->expired_head };
+	unsigned int shift = l->ctx->page_shift;
+
+	for (int i = 0; i < 2; i++)
+		for (struct luffd__op *op = lists[i]; op; op = op->next)
+			if (op->chunk == LUFFD__NIL && op->store->id == id &&
+			    pg - (op->off >> shift) < op->npages) {
+				*k = (uint32_t)(pg - (op->off >> shift));
+				return op;
+			}
+	abort(); /* an in-flight slot always has its read */
+}
+
 /* Serve fault fi (its region held). */
 static void handle_fault(struct luffd__loop *l, uint32_t fi)
 {
@@ -1470,7 +1511,8 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 	struct luffd_store *s = r->store;
 	size_t ps = l->ctx->page_size;
 	uint64_t off = r->off + (f->addr - r->start);
-	uint32_t slot;
+	struct luffd__op *op;
+	uint32_t slot, k;
 
 	if (drop_if_dead(l, fi))
 		return;
@@ -1498,7 +1540,7 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 		start_read(l, fi, off);
 		return;
 	}
-	if (l->cache.slots[slot].state == LUFFD__SLOT_READY) {
+	if (luffd__cache_state(&l->cache, slot) == LUFFD__SLOT_READY) {
 		uint64_t pg = off >> l->ctx->page_shift, n;
 
 		if (r->ra_miss)
@@ -1530,22 +1572,23 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 		luffd__cache_used(&l->cache, slot);
 		return;
 	}
-	if (l->ops[l->cache.slots[slot].op].expired) {
+	op = page_op(l, s->id, off >> l->ctx->page_shift, &k);
+	if (op->expired) {
 		/* Its read is stuck past read_timeout_ms: do not wait. */
 		serve_error(l, fi, -ETIMEDOUT);
 		return;
 	}
 	/* A read of this page is in flight: wait for it with the others
 	 * (once: see dup_waiter()). */
-	if (dup_waiter(l, l->cache.slots[slot].waiters, f)) {
+	if (dup_waiter(l, op->waiters[k], f)) {
 		luffd__region_put(r);
 		fault_free(l, fi);
 		return;
 	}
 	luffd__inc(l->stats.coalesced, 1);
 	f->waited = 1;
-	f->next = l->cache.slots[slot].waiters;
-	l->cache.slots[slot].waiters = fi;
+	f->next = op->waiters[k];
+	op->waiters[k] = fi;
 }
 
 /* ------------------------------------------------------------------------
@@ -1791,6 +1834,10 @@ static uint64_t expire_reads(struct luffd__loop *l)
 	while ((op = l->inflight_head) && op->deadline <= now) {
 		inflight_unlink(l, op);
 		op->expired = true;
+		op->next = l->expired_head;
+		if (op->next)
+			op->next->prev = op;
+		l->expired_head = op;
 		luffd__inc(l->stats.timeouts, 1);
 		if (op->chunk != LUFFD__NIL) {
 			uint32_t w = l->chunks[op->chunk].waiters, next;
@@ -1803,10 +1850,9 @@ static uint64_t expire_reads(struct luffd__loop *l)
 			continue;
 		}
 		for (uint32_t k = 0; k < op->npages; k++) {
-			struct luffd__slot *sl = &l->cache.slots[op->slot[k]];
-			uint32_t w = sl->waiters, next;
+			uint32_t w = op->waiters[k], next;
 
-			sl->waiters = LUFFD__NIL;
+			op->waiters[k] = LUFFD__NIL;
 			for (; w != LUFFD__NIL; w = next) {
 				next = F(l, w)->next;
 				serve_error(l, w, -ETIMEDOUT);
@@ -2066,11 +2112,13 @@ int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
 	l->ops = calloc(qd, sizeof(*l->ops));
 	l->op_slots = calloc((size_t)qd * ra, sizeof(*l->op_slots));
 	l->op_iov = calloc((size_t)qd * ra, sizeof(*l->op_iov));
-	if (!l->ops || !l->op_slots || !l->op_iov)
+	l->op_waiters = calloc((size_t)qd * ra, sizeof(*l->op_waiters));
+	if (!l->ops || !l->op_slots || !l->op_iov || !l->op_waiters)
 		return -ENOMEM;
 	for (uint32_t i = 0; i < qd; i++) {
 		l->ops[i].slot = &l->op_slots[(size_t)i * ra];
 		l->ops[i].iov_mem = &l->op_iov[(size_t)i * ra];
+		l->ops[i].waiters = &l->op_waiters[(size_t)i * ra];
 		l->ops[i].next_free = i + 1 < qd ? i + 1 : LUFFD__NIL;
 	}
 	l->free_op = 0;
@@ -2186,6 +2234,7 @@ void luffd__loop_fini(struct luffd__loop *l)
 	free(l->ops);
 	free(l->op_slots);
 	free(l->op_iov);
+	free(l->op_waiters);
 	free(l->faults);
 	free(l->stash);
 	/* Zombies still held by faults that were in flight at destroy (their

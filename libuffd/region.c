@@ -159,7 +159,10 @@ static int check_range(struct luffd_ctx *ctx, struct luffd_store *store,
 
 	if (!store || !length || (length & mask) || (offset & mask))
 		return -EINVAL;
-	if (offset + length < offset)
+	/* The cache keys pages by a 40-bit index. */
+	if (offset + length < offset ||
+	    (offset + length - 1) >> ctx->page_shift >>
+		    LUFFD__CACHE_PG_BITS)
 		return -EOVERFLOW;
 	if (offset >= store->size)
 		return -ENXIO;

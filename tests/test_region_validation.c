@@ -109,6 +109,11 @@ START_TEST(map_bad_args)
 			-ENXIO);
 	EXPECT_NOCHANGE(luffd_map(ctx, st, 2 * len, t_ps, PROT_READ, 0, &a),
 			-ENXIO);
+	/* Page indexes reach 2^40 at most (the cache's key). */
+	EXPECT_NOCHANGE(luffd_map(ctx, st, ((uint64_t)1 << 40) * t_ps - t_ps,
+				  2 * t_ps, PROT_READ, 0, &a), -EOVERFLOW);
+	EXPECT_NOCHANGE(luffd_map(ctx, st, UINT64_MAX - t_ps + 1, 2 * t_ps,
+				  PROT_READ, 0, &a), -EOVERFLOW);
 	/* prot: PROT_READ required, only READ/WRITE/EXEC. */
 	EXPECT_NOCHANGE(luffd_map(ctx, st, 0, len, 0, 0, &a), -EINVAL);
 	EXPECT_NOCHANGE(luffd_map(ctx, st, 0, len, PROT_WRITE, 0, &a),
@@ -179,6 +184,9 @@ START_TEST(register_bad_args)
 			-ENXIO);
 	EXPECT_NOCHANGE(luffd_register(ctx, base, t_ps, st, 3 * NPG * t_ps, 0),
 			-ENXIO);
+	EXPECT_NOCHANGE(luffd_register(ctx, base, t_ps, st,
+				       ((uint64_t)1 << 40) * t_ps, 0),
+			-EOVERFLOW);
 	EXPECT_NOCHANGE(luffd_register(ctx, base, t_ps, st, 0, 1), -EINVAL);
 	EXPECT_NOCHANGE(luffd_register(ctx, base, t_ps, st, 0, 1u << 31),
 			-EINVAL);
