@@ -1481,26 +1481,29 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 }
 
 /*
- * The read filling page pg of store id, which the cache has in flight, and
+ * The read filling cache slot `slot` (in flight, page pg of store id), and
  * the page's index in it.  A walk over the reads in flight (at most
  * queue_depth, expired ones included) instead of a read index in every
  * cache slot: it is taken only by a fault on a page being read, and keeps
  * the cache at 12 bytes a slot.
  */
 static struct luffd__op *page_op(struct luffd__loop *l, uint64_t id,
-				 uint64_t pg, uint32_t *k)
+				 uint64_t pg, uint32_t slot, uint32_t *k)
 {
 	struct luffd__op *lists[2] = { l->inflight_head, l->expired_head };
 	unsigned int shift = l->ctx->page_shift;
 
 	for (int i = 0; i < 2; i++)
-		for (struct luffd__op *op = lists[i]; op; op = op->next)
+		for (struct luffd__op *op = lists[i]; op; op = op->next) {
+			uint64_t at = pg - (op->off >> shift);
+
 			if (op->chunk == LUFFD__NIL && op->store->id == id &&
-			    pg - (op->off >> shift) < op->npages) {
-				*k = (uint32_t)(pg - (op->off >> shift));
+			    at < op->npages && op->slot[at] == slot) {
+				*k = (uint32_t)at;
 				return op;
 			}
-	abort(); /* an in-flight slot always has its read */
+		}
+	abort(); /* an in-flight slot always has its read: a bug */
 }
 
 /* Serve fault fi (its region held). */
@@ -1572,7 +1575,7 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 		luffd__cache_used(&l->cache, slot);
 		return;
 	}
-	op = page_op(l, s->id, off >> l->ctx->page_shift, &k);
+	op = page_op(l, s->id, off >> l->ctx->page_shift, slot, &k);
 	if (op->expired) {
 		/* Its read is stuck past read_timeout_ms: do not wait. */
 		serve_error(l, fi, -ETIMEDOUT);
