@@ -230,7 +230,7 @@ struct luffd_ctx_opts {
 	/* Page cache size in bytes for the whole context (split evenly over
 	 * the handler threads).  Memory use never grows beyond it, apart
 	 * from its bookkeeping: 13-15 bytes per page (under 0.4% with 4 KiB
-	 * pages), and 20 bytes per store with pages cached, allocated when
+	 * pages), and 28 bytes per store with pages cached, allocated when
 	 * more stores than ever before (over 64) have pages cached at once.
 	 * Default 64 MiB; at least 2 read-ahead windows per handler thread
 	 * (the default window shrinks to fit a smaller cache). */

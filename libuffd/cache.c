@@ -114,6 +114,7 @@ static void stores_free_range(struct luffd__cache *c, uint32_t from)
 {
 	for (uint32_t i = c->nstores_cap; i-- > from;) {
 		c->stores[i].pages = 0;
+		c->stores[i].inflight = 0;
 		c->stores[i].hnext = c->store_free;
 		c->store_free = i;
 	}
@@ -130,7 +131,7 @@ static int stores_grow(struct luffd__cache *c)
 	struct luffd__cache_store *st;
 	uint32_t *b;
 
-	if (cap > SIDX_MAX)
+	if (cap > c->nstores_max)
 		return -ENOSPC;
 	st = realloc(c->stores, sizeof(*st) * cap);
 	if (!st)
@@ -217,19 +218,22 @@ static uint32_t victim(struct luffd__cache *c)
 
 /*
  * No room in the store table and no memory to grow it (or 4M stores with
- * pages here): drop every ready page of the store owning the next victim,
- * trying further stores if its entry stays (pages still being read).  One
- * pass over the slots per store tried; only ever taken when memory is
- * short.
+ * pages here): drop every page of one store with no page being read, from
+ * the hand on, to free its entry.  One pass over the slots to find it and
+ * one to drop its pages; only ever taken when memory is short.
  */
 static uint32_t store_reclaim(struct luffd__cache *c)
 {
-	for (uint32_t tries = 0; tries < c->nslots; tries++) {
-		uint32_t v = victim(c), sidx;
+	for (uint32_t k = 0; k < c->nslots; k++) {
+		uint32_t v = c->hand + k < c->nslots ? c->hand + k :
+						       c->hand + k - c->nslots;
+		uint32_t sidx;
 
-		if (v == LUFFD__NIL)
-			return LUFFD__NIL;
+		if (luffd__cache_state(c, v) != LUFFD__SLOT_READY)
+			continue;
 		sidx = key_sidx(c->slots[v].key);
+		if (c->stores[sidx].inflight)
+			continue;
 		for (uint32_t i = 0; i < c->nslots; i++)
 			if (luffd__cache_state(c, i) == LUFFD__SLOT_READY &&
 			    key_sidx(c->slots[i].key) == sidx) {
@@ -239,8 +243,7 @@ static uint32_t store_reclaim(struct luffd__cache *c)
 				c->free_head = i;
 				c->nfree++;
 			}
-		if (c->store_free != LUFFD__NIL)
-			return c->store_free;
+		return c->store_free; /* all its pages were ready: it went */
 	}
 	return LUFFD__NIL;
 }
@@ -259,6 +262,7 @@ static uint32_t store_enter(struct luffd__cache *c, uint64_t id)
 	c->store_free = c->stores[i].hnext;
 	c->stores[i].id = id;
 	c->stores[i].pages = 0;
+	c->stores[i].inflight = 0;
 	h = store_bucket(c, id);
 	c->stores[i].hnext = c->store_buckets[h];
 	c->store_buckets[h] = i;
@@ -279,6 +283,7 @@ int luffd__cache_init(struct luffd__cache *c, uint32_t nslots,
 	while (c->nbuckets * 2 <= nslots / 2)
 		c->nbuckets <<= 1;
 	c->nstores_cap = STORES_MIN;
+	c->nstores_max = SIDX_MAX;
 	c->memo_sidx = LUFFD__NIL;
 	c->store_free = LUFFD__NIL;
 	c->slots = calloc(nslots, sizeof(*c->slots));
@@ -361,6 +366,7 @@ uint32_t luffd__cache_alloc(struct luffd__cache *c, uint64_t store_id,
 	if (sidx == LUFFD__NIL)
 		return LUFFD__NIL;
 	c->stores[sidx].pages++;
+	c->stores[sidx].inflight++;
 	if (c->free_head != LUFFD__NIL) {
 		i = c->free_head;
 		c->free_head = c->slots[i].hnext;
@@ -368,6 +374,7 @@ uint32_t luffd__cache_alloc(struct luffd__cache *c, uint64_t store_id,
 	} else {
 		i = victim(c);
 		if (i == LUFFD__NIL) {
+			c->stores[sidx].inflight--;
 			store_put(c, sidx);
 			return LUFFD__NIL;
 		}
@@ -385,6 +392,7 @@ uint32_t luffd__cache_alloc(struct luffd__cache *c, uint64_t store_id,
 
 void luffd__cache_ready(struct luffd__cache *c, uint32_t i)
 {
+	c->stores[key_sidx(c->slots[i].key)].inflight--;
 	set_state(&c->slots[i], LUFFD__SLOT_READY);
 	c->ninflight--;
 	bit_set(c->unused_map, i);
@@ -410,6 +418,7 @@ void luffd__cache_release(struct luffd__cache *c, uint32_t i)
 		break;
 	case LUFFD__SLOT_INFLIGHT:
 		c->ninflight--;
+		c->stores[key_sidx(s->key)].inflight--;
 		unhash(c, i);
 		store_put(c, key_sidx(s->key));
 		set_state(s, LUFFD__SLOT_FREE);

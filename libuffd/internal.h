@@ -135,6 +135,7 @@ struct luffd__slot {
 struct luffd__cache_store {
 	uint64_t id;
 	uint32_t pages; /* slots holding its pages; the entry goes at 0 */
+	uint32_t inflight; /* of those, slots being read */
 	uint32_t hnext; /* id hash chain (in use), free list (free) */
 };
 
@@ -155,6 +156,7 @@ struct luffd__cache {
 	/* Store table: index -> store id, and an id hash. */
 	struct luffd__cache_store *stores;
 	uint32_t nstores_cap;
+	uint32_t nstores_max; /* 1 << LUFFD__CACHE_SIDX_BITS (tests lower it) */
 	uint32_t *store_buckets; /* nstores_cap of them */
 	uint32_t store_free;
 	uint64_t memo_id;  /* the last store looked up, and its index */

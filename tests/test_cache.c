@@ -2,8 +2,8 @@
 /*
  * The page cache on its own (cache.c, no handler): lookups, the order in
  * which pages are evicted, the store table (growth, entries freed with
- * their last page, no page found through a reused index), the limits, and
- * the bookkeeping per page.
+ * their last page, no page found through a reused index, a full table),
+ * the limits, and the bookkeeping per page.
  */
 #define _GNU_SOURCE
 #include "common.h"
@@ -157,6 +157,61 @@ START_TEST(store_table)
 }
 END_TEST
 
+/* The store table full and not allowed to grow (as when memory is short):
+ * a new store takes the entry of a store whose pages are all dropped; with
+ * every entry held by pages in flight, nothing can be allocated. */
+START_TEST(store_table_full)
+{
+	enum { N = 256 };
+	uint32_t n0 = 0, first[64];
+
+	setup(N);
+	c.nstores_max = 64;
+	for (uint64_t id = 1; id <= 64; id++)
+		for (uint64_t p = 0; p < 2; p++)
+			put(id, p);
+	ck_assert_uint_eq(c.nstores_cap, 64);
+	/* Store 65 needs an entry: one store loses both its pages. */
+	put(65, 0);
+	ck_assert_uint_eq(c.nstores_cap, 64);
+	ck_assert_uint_ne(luffd__cache_find(&c, 65, 0), LUFFD__NIL);
+	for (uint64_t id = 1; id <= 64; id++) {
+		int have = (luffd__cache_find(&c, id, 0) != LUFFD__NIL) +
+			   (luffd__cache_find(&c, id, 1) != LUFFD__NIL);
+
+		ck_assert_int_ne(have, 1); /* all of a store, or none */
+		n0 += have == 0;
+	}
+	ck_assert_uint_eq(n0, 1);
+	ck_assert_uint_eq(c.nfree, N - 127); /* 2 dropped, 1 taken */
+	luffd__cache_fini(&c);
+
+	/* Every entry held by a page in flight: no entry for a new store,
+	 * and no page dropped for nothing. */
+	setup(N);
+	c.nstores_max = 64;
+	for (uint64_t id = 1; id <= 64; id++) {
+		first[id - 1] = luffd__cache_alloc(&c, id, 0);
+		ck_assert_uint_ne(first[id - 1], LUFFD__NIL);
+		put(id, 1);
+	}
+	ck_assert_uint_eq(luffd__cache_alloc(&c, 65, 0), LUFFD__NIL);
+	ck_assert_uint_eq(c.ninflight, 64);
+	for (uint64_t id = 1; id <= 64; id++) {
+		ck_assert_uint_eq(luffd__cache_find(&c, id, 0), first[id - 1]);
+		ck_assert_uint_ne(luffd__cache_find(&c, id, 1), LUFFD__NIL);
+	}
+	/* One read completes and its store's pages can go: room again. */
+	luffd__cache_ready(&c, first[9]);
+	ck_assert_uint_ne(luffd__cache_alloc(&c, 65, 0), LUFFD__NIL);
+	ck_assert_uint_eq(luffd__cache_find(&c, 10, 0), LUFFD__NIL);
+	ck_assert_uint_eq(luffd__cache_find(&c, 10, 1), LUFFD__NIL);
+	ck_assert_uint_ne(luffd__cache_find(&c, 9, 1), LUFFD__NIL);
+	ck_assert_uint_ne(luffd__cache_find(&c, 11, 1), LUFFD__NIL);
+	luffd__cache_fini(&c);
+}
+END_TEST
+
 /* At most 16 bytes of bookkeeping per page, at the default size (48 MiB of
  * 4 KiB pages per handler) and at a small and a large one. */
 START_TEST(bytes_per_page)
@@ -220,6 +275,17 @@ START_TEST(random_against_model)
 		}
 		ck_assert_uint_eq(c.ninflight, inflight);
 		ck_assert_uint_eq(luffd__cache_available(&c), N - inflight);
+		if (op % 64 == 0) {
+			/* The store table's counts agree with the slots. */
+			uint32_t pages = 0, busy = 0;
+
+			for (uint32_t e = 0; e < c.nstores_cap; e++) {
+				pages += c.stores[e].pages;
+				busy += c.stores[e].inflight;
+			}
+			ck_assert_uint_eq(pages, N - c.nfree);
+			ck_assert_uint_eq(busy, inflight);
+		}
 	}
 	luffd__cache_fini(&c);
 }
@@ -233,6 +299,7 @@ static Suite *make(void)
 	tcase_add_test(tc, find_and_states);
 	tcase_add_test(tc, eviction_order);
 	tcase_add_test(tc, store_table);
+	tcase_add_test(tc, store_table_full);
 	tcase_add_test(tc, bytes_per_page);
 	tcase_add_test(tc, random_against_model);
 	return s;
