@@ -15,6 +15,8 @@
 
 #include <libuffd.h>
 
+#include "util.h"
+
 /* Exit codes. */
 #define EXIT_RUN_FAILED 1 /* an engine failed or data did not verify */
 #define EXIT_USAGE 2      /* bad arguments */
@@ -178,8 +180,7 @@ struct run {
 	struct latsum naive_svc;
 };
 
-/* ---- data.c ---- */
-uint64_t now_ns(void);
+/* ---- data.c (now_ns() and parse_size() are in util.c) ---- */
 uint64_t expected_word(uint64_t off);
 void expected_page(const struct config *cfg, uint64_t pg, void *buf);
 int generate_file(struct config *cfg, char *dir, size_t dirlen);
@@ -189,7 +190,6 @@ int make_cold(const struct config *cfg, int fd, uint64_t *resident);
 int make_warm(const struct config *cfg, int fd, uint64_t *resident);
 int verify_pages(const struct config *cfg, int fd, const char *base,
 		 const uint32_t *order, uint64_t n, struct run *r);
-int parse_size(const char *s, uint64_t *out);
 
 /* ---- engines.c ---- */
 struct bench_ctx {
@@ -202,6 +202,9 @@ struct bench_ctx {
 };
 
 int run_engine(struct bench_ctx *b, struct run *r);
+/* Create and destroy one context with the libuffd flags: 0, or
+ * luffd_ctx_create()'s error (-EINVAL: a setting the library refuses). */
+int libuffd_settings_check(const struct config *cfg);
 int uffd_available(char *why, size_t len);
 void set_run_label(const char *label);
 void install_signal_handlers(void);

@@ -797,6 +797,35 @@ static void split_by_class(struct bench_ctx *b, struct run *r, bool want_cdf)
 	}
 }
 
+/* The libuffd settings the flags asked for (the trace aside). */
+static void libuffd_opts(const struct config *cfg, struct luffd_ctx_opts *o)
+{
+	o->handler_threads = cfg->handler_threads;
+	o->queue_depth = cfg->queue_depth;
+	o->cache_bytes = cfg->cache_bytes;
+	o->readahead_bytes = cfg->readahead_bytes;
+	o->readahead_mode = cfg->readahead_mode;
+	o->install_ahead_bytes = cfg->install_ahead_bytes;
+	o->spin_us = cfg->spin_us;
+	o->open_mode = cfg->open_mode;
+	o->install_mode = cfg->install_mode;
+	o->handler_cpus = cfg->handler_cpus;
+	o->stripe_bytes = cfg->stripe_bytes;
+}
+
+int libuffd_settings_check(const struct config *cfg)
+{
+	LUFFD_OPTS(luffd_ctx_opts, opts);
+	struct luffd_ctx *ctx;
+	int err;
+
+	libuffd_opts(cfg, &opts);
+	err = luffd_ctx_create(&opts, &ctx);
+	if (!err)
+		luffd_ctx_destroy(ctx);
+	return err;
+}
+
 static int run_libuffd(struct bench_ctx *b, struct run *r)
 {
 	const struct config *cfg = b->cfg;
@@ -812,17 +841,7 @@ static int run_libuffd(struct bench_ctx *b, struct run *r)
 	int c;
 
 	memset(b->cls, 0xff, cfg->npages);
-	opts.handler_threads = cfg->handler_threads;
-	opts.queue_depth = cfg->queue_depth;
-	opts.cache_bytes = cfg->cache_bytes;
-	opts.readahead_bytes = cfg->readahead_bytes;
-	opts.readahead_mode = cfg->readahead_mode;
-	opts.install_ahead_bytes = cfg->install_ahead_bytes;
-	opts.spin_us = cfg->spin_us;
-	opts.open_mode = cfg->open_mode;
-	opts.install_mode = cfg->install_mode;
-	opts.handler_cpus = cfg->handler_cpus;
-	opts.stripe_bytes = cfg->stripe_bytes;
+	libuffd_opts(cfg, &opts);
 	opts.trace_fn = trace_cb;
 	opts.trace_arg = &rec;
 	if (r->trace_file[0]) {
@@ -984,7 +1003,8 @@ static int run_pread(struct bench_ctx *b, struct run *r, bool fill)
 	free(exp);
 	if (r->err[0] && !r->bad_pages)
 		return -1;
-	r->verified = true;
+	/* Only a generated file has something to compare with. */
+	r->verified = cfg->generated && !r->bad_pages;
 	if (r->bad_pages)
 		r->ok = false;
 	r->wall_ns = total;

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,8 +42,8 @@ static void usage(FILE *f)
 "  --seed N               seed for rand and zipf (default 1)\n"
 "  --threads N            faulting threads, pages split between them\n"
 "                         (default 1)\n"
-"  --engine LIST          comma list of libuffd, mmap, naive, or all\n"
-"                         (default all)\n"
+"  --engine LIST          comma list of libuffd, mmap, naive, pread,\n"
+"                         fill, bare, or all (the first three; default)\n"
 "  --warm                 page cache warm only (file read first)\n"
 "  --cold                 page cache cold only (file dropped before each\n"
 "                         engine)\n"
@@ -51,7 +52,7 @@ static void usage(FILE *f)
 "  --no-memory-warm       do not touch and free the run's size of memory\n"
 "                         before each run (see bench/README.md)\n"
 "\n"
-"libuffd settings (0 or absent = the library's default):\n"
+"libuffd settings (absent = the library's default):\n"
 "  --handler-threads N    handler threads\n"
 "  --cache-size BYTES     libuffd page cache size\n"
 "  --readahead BYTES      largest read-ahead window (0 = single-page reads)\n"
@@ -491,6 +492,29 @@ static void parse_args(struct config *cfg, int argc, char **argv)
 		bad_arg("--trace needs the libuffd engine");
 	if (cfg->corrupt_page >= 0 && !has_engine(cfg, ENG_LIBUFFD))
 		bad_arg("--corrupt-page needs the libuffd engine");
+	if (cfg->corrupt_page >= 0 && cfg->store_mem)
+		bad_arg("--corrupt-page needs --store file (it is a callback "
+			"store over the file)");
+	if (cfg->thread_cpus) {
+		cpu_set_t set;
+		uint64_t online = 0;
+
+		if (!sched_getaffinity(0, sizeof(set), &set))
+			for (int i = 0; i < 64; i++)
+				if (CPU_ISSET(i, &set))
+					online |= 1ull << i;
+		if (online && !(cfg->thread_cpus & online))
+			bad_arg("--thread-cpus: no CPU of 0x%llx is available "
+				"(0x%llx are)",
+				(unsigned long long)cfg->thread_cpus,
+				(unsigned long long)online);
+	}
+	/* A setting the library refuses is a bad argument: say so now, not
+	 * after generating the file and running the other engines. */
+	if (has_engine(cfg, ENG_LIBUFFD) &&
+	    libuffd_settings_check(cfg) == -EINVAL)
+		bad_arg("libuffd refuses these settings (-EINVAL): see the "
+			"limits in include/libuffd.h");
 }
 
 static int print_fn(enum luffd_print_level level, const char *fmt, va_list ap)

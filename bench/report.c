@@ -182,11 +182,15 @@ static double div_or_nan(double a, double b)
 	return isnan(a) || isnan(b) || b == 0 ? NAN : a / b;
 }
 
+static const enum engine dens[] = { ENG_MMAP, ENG_NAIVE, ENG_PREAD,
+				    ENG_FILL, ENG_BARE };
+#define NR_DENS (sizeof(dens) / sizeof(dens[0]))
+/* Room for every ratio: each pattern, warm and cold, each denominator. */
+#define MAX_RATIOS (MAX_PATTERNS * 2 * NR_DENS)
+
 size_t compute_ratios(const struct config *cfg, const struct run *runs,
 		      size_t nruns, struct ratio *out, size_t max)
 {
-	static const enum engine dens[] = { ENG_MMAP, ENG_NAIVE, ENG_PREAD,
-					    ENG_FILL, ENG_BARE };
 	size_t k = 0;
 	int p, s, d;
 
@@ -198,7 +202,7 @@ size_t compute_ratios(const struct config *cfg, const struct run *runs,
 
 			if ((cold && !cfg->do_cold) || (!cold && !cfg->do_warm))
 				continue;
-			for (d = 0; d < 5; d++) {
+			for (d = 0; d < (int)NR_DENS; d++) {
 				struct ratio *q;
 				double m[2][4];
 				int i;
@@ -251,7 +255,7 @@ static void fmt_ratio(char *b, size_t n, double v)
 void print_table(FILE *out, const struct config *cfg, const struct run *runs,
 		 size_t nruns)
 {
-	struct ratio rat[4 * MAX_PATTERNS];
+	struct ratio rat[MAX_RATIOS];
 	size_t i, nrat;
 	bool any_luffd = false;
 
@@ -569,7 +573,7 @@ static void j_run(struct jw *j, const struct config *cfg, const struct run *r)
 int write_json(const struct config *cfg, const struct run *runs, size_t nruns,
 	       const char *path)
 {
-	struct ratio rat[4 * MAX_PATTERNS];
+	struct ratio rat[MAX_RATIOS];
 	struct jw j = { .first = { true } };
 	struct utsname u;
 	size_t i, nrat;
@@ -742,7 +746,8 @@ int write_plot(const struct config *cfg, const struct run *runs, size_t nruns,
 	       const char *path)
 {
 	static const char *const eng_color[NR_ENGINES] = {
-		"#7b1fa2", "#e69f00", "#0072b2", "#333333" };
+		"#7b1fa2", "#e69f00", "#0072b2", "#333333", "#009e73",
+		"#cc79a7" };
 	static const char *const cls_color[NR_TCLASSES] = {
 		"#009e73", "#d55e00", "#999999", "#cc0000", "#56b4e9" };
 	int panels = 0, cols, rows, p, s, st;

@@ -5,14 +5,18 @@
  *
  * Reads of --bs bytes at random aligned offsets of a page-cached file, --qd
  * in flight, into a 64 MiB anonymous area shaped like libuffd's cache
- * (MADV_HUGEPAGE, touched beforehand), four ways: plain
- * IORING_OP_READ, IORING_OP_READ_FIXED (the area registered as one buffer),
- * IOSQE_FIXED_FILE (the file registered), and both.  The four run
- * interleaved, --rounds times each; the table gives each one's median
- * ns per read and its ratio to plain reads (below 1: faster).
+ * (MADV_HUGEPAGE, touched beforehand), five ways: plain IORING_OP_READ,
+ * IORING_OP_READ_FIXED (the area registered as one buffer),
+ * IOSQE_FIXED_FILE (the file registered), both, and no ring at all: one
+ * synchronous preadv2(RWF_NOWAIT) at a time, which is how libuffd reads
+ * data the page cache holds (the ring only gets reads that would block).
+ * The five run interleaved, --rounds times each; the table gives each
+ * one's median ns per read and its ratio to plain ring reads (below 1:
+ * faster).
  *
  * Exit codes: 0 done, 1 a read or setup failed, 2 bad arguments, 77 no
- * io_uring here.
+ * io_uring here, or no right to register 64 MiB (RLIMIT_MEMLOCK without
+ * CAP_IPC_LOCK).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +31,8 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "util.h"
 
 #define AREA (64u << 20)
 #define MAX_BS 16
@@ -48,13 +54,6 @@ struct opts {
 	int rounds;
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
 
 static int usage_error(const char *what, const char *arg)
 {
@@ -62,25 +61,12 @@ static int usage_error(const char *what, const char *arg)
 	return 2;
 }
 
-/* A size with an optional K, M or G suffix; 0 when malformed. */
-static uint64_t parse_size(const char *s)
+/* A size (see parse_size()); 0 when malformed. */
+static uint64_t size_arg(const char *s)
 {
-	char *end;
-	unsigned long long v;
+	uint64_t v;
 
-	if (*s < '0' || *s > '9')
-		return 0;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno)
-		return 0;
-	switch (*end) {
-	case 'K': case 'k': v <<= 10; end++; break;
-	case 'M': case 'm': v <<= 20; end++; break;
-	case 'G': case 'g': v <<= 30; end++; break;
-	default: break;
-	}
-	return *end ? 0 : v;
+	return parse_size(s, &v) ? 0 : v;
 }
 
 static long parse_count(const char *s, long max)
@@ -119,6 +105,7 @@ static int parse(int argc, char **argv, struct opts *o)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
+	bool size_set = false;
 	int c;
 
 	*o = (struct opts){ .size = 256u << 20, .qd = 4, .rounds = 5 };
@@ -129,7 +116,8 @@ static int parse(int argc, char **argv, struct opts *o)
 			o->file = optarg;
 			break;
 		case 's':
-			if (!(o->size = parse_size(optarg)) ||
+			size_set = true;
+			if (!(o->size = size_arg(optarg)) ||
 			    o->size < (2u << 20))
 				return usage_error("--size wants 2M or more",
 						   optarg);
@@ -146,7 +134,7 @@ static int parse(int argc, char **argv, struct opts *o)
 				if (n < sizeof(tok)) {
 					memcpy(tok, p, n);
 					tok[n] = 0;
-					v = parse_size(tok);
+					v = size_arg(tok);
 				}
 				if (!v || v % 4096 || v > (2u << 20) ||
 				    o->nbs == MAX_BS)
@@ -183,6 +171,9 @@ static int parse(int argc, char **argv, struct opts *o)
 					   argv[optind - 1]);
 		}
 	}
+	if (o->file && size_set)
+		return usage_error("--file and --size exclude each other",
+				   o->file);
 	if (optind < argc)
 		return usage_error("unexpected argument", argv[optind]);
 	if (!o->nbs) {
@@ -194,13 +185,18 @@ static int parse(int argc, char **argv, struct opts *o)
 	return 0;
 }
 
-/* A file of --size bytes of pseudo-random data, unlinked at once. */
+/* A file of --size bytes of pseudo-random data in $TMPDIR (or /tmp),
+ * unlinked at once. */
 static int make_file(uint64_t size)
 {
-	char path[] = "/tmp/uring-reg-bench.XXXXXX";
+	const char *dir = getenv("TMPDIR");
+	char path[4096];
 	uint64_t buf[8192], x = 0x9e3779b97f4a7c15ull;
-	int fd = mkstemp(path);
+	int fd;
 
+	snprintf(path, sizeof(path), "%s/uring-reg-bench.XXXXXX",
+		 dir && *dir ? dir : "/tmp");
+	fd = mkstemp(path);
 	if (fd < 0)
 		return -1;
 	unlink(path);
@@ -371,9 +367,10 @@ int main(int argc, char **argv)
 	iov = (struct iovec){ area, AREA };
 	if ((err = io_uring_register_buffers(&ring, &iov, 1)) ||
 	    (err = io_uring_register_files(&ring, &fd, 1))) {
-		fprintf(stderr, "uring-reg-bench: register: %s\n",
-			strerror(-err));
-		return 1;
+		fprintf(stderr, "uring-reg-bench: registering the buffer and "
+			"file: %s\n", strerror(-err));
+		/* Pinning 64 MiB needs CAP_IPC_LOCK or RLIMIT_MEMLOCK. */
+		return err == -ENOMEM || err == -EPERM ? 77 : 1;
 	}
 	printf("file %llu MiB (page-cached), qd %u, %d rounds, median "
 	       "ns per read (ratio to plain)\n",
@@ -387,7 +384,7 @@ int main(int argc, char **argv)
 
 		if (!o.reads && reads < 2000)
 			reads = 2000;
-		/* Interleaved, so drift on a shared machine hits all four. */
+		/* Interleaved, so drift on a shared machine hits all five. */
 		for (int r = 0; r < o.rounds; r++)
 			for (int v = 0; v < NVAR; v++) {
 				ns[v][r] = measure(&ring, fd, area, size, bs,

@@ -42,6 +42,17 @@ t_args() {
 	expect_exit 2 --size 1M --corrupt-page 256
 	expect_exit 2 --engine mmap --trace "$TMP/t"
 	expect_exit 2 extra-argument
+	expect_exit 2 --size 1M --store memory --corrupt-page 3
+	# CPU 63 only, on a machine with fewer CPUs.
+	[ "$(nproc --all)" -lt 64 ] &&
+		expect_exit 2 --size 1M --thread-cpus 9223372036854775808
+	# Settings the library refuses (luffd_ctx_create: -EINVAL) are bad
+	# arguments too; telling them apart needs a userfaultfd.
+	if "$BENCH" --check-uffd 2>/dev/null; then
+		expect_exit 2 --size 1M --handler-threads 65
+		expect_exit 2 --size 1M --readahead 8M
+		expect_exit 2 --size 1M --cache-size 4K
+	fi
 }
 
 t_json() {
@@ -140,6 +151,18 @@ t_small() {
 		grep -q "^seq  *warm *$e " "$TMP/out" || fail "no $e row"
 		grep -q "libuffd/$e" "$TMP/out" || fail "no libuffd/$e ratio"
 	done
+	# Every engine with the most ratios (7 patterns, warm and cold, 5
+	# denominators: all 70 printed), plotted: each engine has a colour.
+	expect_exit 0 --size 1M --warm-and-cold \
+		--pattern seq,rand,stride:3,stride:5,stride:7,zipf,zipf:1.2 \
+		--engine libuffd,mmap,naive,pread,fill,bare --quiet \
+		--plot "$TMP/all.png"
+	n=$(grep -c "libuffd/" "$TMP/out")
+	[ "$n" -eq 70 ] || fail "$n ratios, want 70"
+	if command -v gnuplot >/dev/null; then
+		grep -q "gnuplot failed" "$TMP/err" && fail "plot: $(head -c 300 "$TMP/err")"
+		[ -s "$TMP/all.png" ] || fail "no plot written"
+	fi
 	expect_exit 0 --size 8M --warm --engine libuffd,mmap --install copy \
 		--prot r --spin-us 0 --handler-cpus 1 --thread-cpus 1 --quiet
 	grep -q "FAILED" "$TMP/out" && fail "a run failed"

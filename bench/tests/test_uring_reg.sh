@@ -25,6 +25,7 @@ expect_exit 2 --size 1M
 expect_exit 2 --file /nonexistent/uring-reg-file
 expect_exit 2 --file "$TMP"
 expect_exit 2 extra
+expect_exit 2 --file /etc/hostname --size 4M
 
 # A small real run: one line per read size, five positive figures each,
 # ratios that agree with them.
