@@ -362,7 +362,7 @@ struct luffd_features {
 	uint64_t ioctls;         /* _UFFDIO_* bits reported by UFFDIO_API */
 	enum luffd_open_mode opened_by; /* how the userfaultfd was obtained */
 	int has_poison;          /* UFFDIO_POISON used for SIGBUS */
-	int has_move;            /* UFFDIO_MOVE available */
+	int has_move;            /* UFFDIO_MOVE enabled (chunks can move) */
 	int has_thread_id;       /* faults carry the thread id */
 	int user_mode_only;      /* kernel-mode accesses fail with EFAULT */
 };

@@ -242,7 +242,7 @@ int luffd_ctx_features(const struct luffd_ctx *ctx, struct luffd_features *f)
 	o.ioctls = ctx->loops[0].ioctls;
 	o.opened_by = ctx->loops[0].opened_by;
 	o.has_poison = ctx->has_poison;
-	o.has_move = (ctx->kernel.features & UFFD_FEATURE_MOVE) != 0;
+	o.has_move = (ctx->features & UFFD_FEATURE_MOVE) != 0;
 	o.has_thread_id = (ctx->features & UFFD_FEATURE_THREAD_ID) != 0;
 	o.user_mode_only = o.opened_by == LUFFD_OPEN_USER_ONLY;
 	memcpy((char *)f + sizeof(f->sz), (char *)&o + sizeof(o.sz),

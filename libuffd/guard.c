@@ -52,9 +52,9 @@ static bool stuck_in_own_fault(struct luffd__loop *l)
 	return strncmp(buf, "handle_userfault", 16) == 0;
 }
 
-static int stash(struct luffd__loop *l, const struct uffd_msg *m)
+/* Keep message m, read at time t (taken before the read: see reshape()). */
+static int stash(struct luffd__loop *l, const struct uffd_msg *m, uint64_t t)
 {
-	uint64_t t = luffd__now_ns();
 	size_t n;
 
 	pthread_mutex_lock(&l->lock);
@@ -85,12 +85,14 @@ static uint64_t find_own_fault(struct luffd__loop *l)
 	struct uffd_msg m;
 
 	for (;;) {
+		uint64_t t = luffd__now_ns();
+
 		if (read(l->uffd, &m, sizeof(m)) != (ssize_t)sizeof(m))
 			return 0;
 		if (m.event == UFFD_EVENT_PAGEFAULT &&
 		    m.arg.pagefault.feat.ptid == (uint32_t)l->tid)
 			return m.arg.pagefault.address & mask;
-		if (stash(l, &m)) {
+		if (stash(l, &m, t)) {
 			/* Out of memory: the message cannot be kept, and
 			 * dropping a fault would hang its thread. */
 			struct uffdio_range r = {
@@ -133,9 +135,13 @@ static void read_for(struct luffd__loop *l)
 {
 	struct uffd_msg m;
 
-	while (atomic_load(&l->zapping) &&
-	       read(l->uffd, &m, sizeof(m)) == (ssize_t)sizeof(m))
-		stash(l, &m);
+	while (atomic_load(&l->zapping)) {
+		uint64_t t = luffd__now_ns();
+
+		if (read(l->uffd, &m, sizeof(m)) != (ssize_t)sizeof(m))
+			break;
+		stash(l, &m, t);
+	}
 }
 
 static void *guard_main(void *arg)

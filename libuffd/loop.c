@@ -1718,13 +1718,16 @@ static int drain_uffd(struct luffd__loop *l)
 		if (unlikely(atomic_load_explicit(&l->stash_n,
 						  memory_order_acquire)))
 			luffd__loop_unstash(l);
+		/* Before the read: munmap() can return, and a new region
+		 * take the range, as soon as the kernel has handed out the
+		 * UNMAP message (see reshape()). */
+		t0 = luffd__now_ns();
 		n = read(l->uffd, l->msgs, sizeof(l->msgs));
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
 			break; /* EAGAIN: drained */
 		}
-		t0 = luffd__now_ns();
 		cnt = (size_t)n / sizeof(l->msgs[0]);
 		/* In order: an event changes how the faults after it
 		 * resolve. */

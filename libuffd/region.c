@@ -548,7 +548,8 @@ static void reshape(struct luffd__loop *l, uint64_t start, uint64_t end,
 	struct luffd__region *dead;
 
 	for (dead = l->dying; dead; dead = dead->next)
-		if (dead->start < end && start < dead->start + dead->len)
+		if (dead->start < end && start < dead->start + dead->len &&
+		    dead->born <= t_read)
 			dead->mapped = false;
 	for (;;) {
 		size_t j = upper(l, end - 1);
@@ -564,9 +565,13 @@ static void reshape(struct luffd__loop *l, uint64_t start, uint64_t end,
 		/*
 		 * The kernel lets munmap() return once its event is read, so
 		 * a new region can take the address before the handler acts
-		 * on the event: it is not the one the event is about.
-		 * Regions sit in address order and never overlap, so the
-		 * ones before it are looked at by shrinking the range.
+		 * on the event: it is not the one the event is about (t_read
+		 * is taken before the read, so one born after it is new).
+		 * Not covered: a region another thread registers in the
+		 * moment between the kernel removing the old mapping and the
+		 * handler's read.  Regions sit in address order and never
+		 * overlap, so the ones before it are looked at by shrinking
+		 * the range.
 		 */
 		if (r->born > t_read) {
 			if (r->start <= start)
