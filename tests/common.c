@@ -320,18 +320,13 @@ TCase *t_tcase(Suite *s, const char *name)
 	return tc;
 }
 
-int t_main(Suite *(*make)(void), int need_poison)
+int t_probe(struct luffd_features *feat)
 {
 	struct luffd_ctx *ctx = NULL;
-	const char *base = getenv("LUFFD_TEST_TMPDIR");
-	SRunner *sr;
-	int err, nfail;
+	int err = luffd_ctx_create(NULL, &ctx);
 
-	t_ps = (size_t)sysconf(_SC_PAGESIZE);
-	t_main_pid = getpid();
-	setvbuf(stdout, NULL, _IOLBF, 0);
-
-	err = luffd_ctx_create(NULL, &ctx);
+	/* Only what the machine lacks is a skip; any other failure of a
+	 * default context is a failure of the library. */
 	if (err == -LUFFD_E_NOUFFD || err == -LUFFD_E_UFFD_PERM ||
 	    err == -LUFFD_E_UFFD_API || err == -LUFFD_E_NOURING ||
 	    err == -ENOSYS || err == -EPERM) {
@@ -343,14 +338,30 @@ int t_main(Suite *(*make)(void), int need_poison)
 		       luffd_strerror(err));
 		return 1;
 	}
-	memset(&t_feat, 0, sizeof(t_feat));
-	t_feat.sz = sizeof(t_feat);
-	err = luffd_ctx_features(ctx, &t_feat);
+	memset(feat, 0, sizeof(*feat));
+	feat->sz = sizeof(*feat);
+	err = luffd_ctx_features(ctx, feat);
 	luffd_ctx_destroy(ctx);
 	if (err) {
 		printf("luffd_ctx_features failed: %d\n", err);
 		return 1;
 	}
+	return 0;
+}
+
+int t_main(Suite *(*make)(void), int need_poison)
+{
+	const char *base = getenv("LUFFD_TEST_TMPDIR");
+	SRunner *sr;
+	int err, nfail;
+
+	t_ps = (size_t)sysconf(_SC_PAGESIZE);
+	t_main_pid = getpid();
+	setvbuf(stdout, NULL, _IOLBF, 0);
+
+	err = t_probe(&t_feat);
+	if (err)
+		return err;
 	if (need_poison && !t_feat.has_poison) {
 		printf("skipped: kernel lacks UFFDIO_POISON (has_poison == 0)\n");
 		return T_SKIP;

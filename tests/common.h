@@ -144,6 +144,10 @@ int t_touch_sig(volatile char *p, int write, int *code, void **addr,
  * no userfaultfd / io_uring), and, if need_poison, skip unless the kernel
  * offers UFFDIO_POISON.  Removes t_dir afterwards.
  */
+/* Create and destroy a default context, filling *feat: 0, T_SKIP (with a
+ * "skipped:" line) when the machine lacks userfaultfd or io_uring, or 1
+ * on any other failure. */
+int t_probe(struct luffd_features *feat);
 int t_main(Suite *(*make)(void), int need_poison);
 
 /* Add a test case with the standard timeout. */

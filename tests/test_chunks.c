@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "compat.h" /* UFFD_FEATURE_MOVE */
 
 #define MIB (1024 * 1024ull)
 #define SEED 0xc4u
@@ -123,10 +124,48 @@ START_TEST(seq_copied)
 }
 END_TEST
 
+/* UFFDIO_MOVE turned off with disable_features: the context says so and
+ * copies everything. */
+START_TEST(move_disabled)
+{
+	uint64_t fsize = t_size(16, 8) * MIB;
+	LUFFD_OPTS(luffd_ctx_opts, o, .disable_features = UFFD_FEATURE_MOVE);
+	LUFFD_OPTS(luffd_features, f);
+	struct luffd_ctx *ctx = t_ctx(&o);
+	struct luffd_stats st;
+	size_t len;
+	char *m;
+
+	ck_assert_int_eq(luffd_ctx_features(ctx, &f), 0);
+	ck_assert_int_eq(f.has_move, 0);
+	ck_assert_uint_eq(f.enabled & UFFD_FEATURE_MOVE, 0);
+	m = map_file(ctx, fsize, 0, &len);
+	check_all(m, fsize);
+	finish(ctx, m, len, &st);
+	ck_assert_uint_eq(st.moved_pages, 0);
+}
+END_TEST
+
 /* Cold data: chunks the page cache does not hold are read with O_DIRECT
  * (or through the page cache with LUFFD_FILE_CACHED, or where the file
  * system has no O_DIRECT); the bytes are the same either way, including
  * the tail of a store that ends inside a chunk. */
+/* Fraction of fd's first len bytes in the page cache. */
+static double resident(int fd, size_t len)
+{
+	size_t n = t_npages(len), in = 0;
+	unsigned char *v = malloc(n);
+	void *p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+
+	ck_assert_ptr_ne(p, MAP_FAILED);
+	ck_assert_int_eq(mincore(p, len, v), 0);
+	for (size_t i = 0; i < n; i++)
+		in += v[i] & 1;
+	munmap(p, len);
+	free(v);
+	return (double)in / (double)n;
+}
+
 static void seq_cold(unsigned int flags)
 {
 	uint64_t fsize = t_size(24, 12) * MIB + 12345;
@@ -135,22 +174,38 @@ static void seq_cold(unsigned int flags)
 	struct luffd_store *st;
 	struct luffd_stats sts;
 	size_t len = t_npages(fsize) * t_ps;
-	int fd = open(path, O_RDONLY);
+	int fd = open(path, O_RDONLY), dfd = open(path, O_RDONLY | O_DIRECT);
+	double before, after;
 	void *m;
 
 	ck_assert_int_ge(fd, 0);
 	ck_assert_int_eq(fdatasync(fd), 0);
 	ck_assert_int_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	before = resident(fd, fsize);
 	ck_assert_int_eq(luffd_store_file(fd, flags, &st), 0);
-	close(fd);
 	free(path);
 	ck_assert_int_eq(luffd_map(ctx, st, 0, len, PROT_READ | PROT_WRITE, 0,
 				   &m), 0);
 	luffd_store_put(st);
 	check_all(m, fsize);
 	finish(ctx, m, len, &sts);
-	if (has_move())
-		ck_assert_uint_gt(sts.moved_pages, 0);
+	after = resident(fd, fsize);
+	close(fd);
+	if (!has_move())
+		return;
+	ck_assert_uint_gt(sts.moved_pages, 0);
+	/* Where the file system drops cached pages and takes O_DIRECT, the
+	 * page cache tells how the chunks were read: around it (only the
+	 * windows before the stream went to chunks are cached), or through
+	 * it with LUFFD_FILE_CACHED. */
+	if (before < 0.05 && dfd >= 0) {
+		if (flags & LUFFD_FILE_CACHED)
+			ck_assert_msg(after > 0.9, "%.2f cached", after);
+		else
+			ck_assert_msg(after < 0.5, "%.2f cached", after);
+	}
+	if (dfd >= 0)
+		close(dfd);
 }
 
 START_TEST(seq_cold_direct)
@@ -499,6 +554,7 @@ static Suite *make(void)
 
 	tcase_add_test(tc, seq_moved);
 	tcase_add_test(tc, seq_copied);
+	tcase_add_test(tc, move_disabled);
 	tcase_add_test(tc, store_end_in_chunk);
 	tcase_add_test(tc, seq_cold_direct);
 	tcase_add_test(tc, seq_cold_cached);

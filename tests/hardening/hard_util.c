@@ -243,19 +243,14 @@ TCase *h_tcase(Suite *s, const char *name, int timeout)
 
 int h_main(Suite *s)
 {
-	struct luffd_ctx *ctx;
 	SRunner *sr;
 	int err, failed;
 
 	h_ps = (size_t)sysconf(_SC_PAGESIZE);
 	h_sig_init();
-	err = luffd_ctx_create(NULL, &ctx);
-	if (err) {
-		printf("skipped: luffd_ctx_create: %s\n", luffd_strerror(err));
-		return H_SKIP;
-	}
-	luffd_ctx_features(ctx, &h_feat);
-	luffd_ctx_destroy(ctx);
+	err = t_probe(&h_feat);
+	if (err)
+		return err;
 
 	sr = srunner_create(s);
 	srunner_set_fork_status(sr, CK_FORK);
