@@ -222,7 +222,8 @@ enum luffd_install {
 struct luffd_ctx_opts {
 	size_t sz;
 	/* Handler threads, each with its own userfaultfd, io_uring, cache
-	 * share and region set; regions are spread over them.  Default 1. */
+	 * share and region set; regions are spread over them.  Default 1,
+	 * at most 64. */
 	unsigned int handler_threads;
 	/* io_uring submission queue entries, and the most reads in flight,
 	 * per handler thread.  Default 64, at most 4096. */
@@ -341,7 +342,8 @@ LUFFD_API int luffd_ctx_create(const struct luffd_ctx_opts *opts,
 /*
  * Destroy a context.  Regions still registered are unregistered (and, for
  * luffd_map() regions, unmapped) first, as by luffd_unmap() /
- * luffd_unregister(): reads in flight are waited for and their data dropped,
+ * luffd_unregister(): reads in flight are waited for (not those past
+ * read_timeout_ms: they are cancelled) and their data dropped,
  * and every thread blocked on a fault in them is woken.  A thread that
  * touches an unmapped luffd_map() region afterwards gets SIGSEGV; one that
  * touches a luffd_register() range gets the kernel's ordinary behaviour for
@@ -498,9 +500,11 @@ LUFFD_API int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
 /*
  * Unmap a region created by luffd_map(); addr and length must be exactly
  * those of the region (-EINVAL otherwise, -ENOENT if there is no such
- * region).  Reads in flight for the region are waited for and dropped, and
- * threads blocked on its faults are woken (they then fault on unmapped
- * memory: SIGSEGV).  Thread-safe; must not be called from a callback.
+ * region).  Reads in flight for the region are waited for and dropped
+ * (except reads past read_timeout_ms, whose faults already had SIGBUS:
+ * they are cancelled, not waited for), and threads blocked on its faults
+ * are woken (they then fault on unmapped memory: SIGSEGV).  Thread-safe;
+ * from a callback on the context's handler thread it returns -EDEADLK.
  */
 LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
 
@@ -521,8 +525,10 @@ LUFFD_API int luffd_register(struct luffd_ctx *ctx, void *addr, size_t length,
 
 /*
  * Unregister a range registered by luffd_register() (exactly, as for
- * luffd_unmap()).  Reads in flight are waited for and dropped, blocked
- * threads are woken and fault again as on ordinary memory.  Thread-safe.
+ * luffd_unmap(), with the same errors).  Reads in flight are waited for
+ * (as for luffd_unmap()) and dropped, blocked threads are woken and fault
+ * again as on ordinary memory.  Thread-safe; -EDEADLK from a callback on
+ * the context's handler thread.
  */
 LUFFD_API int luffd_unregister(struct luffd_ctx *ctx, void *addr,
 			       size_t length);

@@ -69,6 +69,8 @@ static char ring_reuse;
 /* user_data of the ring's own requests; ops are pointers, never this small */
 #define TAG_UFFD ((uint64_t)1)
 #define TAG_EVFD ((uint64_t)2)
+/* The completion of a cancel request (expire_reads()): nothing to do. */
+#define TAG_CANCEL ((uint64_t)3)
 /* Populating staging chunk i: TAG_POPULATE + i (see chunk_populate()) */
 #define TAG_POPULATE ((uint64_t)16)
 #define FAULTS_INIT 256
@@ -362,7 +364,8 @@ static void op_free(struct luffd__loop *l, struct luffd__op *op)
 		op_unlink(&l->expired_head, NULL, op);
 	luffd_store_put(op->store);
 	op->store = NULL;
-	luffd__region_put(op->region);
+	if (op->region) /* an expired read let it go already */
+		luffd__region_put(op->region);
 	op->region = NULL;
 	op->next_free = l->free_op;
 	l->free_op = (uint32_t)(op - l->ops);
@@ -630,6 +633,10 @@ static void settle_page(struct luffd__loop *l, struct luffd__op *op,
 	struct luffd__cache *c = &l->cache;
 	uint32_t slot = op->slot[k], w = op->waiters[k], next;
 
+	/* The page is no longer this read's: the waiters served below may
+	 * read it again into the same slot (re-read alone after an error),
+	 * and page_op() must then find that read, not this one. */
+	op->slot[k] = LUFFD__NIL;
 	op->waiters[k] = LUFFD__NIL;
 	if (fate == PAGE_READY) {
 		luffd__cache_ready(c, slot);
@@ -731,7 +738,7 @@ static void complete_op(struct luffd__loop *l, struct luffd__op *op,
 			settle_page(l, op, k, PAGE_ERROR, -ENXIO, shared);
 		}
 		if (j == op->npages - 1 && op->had_waiter && total >= ps &&
-		    !err)
+		    !err && op->region)
 			install_ahead(l, op->region,
 				      (op->off >> l->ctx->page_shift) + op->widx);
 	}
@@ -1110,6 +1117,12 @@ static bool chunk_serve(struct luffd__loop *l, uint32_t fi, uint32_t hc,
 
 	*lo = *hi = 0;
 	if (idx >= ch->avail)
+		return false;
+	/* Staged for another, longer mapping of the store: a move would run
+	 * past this one's end (or into the mapping after it). */
+	if (base < f->region->start ||
+	    base + ((uint64_t)ch->avail << l->ctx->page_shift) >
+		    f->region->start + f->region->len)
 		return false;
 	err = chunk_move(l, hc, base, from, &done);
 	if (err == -EINVAL) {
@@ -1807,6 +1820,8 @@ static void process_cqes(struct luffd__loop *l, bool *uffd_ready)
 				chunk_populated(l, (uint32_t)(tag - TAG_POPULATE),
 						done[i].res);
 				continue;
+			} else if (tag == TAG_CANCEL) {
+				continue;
 			} else if (tag == TAG_EVFD) {
 				/* Only wakes the loop; the count is moot. */
 				if (read(l->evfd, &v, sizeof(v)) < 0)
@@ -1838,8 +1853,24 @@ static uint64_t expire_reads(struct luffd__loop *l)
 		return UINT64_MAX;
 	now = luffd__now_ns();
 	while ((op = l->inflight_head) && op->deadline <= now) {
+		struct io_uring_sqe *sqe;
+
 		inflight_unlink(l, op);
 		op->expired = true;
+		/* Its faults fail below and it installs nothing any more, so
+		 * its region need not wait for it: unregister and destroy
+		 * must not block on a read that may never end (a dead pipe
+		 * or server).  And it is cancelled where the kernel can (not
+		 * a local file read under way); either way its slots stay
+		 * reserved until it completes. */
+		luffd__region_put(op->region);
+		op->region = NULL;
+		sqe = io_uring_get_sqe(&l->ring);
+		if (sqe) {
+			io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)op,
+					       0);
+			io_uring_sqe_set_data64(sqe, TAG_CANCEL);
+		}
 		op->next = l->expired_head;
 		if (op->next)
 			op->next->prev = op;
