@@ -366,6 +366,57 @@ START_TEST(mremap_mid_stream)
 }
 END_TEST
 
+/* A second, shorter mapping of the same store at the offset of a chunk
+ * staged for the first: the chunk is not moved into it (it would run past
+ * its end, or into whatever mapping follows), so that mapping is served
+ * page by page and the chunk stays for the stream it was read for. */
+START_TEST(short_view_of_staged_chunk)
+{
+	uint64_t fsize = t_size(48, 16) * MIB, upto = fsize / 3 & ~(2 * MIB - 1);
+	uint64_t off = upto + 4 * MIB;
+	char *path = t_make_file(fsize, SEED);
+	struct luffd_ctx *ctx = ctx_mode(LUFFD_INSTALL_AUTO);
+	struct luffd_store *st;
+	struct luffd_stats s;
+	size_t n = t_npages(fsize);
+	char *a, *b;
+
+	ck_assert_int_eq(luffd_store_open(path, 0, &st), 0);
+	free(path);
+	ck_assert_int_eq(luffd_map(ctx, st, 0, fsize, PROT_READ | PROT_WRITE,
+				   0, (void **)&a), 0);
+	for (size_t i = 0; i < upto / t_ps; i++)
+		t_assert_page(a, i, 0, fsize, SEED);
+	/* Until the chunk at off has been read ahead (at most 5 s). */
+	for (int k = 0; k < 5000; k++) {
+		t_stats(ctx, &s);
+		if (s.bytes_read >= off + 2 * MIB)
+			break;
+		usleep(1000);
+	}
+	ck_assert_int_eq(luffd_map(ctx, st, off, MIB, PROT_READ | PROT_WRITE,
+				   0, (void **)&b), 0);
+	luffd_store_put(st);
+	for (size_t i = 0; i < MIB / t_ps; i++)
+		t_assert_page(b, i, off, fsize, SEED);
+	for (size_t i = upto / t_ps; i < n; i++)
+		t_assert_page(a, i, 0, fsize, SEED);
+	t_stats(ctx, &s);
+	ck_assert_uint_eq(s.faults[LUFFD_ERROR], 0);
+	/* The file once for the stream and the short mapping's MiB once:
+	 * not the staged chunk a second time. */
+	ck_assert_msg(s.bytes_read <= fsize + 2 * MIB,
+		      "read %llu bytes for %llu + 1 MiB",
+		      (unsigned long long)s.bytes_read,
+		      (unsigned long long)fsize);
+	printf("short view: %llu bytes read beyond the file and the view\n",
+	       (unsigned long long)(s.bytes_read - fsize - MIB));
+	ck_assert_int_eq(luffd_unmap(ctx, b, MIB), 0);
+	ck_assert_int_eq(luffd_unmap(ctx, a, fsize), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+}
+END_TEST
+
 /* fork() mid-stream: the child gets neither the region nor the staging
  * buffers (MADV_DONTFORK), so the parent's pages stay its own and keep
  * moving; the child, touching the region, gets SIGSEGV rather than data. */
@@ -387,6 +438,7 @@ START_TEST(fork_mid_stream)
 	pid = fork();
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
+		alarm(10); /* a hang ends the child (SIGALRM, not SIGSEGV) */
 		signal(SIGSEGV, SIG_DFL);
 		(void)*(volatile char *)(m + (n - 1) * t_ps);
 		_exit(0);
@@ -563,6 +615,7 @@ static Suite *make(void)
 	tcase_add_test(tc, threads_interleaved);
 	tcase_add_test(tc, random_whole_chunks);
 	tcase_add_test(tc, mremap_mid_stream);
+	tcase_add_test(tc, short_view_of_staged_chunk);
 	tcase_add_test(tc, fork_mid_stream);
 	tcase_add_test(tc, dontneed_while_streaming);
 	tcase_add_test(tc, unmap_while_streaming);

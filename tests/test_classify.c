@@ -218,6 +218,26 @@ START_TEST(file_adaptive)
 	       (unsigned long long)s.faults[LUFFD_MINOR],
 	       (unsigned long long)s.faults[LUFFD_MAJOR]);
 	ck_assert_uint_eq(s.bytes_read, n * t_ps);
+	ck_assert_uint_gt(s.installed_ahead, 0);
+	ck_assert_int_eq(luffd_unmap(ctx, a, n * t_ps), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+
+	/* The same with install-ahead off: one fault per page, and the
+	 * pages read ahead are minor faults instead. */
+	{
+		LUFFD_OPTS(luffd_ctx_opts, o,
+			   .install_ahead_bytes = LUFFD_NO_INSTALL_AHEAD);
+
+		ctx = t_ctx(&o);
+	}
+	ck_assert_int_eq(luffd_map(ctx, st, 0, n * t_ps, PROT_READ, 0,
+				   (void **)&a), 0);
+	for (size_t i = 0; i < n; i++)
+		t_assert_page(a, i, 0, n * t_ps, seed);
+	t_stats(ctx, &s);
+	ck_assert_uint_eq(s.installed_ahead, 0);
+	ck_assert_uint_eq(s.faults[LUFFD_MAJOR] + s.faults[LUFFD_MINOR], n);
+	ck_assert_uint_eq(s.bytes_read, n * t_ps);
 	ck_assert_int_eq(luffd_unmap(ctx, a, n * t_ps), 0);
 	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
 

@@ -515,6 +515,18 @@ START_TEST(ctx_opts_bad)
 		ck_assert_int_eq(try_create(&o), 0);
 	}
 	{
+		/* install_ahead_bytes: a page multiple, at most 1024
+		 * pages; LUFFD_NO_INSTALL_AHEAD is off. */
+		LUFFD_OPTS(luffd_ctx_opts, o, .install_ahead_bytes = t_ps + 1);
+		ck_assert_int_eq(try_create(&o), -EINVAL);
+		o.install_ahead_bytes = 1025 * t_ps;
+		ck_assert_int_eq(try_create(&o), -EINVAL);
+		o.install_ahead_bytes = 1024 * t_ps;
+		ck_assert_int_eq(try_create(&o), 0);
+		o.install_ahead_bytes = LUFFD_NO_INSTALL_AHEAD;
+		ck_assert_int_eq(try_create(&o), 0);
+	}
+	{
 		LUFFD_OPTS(luffd_ctx_opts, o, .spin_us = 1000001);
 		ck_assert_int_eq(try_create(&o), -EINVAL);
 		o.spin_us = LUFFD_NO_SPIN;

@@ -3,8 +3,10 @@
  * SIGBUS: a page wholly past the end of the store, or a store error, gets
  * SIGBUS (BUS_ADRERR) in the faulting thread; the process survives, the
  * fault counts as ERROR with its errno, and other pages still serve right.
- * Skipped when the kernel lacks UFFDIO_POISON (the tgkill() fallback is
- * tested here too, on kernels that have both).
+ * si_code is BUS_ADRERR through UFFDIO_POISON; where the kernel lacks it
+ * (before 6.6) the signal comes from tgkill() (SI_TKILL) and only its
+ * number and thread are checked.  The tgkill() fallback is also forced
+ * with disable_features on kernels that have both.
  */
 #define _GNU_SOURCE
 #include "common.h"
@@ -46,7 +48,7 @@ static void touch_in_thread(volatile char *p, int write, int expect_code)
 	pthread_join(th, NULL);
 	ck_assert_int_eq(j.sig, SIGBUS);
 	ck_assert_int_eq(j.sigtid, j.tid);
-	if (expect_code) {
+	if (expect_code && t_feat.has_poison) {
 		ck_assert_int_eq(j.code, BUS_ADRERR);
 		ck_assert_ptr_eq(j.addr, (void *)p);
 	}
@@ -58,8 +60,10 @@ static void expect_sigbus(volatile char *p, int write)
 	void *addr;
 
 	ck_assert_int_eq(t_touch_sig(p, write, &code, &addr, NULL), SIGBUS);
-	ck_assert_int_eq(code, BUS_ADRERR);
-	ck_assert_ptr_eq(addr, (void *)p);
+	if (t_feat.has_poison) {
+		ck_assert_int_eq(code, BUS_ADRERR);
+		ck_assert_ptr_eq(addr, (void *)p);
+	}
 }
 
 /* Error records: class ERROR, the given errno, at the given pages. */
@@ -184,6 +188,7 @@ START_TEST(past_eof_kills_child)
 		struct luffd_store *st = NULL;
 		char *a;
 
+		alarm(10); /* a hang ends the child (SIGALRM, not SIGBUS) */
 		signal(SIGBUS, SIG_DFL);
 		if (luffd_ctx_create(NULL, &ctx) ||
 		    luffd_store_open(path, 0, &st) ||
