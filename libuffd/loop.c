@@ -1558,18 +1558,16 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 	}
 	if (luffd__cache_state(&l->cache, slot) == LUFFD__SLOT_READY) {
 		uint64_t pg = off >> l->ctx->page_shift, n;
+		bool ra = pg == r->ra_mark && l->ctx->ra_adaptive;
 
 		if (r->ra_miss)
 			r->ra_miss--;
 		else if (r->ra_credit < RA_CREDIT_MAX)
 			r->ra_credit++;
-		if (pg == r->ra_mark && l->ctx->ra_adaptive) {
-			/* A stream that fills whole windows goes on in
-			 * chunks where the region can take them. */
-			if (r->huge && r->ra_win >= l->ctx->ra_pages)
-				chunk_kick(l, r);
-			readahead_async(l, r);
-		}
+		/* A stream that fills whole windows goes on in chunks where
+		 * the region can take them. */
+		if (ra && r->huge && r->ra_win >= l->ctx->ra_pages)
+			chunk_kick(l, r);
 		/* The pages ahead go in before the faulting one wakes its
 		 * thread, or the thread races them to the next page.  Like
 		 * the hit itself, each pays a random miss back (the kernel's
@@ -1583,9 +1581,18 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 			r->ra_credit = r->ra_credit + n < RA_CREDIT_MAX ?
 				r->ra_credit + (uint32_t)n : RA_CREDIT_MAX;
 		}
+		if (ra) /* r is used after the fault is served */
+			atomic_fetch_add(&r->inflight, 1);
 		serve_copy(l, fi, luffd__cache_data(&l->cache, slot),
 			   LUFFD_MINOR);
 		luffd__cache_used(&l->cache, slot);
+		/* The next window only now: a read the page cache (or a
+		 * callback) answers at once fills cache slots on the spot,
+		 * and could evict this page's before it was copied. */
+		if (ra) {
+			readahead_async(l, r);
+			luffd__region_put(r);
+		}
 		return;
 	}
 	op = page_op(l, s->id, off >> l->ctx->page_shift, slot, &k);

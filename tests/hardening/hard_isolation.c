@@ -104,8 +104,10 @@ START_TEST(two_files_small_cache)
 }
 END_TEST
 
-/* Two regions over the same offsets of two memory stores and a callback
- * store, registered in one range each: no crossing either. */
+/* Regions over the same offsets of two memory stores and two callback
+ * stores, registered in one range each: no crossing either.  Memory stores
+ * are served straight from memory; the callback stores share the cache
+ * (two pages), so their pages keep evicting each other's. */
 static ssize_t cb_fill(void *arg, uint64_t off, void *buf, size_t len)
 {
 	h_fill(buf, off, len, *(uint64_t *)arg);
@@ -114,22 +116,25 @@ static ssize_t cb_fill(void *arg, uint64_t off, void *buf, size_t len)
 
 START_TEST(mixed_stores_same_offsets)
 {
+	enum { NS = 4 };
 	const size_t n = 32, len = n * h_ps;
-	uint64_t seeds[3] = { 0xc3, 0xc4, 0xc5 };
+	uint64_t seeds[NS] = { 0xc3, 0xc4, 0xc5, 0xc6 };
 	LUFFD_OPTS(luffd_ctx_opts, o, .readahead_bytes = 2 * h_ps,
 		   .cache_bytes = 4 * h_ps);
 	LUFFD_OPTS(luffd_callback_ops, ops, .fill = cb_fill, .size = len);
 	struct luffd_ctx *ctx = h_ctx(&o);
-	struct luffd_store *s[3] = { 0 };
-	char *back[2], *mem[3], *buf = malloc(h_ps);
+	struct luffd_store *s[NS] = { 0 };
+	char *back[2], *mem[NS], *buf = malloc(h_ps);
 
 	for (int k = 0; k < 2; k++) {
 		back[k] = malloc(len);
 		h_fill(back[k], 0, len, seeds[k]);
 		ck_assert_int_eq(luffd_store_memory(back[k], len, &s[k]), 0);
 	}
-	ck_assert_int_eq(luffd_store_callback(&ops, &seeds[2], &s[2]), 0);
-	for (int k = 0; k < 3; k++) {
+	for (int k = 2; k < NS; k++)
+		ck_assert_int_eq(luffd_store_callback(&ops, &seeds[k], &s[k]),
+				 0);
+	for (int k = 0; k < NS; k++) {
 		mem[k] = mmap(NULL, len, PROT_READ | PROT_WRITE,
 			      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		ck_assert_ptr_ne(mem[k], MAP_FAILED);
@@ -137,16 +142,16 @@ START_TEST(mixed_stores_same_offsets)
 				 0);
 		luffd_store_put(s[k]);
 	}
-	for (int round = 0; round < 3; round++) {
+	for (int round = 0; round < NS; round++) {
 		for (size_t i = 0; i < n; i++)
-			for (int k = 0; k < 3; k++)
-				check(mem[(k + round) % 3], i, len,
-				      seeds[(k + round) % 3], buf);
-		for (int k = 0; k < 3; k++)
+			for (int k = 0; k < NS; k++)
+				check(mem[(k + round) % NS], i, len,
+				      seeds[(k + round) % NS], buf);
+		for (int k = 0; k < NS; k++)
 			ck_assert_int_eq(madvise(mem[k], len, MADV_DONTNEED),
 					 0);
 	}
-	for (int k = 0; k < 3; k++) {
+	for (int k = 0; k < NS; k++) {
 		ck_assert_int_eq(luffd_unregister(ctx, mem[k], len), 0);
 		munmap(mem[k], len);
 	}

@@ -11,6 +11,8 @@
 #include <errno.h>
 #include <grp.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -135,11 +137,31 @@ START_TEST(unpriv_auto)
 }
 END_TEST
 
+/* What the library printed, through the print callback. */
+static int info_lines;
+static char last_line[256];
+
+static int record_print(enum luffd_print_level level, const char *fmt,
+			va_list ap)
+{
+	if (level == LUFFD_INFO)
+		info_lines++;
+	return vsnprintf(last_line, sizeof(last_line), fmt, ap);
+}
+
 static void forced_mode(enum luffd_open_mode m)
 {
 	LUFFD_OPTS(luffd_ctx_opts, o, .open_mode = m);
 	struct luffd_ctx *ctx = NULL;
-	int err = luffd_ctx_create(&o, &ctx);
+	int err;
+
+	/* The refusal is explained through the print callback. */
+	luffd_set_print(record_print);
+	err = luffd_ctx_create(&o, &ctx);
+	luffd_set_print(NULL);
+	CHILD_CHECK(info_lines >= 1, 7);
+	CHILD_CHECK(strstr(last_line, m == LUFFD_OPEN_DEV ? "/dev/userfaultfd" :
+							 "userfaultfd(2)"), 8);
 
 	CHILD_CHECK(err == -LUFFD_E_UFFD_PERM, 2);
 	CHILD_CHECK(ctx == NULL, 3);
