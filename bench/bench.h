@@ -2,7 +2,8 @@
 /*
  * uffd-bench internals: shared between main.c (arguments, orchestration,
  * table), data.c (backing file, access patterns, page cache control,
- * verification), engines.c (libuffd, mmap, naive) and report.c (statistics,
+ * verification), engines.c (libuffd, mmap, naive, pread, fill, bare),
+ * util.c (helpers shared with uring-reg-bench) and report.c (statistics,
  * JSON, plot).
  */
 #ifndef UFFD_BENCH_H

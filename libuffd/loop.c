@@ -1141,8 +1141,7 @@ static bool chunk_serve(struct luffd__loop *l, uint32_t fi, uint32_t hc,
 /* Keep the stream's read-ahead depth: chunks after the one at off (at
  * mapping address base), all but two of the staging chunks ahead of it
  * (one being consumed, one being repopulated).  Cold data needs the
- * depth: a 2 MiB buffered read took 7-10 ms here, and with 4 chunks ahead
- * the stream caught up with them. */
+ * depth: with 4 chunks ahead a cold stream caught up with its reads. */
 static void chunk_ahead(struct luffd__loop *l, struct luffd__region *r,
 			uint64_t base, uint64_t off)
 {

@@ -32,7 +32,6 @@ rnd = random.Random(1234)
 def put(name, b):
     with open(os.path.join(out, name), "wb") as f:
         f.write(bytes(b))
-PAGE = [0]  # size_arg selector 0: (k >> 2) pages
 for op in range(17):
     # mode 0: shared context; a file store in slot 0, a mapping, the op
     put("op%02d" % op, [0, 0, 0, 0, 0,            # store_file(fd 0)
