@@ -181,6 +181,9 @@ static void seq_cold(unsigned int flags)
 	ck_assert_int_ge(fd, 0);
 	ck_assert_int_eq(fdatasync(fd), 0);
 	ck_assert_int_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	/* No kernel read-ahead on the store's (shared) file description:
+	 * only what libuffd reads lands in the page cache. */
+	ck_assert_int_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM), 0);
 	before = resident(fd, fsize);
 	ck_assert_int_eq(luffd_store_file(fd, flags, &st), 0);
 	free(path);
