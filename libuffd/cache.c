@@ -144,15 +144,14 @@ static int stores_grow(struct luffd__cache *c)
 	c->store_buckets = b;
 	memset(b, 0xff, sizeof(*b) * cap);
 	c->nstores_cap = cap;
-	/* Entries keep their index (slots refer to it); rehash them. */
-	for (uint32_t i = 0; i < old; i++)
-		if (st[i].pages) {
-			uint32_t h = store_bucket(c, st[i].id);
+	/* Entries keep their index (slots refer to it); rehash them.  The
+	 * table grows only when full: every old entry is in use. */
+	for (uint32_t i = 0; i < old; i++) {
+		uint32_t h = store_bucket(c, st[i].id);
 
-			st[i].hnext = b[h];
-			b[h] = i;
-		}
-	/* Every old entry is in use when the table grows. */
+		st[i].hnext = b[h];
+		b[h] = i;
+	}
 	stores_free_range(c, old);
 	return 0;
 }

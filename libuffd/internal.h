@@ -255,9 +255,6 @@ enum luffd__lookup { LUFFD__FOUND, LUFFD__DYING, LUFFD__UNKNOWN };
 struct luffd__region *luffd__region_hold(struct luffd__loop *l, uint64_t addr,
 					 enum luffd__lookup *how);
 void luffd__region_put(struct luffd__region *r);
-/* Is addr inside a live region of ctx?  (Any thread; ctx->lock held to
- * keep the answer true.) */
-bool luffd__region_live(struct luffd_ctx *ctx, uint64_t addr);
 /* Remove every region of ctx, as luffd_unmap()/luffd_unregister() do. */
 void luffd__region_remove_all(struct luffd_ctx *ctx);
 /* Handler thread: the application unmapped [start, end) or moved

@@ -1197,6 +1197,29 @@ static bool dup_waiter(struct luffd__loop *l, uint32_t w,
 	return false;
 }
 
+/* Fault fi needs the data of read op, in flight: wait on list *w with
+ * the others (once: see dup_waiter()), or, if the read is stuck past
+ * read_timeout_ms, fail at once. */
+static void join_read(struct luffd__loop *l, uint32_t fi,
+		      const struct luffd__op *op, uint32_t *w)
+{
+	struct luffd__fault *f = F(l, fi);
+
+	if (op->expired) {
+		serve_error(l, fi, -ETIMEDOUT);
+		return;
+	}
+	if (dup_waiter(l, *w, f)) {
+		luffd__region_put(f->region);
+		fault_free(l, fi);
+		return;
+	}
+	luffd__inc(l->stats.coalesced, 1);
+	f->waited = 1;
+	f->next = *w;
+	*w = fi;
+}
+
 /* Serve fault fi (its region held, r->huge) from the chunks if its
  * block is staged or is the stream's next.  False: take the page path. */
 static bool chunk_fault(struct luffd__loop *l, uint32_t fi)
@@ -1227,19 +1250,7 @@ static bool chunk_fault(struct luffd__loop *l, uint32_t fi)
 	}
 	ch = &l->chunks[hc];
 	if (ch->state == LUFFD__CHUNK_INFLIGHT) {
-		if (l->ops[ch->op].expired) {
-			serve_error(l, fi, -ETIMEDOUT);
-			return true;
-		}
-		if (dup_waiter(l, ch->waiters, f)) {
-			luffd__region_put(r);
-			fault_free(l, fi);
-			return true;
-		}
-		luffd__inc(l->stats.coalesced, 1);
-		f->waited = 1;
-		f->next = ch->waiters;
-		ch->waiters = fi;
+		join_read(l, fi, &l->ops[ch->op], &ch->waiters);
 		return true;
 	}
 	/* Ready.  The thread is woken by the move, before the read-ahead
@@ -1595,22 +1606,7 @@ static void handle_fault(struct luffd__loop *l, uint32_t fi)
 		return;
 	}
 	op = page_op(l, s->id, off >> l->ctx->page_shift, slot, &k);
-	if (op->expired) {
-		/* Its read is stuck past read_timeout_ms: do not wait. */
-		serve_error(l, fi, -ETIMEDOUT);
-		return;
-	}
-	/* A read of this page is in flight: wait for it with the others
-	 * (once: see dup_waiter()). */
-	if (dup_waiter(l, op->waiters[k], f)) {
-		luffd__region_put(r);
-		fault_free(l, fi);
-		return;
-	}
-	luffd__inc(l->stats.coalesced, 1);
-	f->waited = 1;
-	f->next = op->waiters[k];
-	op->waiters[k] = fi;
+	join_read(l, fi, op, &op->waiters[k]);
 }
 
 /* ------------------------------------------------------------------------
@@ -1844,6 +1840,18 @@ static void process_cqes(struct luffd__loop *l, bool *uffd_ready)
 	} while (n == 64);
 }
 
+/* SIGBUS (-ETIMEDOUT) for every fault on wait list *w, which empties. */
+static void fail_waiters(struct luffd__loop *l, uint32_t *w)
+{
+	uint32_t fi = *w, next;
+
+	*w = LUFFD__NIL;
+	for (; fi != LUFFD__NIL; fi = next) {
+		next = F(l, fi)->next;
+		serve_error(l, fi, -ETIMEDOUT);
+	}
+}
+
 /*
  * Reads past their deadline: their faults get SIGBUS now.  The read itself
  * may not be cancellable (a local file read in progress is not), so its
@@ -1883,24 +1891,11 @@ static uint64_t expire_reads(struct luffd__loop *l)
 		l->expired_head = op;
 		luffd__inc(l->stats.timeouts, 1);
 		if (op->chunk != LUFFD__NIL) {
-			uint32_t w = l->chunks[op->chunk].waiters, next;
-
-			l->chunks[op->chunk].waiters = LUFFD__NIL;
-			for (; w != LUFFD__NIL; w = next) {
-				next = F(l, w)->next;
-				serve_error(l, w, -ETIMEDOUT);
-			}
+			fail_waiters(l, &l->chunks[op->chunk].waiters);
 			continue;
 		}
-		for (uint32_t k = 0; k < op->npages; k++) {
-			uint32_t w = op->waiters[k], next;
-
-			op->waiters[k] = LUFFD__NIL;
-			for (; w != LUFFD__NIL; w = next) {
-				next = F(l, w)->next;
-				serve_error(l, w, -ETIMEDOUT);
-			}
-		}
+		for (uint32_t k = 0; k < op->npages; k++)
+			fail_waiters(l, &op->waiters[k]);
 	}
 	return op ? op->deadline - now : UINT64_MAX;
 }

@@ -73,17 +73,6 @@ struct luffd__region *luffd__region_hold(struct luffd__loop *l, uint64_t addr,
 	return r;
 }
 
-bool luffd__region_live(struct luffd_ctx *ctx, uint64_t addr)
-{
-	bool live = false;
-
-	for (unsigned int i = 0; i < ctx->nloops && !live; i++) {
-		pthread_mutex_lock(&ctx->loops[i].lock);
-		live = find(&ctx->loops[i], addr) != NULL;
-		pthread_mutex_unlock(&ctx->loops[i].lock);
-	}
-	return live;
-}
 
 void luffd__region_put(struct luffd__region *r)
 {
@@ -332,9 +321,6 @@ static void remove_region(struct luffd__region *r)
 	while (atomic_load(&r->inflight))
 		pthread_cond_wait(&l->cv, &l->lock);
 	atomic_fetch_sub(&l->removing, 1);
-	pthread_mutex_unlock(&l->lock);
-
-	pthread_mutex_lock(&l->lock);
 	/* Cleared if the application unmapped the range itself meanwhile:
 	 * the address may already belong to someone else. */
 	mapped = r->mapped;
