@@ -28,8 +28,7 @@ struct toucher {
 	int dontneed;
 	atomic_int *stop;
 	unsigned long bad, sigs;
-	atomic_ulong rounds; /* read by wait_rounds() while it runs */
-	atomic_int ended;
+	struct h_progress prog; /* count: rounds done */
 	struct h_sig sig;
 };
 
@@ -52,10 +51,10 @@ static void *toucher_main(void *arg)
 			if (w->dontneed && (i & 1))
 				madvise(p, h_ps, MADV_DONTNEED);
 		}
-		atomic_fetch_add(&w->rounds, 1);
+		atomic_fetch_add(&w->prog.count, 1);
 	}
 out:
-	atomic_store(&w->ended, 1);
+	atomic_store(&w->prog.ended, 1);
 	free(buf);
 	return NULL;
 }
@@ -65,27 +64,11 @@ static void start_toucher(struct toucher *w)
 	ck_assert_int_eq(h_thread(&w->t, toucher_main, w), 0);
 }
 
-/* Wait until every toucher has done `more` rounds from now on, or ended
- * (at most 10 s): on a loaded machine a fixed sleep may pass before a
- * thread ran at all. */
+/* Wait until every toucher has done `more` rounds from now on, or ended:
+ * on a loaded machine a fixed sleep may pass before a thread ran at all. */
 static void wait_rounds(struct toucher *w, int nw, unsigned long more)
 {
-	unsigned long base[8];
-	double t0 = h_now();
-	int ok;
-
-	ck_assert_int_le(nw, 8);
-	for (int i = 0; i < nw; i++)
-		base[i] = atomic_load(&w[i].rounds);
-	do {
-		ok = 1;
-		for (int i = 0; i < nw; i++)
-			if (!atomic_load(&w[i].ended) &&
-			    atomic_load(&w[i].rounds) < base[i] + more)
-				ok = 0;
-		if (!ok)
-			usleep(1000);
-	} while (!ok && h_now() - t0 < 10);
+	H_WAIT(w, nw, prog, more);
 }
 
 static void join_toucher(struct toucher *w)
@@ -95,17 +78,7 @@ static void join_toucher(struct toucher *w)
 	ck_assert_msg(w->bad == 0, "%lu wrong pages", w->bad);
 	ck_assert_msg(w->sigs == 0, "signal %d (code %d) at %p", w->sig.signo,
 		      w->sig.code, w->sig.addr);
-	ck_assert_uint_gt(w->rounds, 0);
-}
-
-static struct luffd_store *file_store(size_t size, uint64_t seed)
-{
-	struct luffd_store *s = NULL;
-	int fd = h_tmpfile(size, seed);
-
-	ck_assert_int_eq(luffd_store_file(fd, 0, &s), 0);
-	close(fd);
-	return s;
+	ck_assert_uint_gt(atomic_load(&w->prog.count), 0);
 }
 
 static void *map_store(struct luffd_ctx *ctx, struct luffd_store *s,
@@ -155,7 +128,7 @@ START_TEST(dontneed_map)
 	/* Fixed windows: no install-ahead, every page faults once. */
 	LUFFD_OPTS(luffd_ctx_opts, o, .readahead_mode = LUFFD_RA_FIXED);
 	struct luffd_ctx *ctx = h_ctx(&o);
-	struct luffd_store *s = file_store(len, seed);
+	struct luffd_store *s = h_file_store(len, seed);
 	char *addr = map_store(ctx, s, len);
 
 	luffd_store_put(s);
@@ -225,7 +198,7 @@ START_TEST(munmap_middle)
 	const uint64_t seed = 0xd2;
 	struct luffd_stats st;
 	struct luffd_ctx *ctx = h_ctx(NULL);
-	struct luffd_store *s = file_store(len, seed);
+	struct luffd_store *s = h_file_store(len, seed);
 	char *addr = map_store(ctx, s, len);
 	struct toucher w[4];
 	atomic_int stop = 0;
@@ -289,7 +262,7 @@ START_TEST(mremap_part)
 	LUFFD_OPTS(luffd_ctx_opts, o, .readahead_bytes = LUFFD_NO_READAHEAD,
 		   .readahead_mode = LUFFD_RA_FIXED);
 	struct luffd_ctx *ctx = h_ctx(&o);
-	struct luffd_store *s = file_store(len, seed);
+	struct luffd_store *s = h_file_store(len, seed);
 	char *addr = map_store(ctx, s, len);
 	char *dst = reserve(32 * h_ps), *moved;
 
@@ -331,7 +304,7 @@ START_TEST(mremap_whole)
 	struct luffd_stats st;
 	LUFFD_OPTS(luffd_ctx_opts, o, .readahead_mode = LUFFD_RA_FIXED);
 	struct luffd_ctx *ctx = h_ctx(&o);
-	struct luffd_store *s = file_store(len, seed);
+	struct luffd_store *s = h_file_store(len, seed);
 	char *addr = map_store(ctx, s, len);
 	char *dst = reserve(len), *moved;
 
@@ -359,7 +332,7 @@ START_TEST(mremap_grow)
 	const uint64_t seed = 0xd5;
 	struct luffd_stats st;
 	struct luffd_ctx *ctx = h_ctx(NULL);
-	struct luffd_store *s = file_store(4 * len, seed);
+	struct luffd_store *s = h_file_store(4 * len, seed);
 	char *addr = map_store(ctx, s, len);
 	char *dst = reserve(2 * len), *grown;
 	double t0;
@@ -390,7 +363,7 @@ START_TEST(fork_child)
 	const uint64_t sa = 0xd6, sb = 0xd7;
 	struct luffd_stats st;
 	struct luffd_ctx *ctx = h_ctx(NULL);
-	struct luffd_store *s = file_store(len, sa), *m = NULL;
+	struct luffd_store *s = h_file_store(len, sa), *m = NULL;
 	char *a = map_store(ctx, s, len);
 	char *b = mmap(NULL, len, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

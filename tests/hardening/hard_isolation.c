@@ -15,16 +15,6 @@
 
 #include "internal.h" /* struct luffd_store: the cache key (id) */
 
-static struct luffd_store *file_store(size_t size, uint64_t seed)
-{
-	struct luffd_store *s = NULL;
-	int fd = h_tmpfile(size, seed);
-
-	ck_assert_int_eq(luffd_store_file(fd, 0, &s), 0);
-	close(fd);
-	return s;
-}
-
 static void check(char *base, size_t i, uint64_t size, uint64_t seed,
 		  char *buf)
 {
@@ -42,7 +32,7 @@ START_TEST(two_files_small_cache)
 		   .handler_threads = (unsigned int)_i + 1,
 		   .readahead_mode = LUFFD_RA_FIXED);
 	struct luffd_ctx *ctx = h_ctx(&o);
-	struct luffd_store *A = file_store(len, sa), *B = file_store(len, sb);
+	struct luffd_store *A = h_file_store(len, sa), *B = h_file_store(len, sb);
 	struct luffd_store *C;
 	struct luffd_stats st;
 	char *buf = malloc(h_ps), *a = NULL, *b = NULL, *c = NULL;
@@ -85,7 +75,7 @@ START_TEST(two_files_small_cache)
 	/* Free A (no region holds it any more), create C: a new id, and
 	 * none of A's cached pages may show through C. */
 	luffd_store_put(A);
-	C = file_store(len, sc);
+	C = h_file_store(len, sc);
 	ck_assert_uint_gt(C->id, id_b);
 	ck_assert_int_eq(luffd_map(ctx, C, 0, len, PROT_READ, 0, (void **)&c),
 			 0);

@@ -67,8 +67,7 @@ struct worker {
 	atomic_int *stop;
 	atomic_int *torn_down; /* set just before the teardown call */
 	unsigned long pages, bad, zeros, early_zeros;
-	atomic_ulong reads;   /* pages read, for wait_progress() */
-	atomic_int ended;
+	struct h_progress prog; /* count: pages read */
 	struct h_sig sig;
 	int signo;
 };
@@ -103,7 +102,7 @@ static void *worker_main(void *arg)
 		 * not begun is a bug. */
 		late = atomic_load(w->torn_down);
 		w->pages++;
-		atomic_fetch_add(&w->reads, 1);
+		atomic_fetch_add(&w->prog.count, 1);
 		if (h_page_diff(buf, i * h_ps, w->size, w->seed) < 0) {
 			/* right */
 		} else if (h_page_zero(buf) ||
@@ -119,50 +118,26 @@ static void *worker_main(void *arg)
 		}
 		madvise(p, h_ps, MADV_DONTNEED);
 	}
-	atomic_store(&w->ended, 1);
+	atomic_store(&w->prog.ended, 1);
 	free(buf);
 	return NULL;
 }
 
-/* Wait until every worker has read `more` pages from now on, or ended (at
- * most 10 s): a loaded machine may not run them for a while, and a fixed
- * sleep then ends the test before they did anything. */
+/* Wait until every worker has read `more` pages from now on, or ended: a
+ * loaded machine may not run them for a while, and a fixed sleep then ends
+ * the test before they did anything. */
 static void wait_progress(struct worker *w, int nw, unsigned long more)
 {
-	unsigned long base[NTHREADS];
-	double t0 = h_now();
-	int ok;
-
-	for (int i = 0; i < nw; i++)
-		base[i] = atomic_load(&w[i].reads);
-	do {
-		ok = 1;
-		for (int i = 0; i < nw; i++)
-			if (!atomic_load(&w[i].ended) &&
-			    atomic_load(&w[i].reads) < base[i] + more)
-				ok = 0;
-		if (!ok)
-			usleep(1000);
-	} while (!ok && h_now() - t0 < 10);
+	H_WAIT(w, nw, prog, more);
 }
 
-/* Wait until every worker has ended (at most 10 s): threads on a
- * luffd_map() region end only with the signal of the unmapped range, and
- * a loaded machine may not run one again for a while after the teardown.
- * Setting stop before that ends it without the signal the test checks. */
+/* Wait until every worker has ended: threads on a luffd_map() region end
+ * only with the signal of the unmapped range, and a loaded machine may not
+ * run one again for a while after the teardown.  Setting stop before that
+ * ends it without the signal the test checks. */
 static void wait_ended(struct worker *w, int nw)
 {
-	double t0 = h_now();
-	int ok;
-
-	do {
-		ok = 1;
-		for (int i = 0; i < nw; i++)
-			if (!atomic_load(&w[i].ended))
-				ok = 0;
-		if (!ok)
-			usleep(1000);
-	} while (!ok && h_now() - t0 < 10);
+	H_WAIT(w, nw, prog, 0);
 }
 
 static void start_workers(struct worker *w, int nw, char *base, size_t n,

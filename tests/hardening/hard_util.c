@@ -24,6 +24,32 @@ double h_now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+void h_wait_progress(struct h_progress *p, size_t stride, int n,
+		     unsigned long more)
+{
+	unsigned long base[64];
+	double t0 = h_now();
+
+#define P(i) ((struct h_progress *)((char *)p + (size_t)(i) * stride))
+	ck_assert_int_le(n, 64);
+	for (int i = 0; i < n; i++)
+		base[i] = atomic_load(&P(i)->count);
+	for (;;) {
+		int ok = 1;
+
+		for (int i = 0; i < n; i++)
+			if (!atomic_load(&P(i)->ended) &&
+			    (!more || atomic_load(&P(i)->count) < base[i] + more))
+				ok = 0;
+		if (ok)
+			return;
+		ck_assert_msg(h_now() - t0 < 10, "threads made no progress "
+			      "(or did not end) in 10 s");
+		usleep(1000);
+	}
+#undef P
+}
+
 void h_fill(void *buf, uint64_t off, size_t len, uint64_t seed)
 {
 	uint64_t *w = buf;
@@ -258,4 +284,14 @@ int h_main(Suite *s)
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
 	return failed ? 1 : 0;
+}
+
+struct luffd_store *h_file_store(size_t size, uint64_t seed)
+{
+	struct luffd_store *s = NULL;
+	int fd = h_tmpfile(size, seed);
+
+	ck_assert_int_eq(luffd_store_file(fd, 0, &s), 0);
+	close(fd);
+	return s;
 }

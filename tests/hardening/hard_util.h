@@ -24,6 +24,7 @@
 #include "../common.h"
 #include <check.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/types.h>
@@ -45,6 +46,21 @@ static inline size_t h_size(size_t normal, size_t small)
 	return h_small() ? small : normal;
 }
 double h_now(void); /* CLOCK_MONOTONIC seconds */
+
+/* How far a thread the test waits on has got: it bumps count as it works
+ * and sets ended when it returns. */
+struct h_progress {
+	atomic_ulong count;
+	atomic_int ended;
+};
+
+/* Wait until each of n threads has counted `more` from now on (0: until
+ * each has ended), or ended; the test fails after 10 s.  p is the member
+ * in the first of n structs stride bytes apart (see H_WAIT). */
+void h_wait_progress(struct h_progress *p, size_t stride, int n,
+		     unsigned long more);
+#define H_WAIT(arr, n, member, more)                                       \
+	h_wait_progress(&(arr)[0].member, sizeof((arr)[0]), (n), (more))
 
 /* ---- backing pattern ------------------------------------------------ */
 
@@ -120,5 +136,9 @@ long h_rss_pages(void);
 int h_main(Suite *s);
 /* Add a test with the standard timeout. */
 TCase *h_tcase(Suite *s, const char *name, int timeout);
+
+/* A file store over a fresh temporary file of the test pattern (the
+ * store holds the only descriptor). */
+struct luffd_store *h_file_store(size_t size, uint64_t seed);
 
 #endif
