@@ -158,20 +158,16 @@ static int check_range(struct luffd_ctx *ctx, struct luffd_store *store,
 	return 0;
 }
 
-/*
- * Add one region [start, start+len) served by loop l (ctx->lock held):
- * in l's table first, then registered with l's userfaultfd.
- */
-static int add_one(struct luffd__loop *l, uint64_t start, uint64_t len,
-		   struct luffd_store *store, uint64_t off, bool mapped,
-		   bool huge, uint64_t gid)
+/* A new region of loop l, with a fresh stream state (not in the table). */
+static struct luffd__region *region_new(struct luffd__loop *l, uint64_t start,
+					uint64_t len, struct luffd_store *store,
+					uint64_t off, bool mapped, bool huge,
+					uint64_t gid)
 {
-	struct uffdio_register reg;
 	struct luffd__region *r = calloc(1, sizeof(*r));
-	int err;
 
 	if (!r)
-		return -ENOMEM;
+		return NULL;
 	r->start = start;
 	r->len = len;
 	r->off = off;
@@ -184,6 +180,24 @@ static int add_one(struct luffd__loop *l, uint64_t start, uint64_t len,
 	r->gid = gid;
 	r->loop = l;
 	r->store = luffd__store_get(store);
+	return r;
+}
+
+/*
+ * Add one region [start, start+len) served by loop l (ctx->lock held):
+ * in l's table first, then registered with l's userfaultfd.
+ */
+static int add_one(struct luffd__loop *l, uint64_t start, uint64_t len,
+		   struct luffd_store *store, uint64_t off, bool mapped,
+		   bool huge, uint64_t gid)
+{
+	struct uffdio_register reg;
+	struct luffd__region *r = region_new(l, start, len, store, off, mapped,
+					     huge, gid);
+	int err;
+
+	if (!r)
+		return -ENOMEM;
 
 	/* In the table before the kernel can deliver a fault for it. */
 	pthread_mutex_lock(&l->lock);
@@ -221,6 +235,8 @@ fail_store:
 }
 
 static void remove_region(struct luffd__region *r);
+
+static void remove_group(struct luffd_ctx *ctx, uint64_t gid, bool unmap);
 
 /*
  * Add [start, start+len) of store at off: one region on the next handler
@@ -264,28 +280,11 @@ static int add_region(struct luffd_ctx *ctx, uint64_t start, uint64_t len,
 		done += n;
 	}
 	if (err && done) {
-		/* Take back the stripes already added.  Nobody can have
-		 * faulted in a luffd_map() range yet; a luffd_register()
-		 * one is woken and sees its own memory again. */
-		for (unsigned int i = 0; i < ctx->nloops; i++) {
-			struct luffd__loop *l = &ctx->loops[i];
-
-			pthread_mutex_lock(&l->lock);
-			for (size_t j = 0; j < l->nregions;) {
-				struct luffd__region *r = l->regions[j];
-
-				if (r->gid != gid || r->start < start ||
-				    r->start >= start + len) {
-					j++;
-					continue;
-				}
-				r->mapped = false; /* the caller unmaps */
-				remove_region(r); /* unlocks l->lock */
-				pthread_mutex_lock(&l->lock);
-				j = 0;
-			}
-			pthread_mutex_unlock(&l->lock);
-		}
+		/* Take back the stripes already added (gid is this call's
+		 * alone).  Nobody can have faulted in a luffd_map() range
+		 * yet; a luffd_register() one is woken and sees its own
+		 * memory again.  The caller unmaps. */
+		remove_group(ctx, gid, false);
 	}
 out:
 	pthread_mutex_unlock(&ctx->lock);
@@ -350,8 +349,9 @@ static void remove_region(struct luffd__region *r)
 	free(r);
 }
 
-/* Remove every region of group gid (ctx->lock held). */
-static void remove_group(struct luffd_ctx *ctx, uint64_t gid)
+/* Remove every region of group gid (ctx->lock held); unmap: also unmap
+ * luffd_map() ranges (false: the caller will). */
+static void remove_group(struct luffd_ctx *ctx, uint64_t gid, bool unmap)
 {
 	for (unsigned int i = 0; i < ctx->nloops; i++) {
 		struct luffd__loop *l = &ctx->loops[i];
@@ -362,6 +362,8 @@ static void remove_group(struct luffd_ctx *ctx, uint64_t gid)
 				j++;
 				continue;
 			}
+			if (!unmap)
+				l->regions[j]->mapped = false;
 			remove_region(l->regions[j]); /* unlocks l->lock */
 			pthread_mutex_lock(&l->lock);
 			j = 0;
@@ -431,7 +433,7 @@ static int remove_exact(struct luffd_ctx *ctx, void *addr, size_t length,
 				err = -EINVAL;
 				break;
 			}
-			remove_group(ctx, gid);
+			remove_group(ctx, gid, true);
 			err = 0;
 			break;
 		}
@@ -490,24 +492,13 @@ void luffd__region_remove_all(struct luffd_ctx *ctx)
 static struct luffd__region *piece(struct luffd__region *r, uint64_t start,
 				   uint64_t len, uint64_t new_start)
 {
-	/* born: the replaced region's, so events read since still apply. */
-	struct luffd__region *p = calloc(1, sizeof(*p));
+	struct luffd__region *p = region_new(r->loop, new_start, len, r->store,
+					     r->off + (start - r->start),
+					     r->mapped, r->huge, r->gid);
 
-	if (!p)
-		return NULL;
-	p->start = new_start;
-	p->len = len;
-	p->off = r->off + (start - r->start);
-	p->store = luffd__store_get(r->store);
-	p->loop = r->loop;
-	p->mapped = r->mapped;
-	atomic_init(&p->dead, false);
-	atomic_init(&p->inflight, 0);
-	p->ra_mark = UINT64_MAX;
-	p->huge = r->huge;
-	p->hp_last = UINT64_MAX;
-	p->gid = r->gid;
-	p->born = r->born;
+	/* born: the replaced region's, so events read since still apply. */
+	if (p)
+		p->born = r->born;
 	return p;
 }
 
