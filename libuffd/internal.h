@@ -457,6 +457,9 @@ int luffd__loop_start(struct luffd__loop *l);
 void luffd__loop_stop(struct luffd__loop *l);
 void luffd__loop_fini(struct luffd__loop *l);
 void luffd__loop_kick(struct luffd__loop *l);
+/* A submission entry of l's ring (submitting what is queued if it is
+ * full), or NULL.  Handler thread only. */
+struct io_uring_sqe *luffd__get_sqe(struct luffd__loop *l);
 bool luffd__on_handler_thread(const struct luffd_ctx *ctx);
 /* pthread_create() with every signal blocked in the new thread. */
 int luffd__thread_create(pthread_t *t, void *(*fn)(void *), void *arg);

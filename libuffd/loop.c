@@ -336,6 +336,20 @@ static struct luffd__op *op_alloc(struct luffd__loop *l)
 	return op;
 }
 
+struct io_uring_sqe *luffd__get_sqe(struct luffd__loop *l)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&l->ring);
+
+	if (!sqe) {
+		/* The ring has room for every read in flight, the polls
+		 * and the populates: a full ring only means that what is
+		 * queued has not been submitted yet. */
+		io_uring_submit(&l->ring);
+		sqe = io_uring_get_sqe(&l->ring);
+	}
+	return sqe;
+}
+
 /* Take op off a list of reads (tail: NULL for a list without one). */
 static void op_unlink(struct luffd__op **head, struct luffd__op **tail,
 		      struct luffd__op *op)
@@ -996,7 +1010,7 @@ static void chunk_populate(struct luffd__loop *l, uint32_t hc)
 
 	if (l->chunks[hc].mem != LUFFD__CHUNK_MEM_NONE)
 		return;
-	sqe = io_uring_get_sqe(&l->ring);
+	sqe = luffd__get_sqe(l);
 	if (!sqe)
 		return;
 	io_uring_prep_madvise(sqe, chunk_data(l, hc), LUFFD__HP_SIZE,
@@ -1004,8 +1018,6 @@ static void chunk_populate(struct luffd__loop *l, uint32_t hc)
 	io_uring_sqe_set_data64(sqe, TAG_POPULATE + hc);
 	l->chunks[hc].mem = LUFFD__CHUNK_MEM_FILLING;
 	l->populating++;
-	/* Now, not at the loop's next turn: the point is to overlap. */
-	io_uring_submit(&l->ring);
 #else
 	(void)l;
 	(void)hc;
@@ -1096,6 +1108,9 @@ static int chunk_move(struct luffd__loop *l, uint32_t hc, uint64_t base,
 	if (!ch->avail) {
 		ch->state = LUFFD__CHUNK_FREE;
 		chunk_populate(l, hc);
+		/* Now, not at the loop's next turn: the point is to
+		 * overlap. */
+		io_uring_submit(&l->ring);
 	}
 	return err;
 }
@@ -1176,6 +1191,7 @@ static void chunk_kick(struct luffd__loop *l, struct luffd__region *r)
 	for (uint32_t i = 0; i < l->ctx->hp_chunks; i++)
 		if (l->chunks[i].state == LUFFD__CHUNK_FREE)
 			chunk_populate(l, i);
+	io_uring_submit(&l->ring); /* all of them in one call, now */
 	r->hp_on = true;
 	r->hp_last = off - LUFFD__HP_SIZE; /* a fault at off reads it */
 	r->hp_next = off;
@@ -1779,14 +1795,10 @@ static void rerun(struct luffd__loop *l, struct luffd__flist *q)
 
 static int arm_poll(struct luffd__loop *l, int fd, uint64_t tag)
 {
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&l->ring);
+	struct io_uring_sqe *sqe = luffd__get_sqe(l);
 
-	if (!sqe) {
-		io_uring_submit(&l->ring);
-		sqe = io_uring_get_sqe(&l->ring);
-		if (!sqe)
-			return -EBUSY;
-	}
+	if (!sqe)
+		return -EBUSY;
 	io_uring_prep_poll_multishot(sqe, fd, POLLIN);
 	io_uring_sqe_set_data64(sqe, tag);
 	return 0;
@@ -1879,7 +1891,7 @@ static uint64_t expire_reads(struct luffd__loop *l)
 		 * reserved until it completes. */
 		luffd__region_put(op->region);
 		op->region = NULL;
-		sqe = io_uring_get_sqe(&l->ring);
+		sqe = luffd__get_sqe(l);
 		if (sqe) {
 			io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)op,
 					       0);

@@ -61,20 +61,6 @@ uint64_t luffd_store_size(const struct luffd_store *s)
  * File store: io_uring reads
  * ---------------------------------------------------------------------- */
 
-static struct io_uring_sqe *get_sqe(struct luffd__loop *l)
-{
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&l->ring);
-
-	if (!sqe) {
-		/* The ring has room for every read in flight plus the
-		 * polls: a full ring only means that what is queued has not
-		 * been submitted yet. */
-		io_uring_submit(&l->ring);
-		sqe = io_uring_get_sqe(&l->ring);
-	}
-	return sqe;
-}
-
 static int file_read(struct luffd_store *s, struct luffd__loop *l,
 		     struct luffd__op *op)
 {
@@ -96,7 +82,7 @@ static int file_read(struct luffd_store *s, struct luffd__loop *l,
 			return LUFFD__READ_DONE;
 		}
 	}
-	sqe = get_sqe(l);
+	sqe = luffd__get_sqe(l);
 	if (!sqe) {
 		/* Cannot happen with the ring sized for every read in flight;
 		 * should it, a blocking read beats failing the fault. */
