@@ -206,8 +206,8 @@ enum luffd_install {
 	 * over a file store, with 4 KiB pages and a kernel with UFFDIO_MOVE
 	 * (6.8+); such mappings are 2 MiB-aligned and marked MADV_HUGEPAGE.
 	 * Up to 16 chunks per handler thread are taken out of cache_bytes (a
-	 * quarter of it, none if that is less than 2 chunks); all but two are
-	 * read ahead of a stream.  Cold chunks are read with O_DIRECT (see
+	 * quarter of it, none if that is less than 2 chunks); all but two
+	 * (one, with fewer than four) are read ahead of a stream.  Cold chunks are read with O_DIRECT (see
 	 * LUFFD_FILE_CACHED).  A chunk's pages are moved, not kept: a page
 	 * faulting again later (after MADV_DONTNEED) is read again.
 	 * Everything else (read-only mappings, luffd_register() ranges,
@@ -406,11 +406,12 @@ struct luffd_store;
 /*
  * File store over fd, read through io_uring.  The store keeps its own
  * descriptor (a dup, or with LUFFD_FILE_DIRECT a reopen of /proc/self/fd/N
- * with O_DIRECT), and for a regular file without LUFFD_FILE_DIRECT or
- * LUFFD_FILE_CACHED a second, O_DIRECT reopen for cold chunks where the
- * file system allows it; so the caller may close fd at once.  fd must be a regular
- * file or block device open for reading (-EBADF, -EACCES, -EINVAL
- * otherwise).  Release with luffd_store_put().
+ * with O_DIRECT; an fd already opened with O_DIRECT is read that way, as
+ * if LUFFD_FILE_DIRECT were given), and for a regular file read through
+ * the page cache, without LUFFD_FILE_CACHED, a second, O_DIRECT reopen for
+ * cold chunks where the file system allows it; so the caller may close fd
+ * at once.  fd must be a regular file or block device open for reading
+ * (-EBADF, -EACCES, -EINVAL otherwise).  Release with luffd_store_put().
  */
 LUFFD_API int luffd_store_file(int fd, unsigned int flags,
 			       struct luffd_store **storep);

@@ -2,7 +2,9 @@
 /*
  * userfaultfd uapi newer than the system headers (Linux 6.1 here).  Every
  * definition is guarded so newer headers win, and each one is used only
- * after UFFDIO_API has reported the matching feature or ioctl bit.
+ * after UFFDIO_API has reported the matching feature or ioctl bit.  The
+ * one exception, cachestat() (not userfaultfd), is tried at run time and
+ * given up on ENOSYS.
  */
 #ifndef LUFFD_COMPAT_H
 #define LUFFD_COMPAT_H

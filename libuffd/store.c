@@ -147,8 +147,12 @@ bool luffd__store_cold(struct luffd_store *s, uint64_t off, uint64_t len)
 	    atomic_load_explicit(&s->dfd_refused, memory_order_relaxed))
 		return false;
 	if (syscall(__NR_cachestat, s->fd, &r, &cs, 0) < 0) {
-		if (errno == ENOSYS)
+		/* Not again: for anyone when the kernel (or a seccomp
+		 * filter) refuses the call, for this file otherwise. */
+		if (errno == ENOSYS || errno == EPERM)
 			atomic_store(&unsupported, true);
+		else
+			atomic_store(&s->dfd_refused, true);
 		return false;
 	}
 	/* cachestat() counts pages. */
@@ -179,6 +183,7 @@ int luffd_store_file(int fd, unsigned int flags, struct luffd_store **storep)
 	struct stat st;
 	uint64_t size;
 	int acc, nfd;
+	bool direct;
 	unsigned int caps = LUFFD__CAP_SHORT_EOF;
 
 	if (!storep || (flags & ~(LUFFD_FILE_DIRECT | LUFFD_FILE_CACHED)))
@@ -204,7 +209,9 @@ int luffd_store_file(int fd, unsigned int flags, struct luffd_store **storep)
 		return -EINVAL;
 	}
 
-	if (flags & LUFFD_FILE_DIRECT) {
+	/* A descriptor opened with O_DIRECT reads everything that way. */
+	direct = (flags & LUFFD_FILE_DIRECT) || (acc & O_DIRECT);
+	if (direct && !(acc & O_DIRECT)) {
 		nfd = reopen_direct(fd);
 	} else {
 		nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
@@ -219,11 +226,10 @@ int luffd_store_file(int fd, unsigned int flags, struct luffd_store **storep)
 		return -ENOMEM;
 	}
 	s->fd = nfd;
-	s->direct_io = flags & LUFFD_FILE_DIRECT;
+	s->direct_io = direct;
 	/* Cold chunks: a second description with O_DIRECT, if the file
 	 * system takes it (tmpfs does not: then everything is buffered). */
-	if (!(flags & (LUFFD_FILE_DIRECT | LUFFD_FILE_CACHED)) &&
-	    S_ISREG(st.st_mode)) {
+	if (!direct && !(flags & LUFFD_FILE_CACHED) && S_ISREG(st.st_mode)) {
 		nfd = reopen_direct(fd);
 		s->dfd = nfd < 0 ? -1 : nfd;
 	}
@@ -243,13 +249,8 @@ int luffd_store_open(const char *path, unsigned int flags,
 			((flags & LUFFD_FILE_DIRECT) ? O_DIRECT : 0));
 	if (fd < 0)
 		return -errno;
-	/* Already opened as wanted: no need for a reopen (and with
-	 * O_DIRECT for everything, no second description for cold chunks:
-	 * CACHED says so). */
-	err = luffd_store_file(fd, (flags & LUFFD_FILE_DIRECT) ?
-				   LUFFD_FILE_CACHED : flags, storep);
-	if (!err && (flags & LUFFD_FILE_DIRECT))
-		(*storep)->direct_io = true;
+	/* Opened as wanted: luffd_store_file() takes a duplicate. */
+	err = luffd_store_file(fd, flags, storep);
 	close(fd);
 	return err;
 }

@@ -53,11 +53,13 @@ static void direct_case(uint64_t size, uint64_t off, size_t ra, int by_fd)
 	char *a;
 
 	if (by_fd) {
-		int fd = open(path, O_RDONLY);
+		/* 2: the caller's fd has O_DIRECT already, no flag: read
+		 * the same way, through one descriptor. */
+		int fd = open(path, O_RDONLY | (by_fd == 2 ? O_DIRECT : 0));
 
 		ck_assert_int_ge(fd, 0);
-		ck_assert_int_eq(luffd_store_file(fd, LUFFD_FILE_DIRECT, &st),
-				 0);
+		ck_assert_int_eq(luffd_store_file(fd, by_fd == 2 ? 0 :
+						  LUFFD_FILE_DIRECT, &st), 0);
 		close(fd);
 	} else {
 		ck_assert_int_eq(luffd_store_open(path, LUFFD_FILE_DIRECT,
@@ -93,6 +95,7 @@ START_TEST(direct_basic)
 
 	direct_case(size, 0, 0, 0);
 	direct_case(size, 0, LUFFD_NO_READAHEAD, 1);
+	direct_case(size, 0, 0, 2);
 }
 END_TEST
 
