@@ -459,7 +459,7 @@ struct dropper {
 	char *m;
 	size_t len;
 	atomic_bool stop;
-	unsigned long drops;
+	atomic_ulong drops;
 };
 
 static void *drop_blocks(void *arg)
@@ -472,7 +472,7 @@ static void *drop_blocks(void *arg)
 		size_t b = (size_t)(t_rand(&rng) % (nb ? nb : 1));
 
 		madvise(d->m + b * 2 * MIB, 2 * MIB, MADV_DONTNEED);
-		d->drops++;
+		atomic_fetch_add(&d->drops, 1);
 		usleep(200);
 	}
 	return NULL;
@@ -496,6 +496,10 @@ START_TEST(dontneed_while_streaming)
 	for (int pass = 0; pass < 2; pass++)
 		for (size_t i = 0; i < n; i++)
 			t_assert_page(m, i, 0, fsize, SEED);
+	/* A loaded machine may not have run the dropper yet. */
+	for (int k = 0; k < 5000 && !atomic_load(&d.drops); k++)
+		usleep(1000);
+	ck_assert_uint_gt(atomic_load(&d.drops), 0);
 	atomic_store(&d.stop, true);
 	pthread_join(th, NULL);
 	check_all(m, fsize);
@@ -509,6 +513,8 @@ struct worker {
 	size_t first, step, n;
 	uint64_t fsize;
 	int bad;
+	atomic_ulong pages; /* read_all(): pages read so far */
+	atomic_bool ended;  /* read_all() returned */
 };
 
 static void *read_blocks(void *arg)
@@ -569,13 +575,17 @@ static void *read_all(void *arg)
 
 	if (sigsetjmp(segv_jb, 1)) {
 		w->bad = -1; /* the range went away under it */
+		atomic_store(&w->ended, true);
 		return NULL;
 	}
 	segv_armed = 1;
-	for (size_t i = 0; i < w->n; i++)
+	for (size_t i = 0; i < w->n; i++) {
 		sink ^= w->m[i * t_ps];
+		atomic_fetch_add(&w->pages, 1);
+	}
 	segv_armed = 0;
 	(void)sink;
+	atomic_store(&w->ended, true);
 	return NULL;
 }
 
@@ -595,7 +605,10 @@ START_TEST(unmap_while_streaming)
 	sigemptyset(&sa.sa_mask);
 	ck_assert_int_eq(sigaction(SIGSEGV, &sa, NULL), 0);
 	ck_assert_int_eq(pthread_create(&th, NULL, read_all, &w), 0);
-	usleep(3000);
+	/* Mid-stream: once an eighth of the pages are in (at most 5 s). */
+	for (int k = 0; k < 5000 && !atomic_load(&w.ended) &&
+			atomic_load(&w.pages) < n / 8; k++)
+		usleep(1000);
 	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
 	pthread_join(th, NULL);
 	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);

@@ -738,6 +738,9 @@ START_TEST(small_cache)
 	t_stats(ctx, &s);
 	ck_assert_uint_eq(s.faults[LUFFD_ERROR], 0);
 	ck_assert_uint_ge(s.bytes_read, size);
+	/* Random windows into a cache 1/64 of the file: some pages read
+	 * around a miss go before they are used. */
+	ck_assert_uint_gt(s.evictions, 0);
 	store_drop(&f);
 	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
 }

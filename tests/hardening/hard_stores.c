@@ -216,6 +216,7 @@ START_TEST(short_answers)
 	ck_assert_int_eq(h_write(z + 3 * h_ps, 42, NULL), 0);
 	ck_assert_int_eq(h_write(z + 12 * h_ps - 8 - 4 * h_ps, 43, NULL), 0);
 	ck_assert_uint_eq(*(uint64_t *)(z + 3 * h_ps), 42);
+	ck_assert_uint_eq(*(uint64_t *)(z + 8 * h_ps - 8), 43);
 	ck_assert_uint_eq(atomic_load(&ecalls), 8);
 	h_stats(ctx, &st);
 	ck_assert_uint_eq(st.faults[LUFFD_ZERO], 8);
