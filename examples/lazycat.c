@@ -2,10 +2,11 @@
 /*
  * lazycat FILE...: write each FILE to stdout by reading it through a region
  * libuffd maps lazily, byte-identical to cat(1).  -s prints the fault
- * statistics to stderr.  Options: -r BYTES largest read-ahead window,
- * -f fixed read-ahead windows (LUFFD_RA_FIXED), -i BYTES install-ahead
- * (0: off), -c BYTES cache size, -d O_DIRECT, -p US spin before sleeping (0: never),
- * -t FILE pfaults trace.
+ * statistics to stderr.  Options: -r BYTES largest read-ahead window
+ * (0: the default), -f fixed read-ahead windows (LUFFD_RA_FIXED), -i BYTES
+ * install-ahead (0: off), -c BYTES cache size, -d O_DIRECT, -p US spin
+ * before sleeping (0: never), -t FILE pfaults trace.  Settings libuffd
+ * refuses are usage errors (exit 2).
  *
  * The region is written out with write(2) straight from the mapping, which
  * would be a kernel-mode access (EFAULT under UFFD_USER_MODE_ONLY), so each
@@ -49,10 +50,11 @@ static void print_stats(const char *name, struct luffd_ctx *ctx)
 	fprintf(stderr, "%s: faults minor=%" PRIu64 " major=%" PRIu64
 		" zero=%" PRIu64 " error=%" PRIu64 "; reads=%" PRIu64
 		" bytes_read=%" PRIu64 " readahead_pages=%" PRIu64
-		" installed_ahead=%" PRIu64 "\n",
+		" installed_ahead=%" PRIu64 " moved_pages=%" PRIu64 "\n",
 		name, st.faults[LUFFD_MINOR], st.faults[LUFFD_MAJOR],
 		st.faults[LUFFD_ZERO], st.faults[LUFFD_ERROR], st.reads,
-		st.bytes_read, st.readahead_pages, st.installed_ahead);
+		st.bytes_read, st.readahead_pages, st.installed_ahead,
+		st.moved_pages);
 	for (int c = 0; c < LUFFD_NR_CLASSES; c++) {
 		const struct luffd_latency *l = &st.latency[c];
 
@@ -185,6 +187,24 @@ int main(int argc, char **argv)
 	}
 	if (optind >= argc)
 		usage();
+	{
+		/* Refused settings are the caller's mistake: say so before
+		 * any file is opened. */
+		struct luffd_ctx_opts check = opts;
+		struct luffd_ctx *ctx;
+		int err;
+
+		check.trace_format = 0; /* no header from this one */
+		err = luffd_ctx_create(&check, &ctx);
+
+		if (err == -EINVAL) {
+			fprintf(stderr, "lazycat: libuffd refuses these "
+				"settings: %s\n", luffd_strerror(err));
+			usage();
+		}
+		if (!err)
+			luffd_ctx_destroy(ctx);
+	}
 	buf = malloc(bufsz);
 	if (!buf)
 		return 1;
