@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include <libuffd/version.h>
 
@@ -205,6 +206,9 @@ enum luffd_install {
 	 * chunks when it comes from luffd_map() with PROT_READ | PROT_WRITE
 	 * over a file store, with 4 KiB pages and a kernel with UFFDIO_MOVE
 	 * (6.8+); such mappings are 2 MiB-aligned and marked MADV_HUGEPAGE.
+	 * A chunk is a 2 MiB read, so there are none when readahead_bytes is
+	 * set below 2 MiB (LUFFD_NO_READAHEAD included): the window asked for
+	 * holds in every mapping.
 	 * Up to 16 chunks per handler thread are taken out of cache_bytes (a
 	 * quarter of it, none if that is less than 2 chunks); all but two
 	 * (one, with fewer than four) are read ahead of a stream.  Cold chunks are read with O_DIRECT (see
@@ -317,6 +321,11 @@ struct luffd_ctx_opts {
 	 * released with luffd_unmap() / luffd_unregister() on the whole range
 	 * (-EINVAL for a part of it). */
 	size_t stripe_bytes;
+	/* Worker threads that run callback stores' fill() calls, at most
+	 * (created as fills wait for one).  0 means the default, 16: enough
+	 * for 16 faulting threads to wait on a slow store at once.  At most
+	 * 1024. */
+	unsigned int callback_threads;
 };
 
 #define LUFFD_NO_INSTALL_AHEAD ((size_t)-1)
@@ -464,6 +473,26 @@ struct luffd_callback_ops {
 LUFFD_API int luffd_store_callback(const struct luffd_callback_ops *ops,
 				   void *arg, struct luffd_store **storep);
 
+/* What a store is asked for first (struct luffd_request.priority). */
+enum luffd_priority {
+	LUFFD_PRIO_DEMAND = 0,    /* a thread is blocked on it */
+	LUFFD_PRIO_READAHEAD = 1, /* read ahead of a stream */
+	LUFFD_PRIO_PREFETCH = 2,  /* luffd_prefetch() and background work */
+};
+
+/* One fetch asked of an asynchronous store (see luffd_store_async()). */
+struct luffd_request {
+	uint64_t id;          /* names it to luffd_request_complete() */
+	uint64_t offset;      /* store offset, page-aligned */
+	uint64_t len;         /* bytes wanted: the sum of the iovecs, whole
+				 pages */
+	const struct iovec *iov; /* where they go, in order */
+	int iovcnt;
+	enum luffd_priority priority;
+	uint64_t deadline_ns; /* CLOCK_MONOTONIC time at which it is
+				 cancelled (read_timeout_ms), 0 for none */
+};
+
 /* Size in bytes the store reported when it was created. */
 LUFFD_API uint64_t luffd_store_size(const struct luffd_store *store);
 
@@ -482,8 +511,10 @@ LUFFD_API void luffd_store_put(struct luffd_store *store);
  * Map length bytes of store, starting at offset, lazily, like
  * mmap(MAP_PRIVATE) of a file: writes stay private, nothing is written back.
  * prot is PROT_READ, optionally with PROT_WRITE and PROT_EXEC.  flags must be
- * 0 (reserved).  offset and length must be multiples of the page size and
- * length non-zero (-EINVAL); offset must lie inside the store (-ENXIO), and
+ * 0 (reserved).  offset must be a multiple of the page size and length
+ * non-zero (-EINVAL); like mmap(), any length is taken and rounded up to
+ * whole pages (luffd_unmap() takes the same length, or the rounded one).
+ * offset must lie inside the store (-ENXIO), and
  * offset + length must not pass page 2^40 of the store (4 PiB with 4 KiB
  * pages; -EOVERFLOW).  Like mmap, the mapping may extend past the end of
  * the store: touching a page wholly past it raises SIGBUS; the tail of the

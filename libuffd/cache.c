@@ -26,7 +26,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "internal.h"
+#include "cache.h"
 
 #define KEY_STATE 3ull
 #define SIDX_SHIFT 2

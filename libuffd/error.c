@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: MIT */
-/* Error strings, the print callback, small helpers. */
+/* Error strings, the print callback, time, the library's threads. */
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
-#include "internal.h"
+#include "util.h"
 
 static _Atomic(luffd_print_fn) print_fn;
 
@@ -81,4 +83,18 @@ uint64_t luffd__now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+_Thread_local const void *luffd__tls_ctx;
+
+int luffd__thread_create(pthread_t *t, void *(*fn)(void *), void *arg)
+{
+	sigset_t all, old;
+	int err;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	err = pthread_create(t, NULL, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return -err;
 }

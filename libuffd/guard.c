@@ -30,7 +30,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "context.h"
+#include "guard.h"
+#include "install.h"
+#include "loop.h"
 
 #define GUARD_MS 20
 
@@ -81,7 +84,7 @@ static int stash(struct luffd__loop *l, const struct uffd_msg *m, uint64_t t)
  * or 0 if it is not (yet) there. */
 static uint64_t find_own_fault(struct luffd__loop *l)
 {
-	uint64_t mask = ~(uint64_t)(l->ctx->page_size - 1);
+	uint64_t mask = ~(uint64_t)(l->cfg->page_size - 1);
 	struct uffd_msg m;
 
 	for (;;) {
@@ -95,13 +98,10 @@ static uint64_t find_own_fault(struct luffd__loop *l)
 		if (stash(l, &m, t)) {
 			/* Out of memory: the message cannot be kept, and
 			 * dropping a fault would hang its thread. */
-			struct uffdio_range r = {
-				.start = m.arg.pagefault.address & mask,
-				.len = l->ctx->page_size,
-			};
-
 			if (m.event == UFFD_EVENT_PAGEFAULT)
-				ioctl(l->uffd, UFFDIO_WAKE, &r);
+				luffd__pt_wake(l->uffd,
+					       m.arg.pagefault.address & mask,
+					       l->cfg->page_size);
 		}
 	}
 }
@@ -109,9 +109,6 @@ static uint64_t find_own_fault(struct luffd__loop *l)
 /* Let the stuck callback go on: a zero page at addr. */
 static void release(struct luffd__loop *l, uint64_t addr)
 {
-	struct uffdio_zeropage z = {
-		.range = { .start = addr, .len = l->ctx->page_size },
-	};
 	unsigned int n = atomic_load(&l->misuse_n);
 
 	/* More than 32 pages read by one bad callback: the rest keep their
@@ -122,12 +119,10 @@ static void release(struct luffd__loop *l, uint64_t addr)
 		atomic_store(&l->misuse_n, n + 1);
 	}
 	atomic_store(&l->cb_misuse, true);
-	if (ioctl(l->uffd, UFFDIO_ZEROPAGE, &z) < 0 && errno != EEXIST) {
-		struct uffdio_range r = { .start = addr,
-					  .len = l->ctx->page_size };
+	int err = luffd__pt_zero(l->uffd, addr, l->cfg->page_size, 0);
 
-		ioctl(l->uffd, UFFDIO_WAKE, &r);
-	}
+	if (err && err != -EEXIST)
+		luffd__pt_wake(l->uffd, addr, l->cfg->page_size);
 }
 
 /* While the handler drops zero pages, read its userfaultfd for it. */
@@ -163,7 +158,7 @@ static void *guard_main(void *arg)
 		pthread_mutex_unlock(&ctx->guard_lock);
 
 		fast = false;
-		for (unsigned int i = 0; i < ctx->nloops; i++) {
+		for (unsigned int i = 0; i < ctx->cfg.nloops; i++) {
 			struct luffd__loop *l = &ctx->loops[i];
 			uint64_t since = atomic_load(&l->cb_since), addr;
 
@@ -208,7 +203,7 @@ int luffd__guard_start(struct luffd_ctx *ctx)
 	if (ctx->guard_started)
 		return 0;
 	/* Detection needs the faulting thread's id. */
-	if (!(ctx->features & UFFD_FEATURE_THREAD_ID))
+	if (!(ctx->cfg.features & UFFD_FEATURE_THREAD_ID))
 		return 0;
 	err = luffd__thread_create(&ctx->guard, guard_main, ctx);
 	if (err)

@@ -19,7 +19,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "uffd.h"
 
 #ifndef __NR_userfaultfd
 #error "userfaultfd syscall number unknown on this architecture"

@@ -5,11 +5,11 @@
  *
  * Lifetime: a region is created by an application thread, looked up by its
  * handler thread for every fault, and removed by an application thread.
- * Removal marks it dead (the handler serves nothing more in it), waits until
- * no fault holds it (reads in flight finish and their data is dropped), and
- * only then unregisters the range, which wakes every thread still blocked
- * on a fault there.  So no install can land in memory that has been
- * unregistered, unmapped or reused.
+ * Removal marks it dead (the handler serves nothing more in it and lets go
+ * of the reads it holds), waits until nothing holds it, and only then
+ * unregisters the range, which wakes every thread still blocked on a fault
+ * there.  So no install can land in memory that has been unregistered,
+ * unmapped or reused.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -17,17 +17,53 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 
-#include "internal.h"
+#include "compat.h"
+#include "region.h"
+#include "req.h"
+#include "store.h"
+
+void luffd__rtab_init(struct luffd__rtab *t, int uffd, struct luffd__cq *cq)
+{
+	pthread_mutex_init(&t->lock, NULL);
+	pthread_cond_init(&t->cv, NULL);
+	atomic_init(&t->removing, 0);
+	atomic_init(&t->died, false);
+	t->uffd = uffd;
+	t->cq = cq;
+}
+
+static void region_free(struct luffd__region *r)
+{
+	atomic_fetch_sub(&r->store->nregions, 1);
+	luffd_store_put(r->store);
+	free(r);
+}
+
+void luffd__rtab_fini(struct luffd__rtab *t)
+{
+	/* Zombies still held by faults that were in flight at destroy (their
+	 * threads were woken by closing the userfaultfd). */
+	while (t->zombies) {
+		struct luffd__region *z = t->zombies;
+
+		t->zombies = z->next;
+		region_free(z);
+	}
+	free(t->regions);
+	t->regions = NULL;
+	pthread_mutex_destroy(&t->lock);
+	pthread_cond_destroy(&t->cv);
+}
 
 /* Index of the first region whose start is > addr. */
-static size_t upper(struct luffd__loop *l, uint64_t addr)
+static size_t upper(struct luffd__rtab *t, uint64_t addr)
 {
-	size_t lo = 0, hi = l->nregions;
+	size_t lo = 0, hi = t->n;
 
 	while (lo < hi) {
 		size_t mid = (lo + hi) / 2;
 
-		if (l->regions[mid]->start <= addr)
+		if (t->regions[mid]->start <= addr)
 			lo = mid + 1;
 		else
 			hi = mid;
@@ -35,14 +71,14 @@ static size_t upper(struct luffd__loop *l, uint64_t addr)
 	return lo;
 }
 
-static struct luffd__region *find(struct luffd__loop *l, uint64_t addr)
+static struct luffd__region *find(struct luffd__rtab *t, uint64_t addr)
 {
-	size_t i = upper(l, addr);
+	size_t i = upper(t, addr);
 	struct luffd__region *r;
 
 	if (i == 0)
 		return NULL;
-	r = l->regions[i - 1];
+	r = t->regions[i - 1];
 	return addr - r->start < r->len ? r : NULL;
 }
 
@@ -54,115 +90,101 @@ static bool in_list(struct luffd__region *r, uint64_t addr)
 	return false;
 }
 
-struct luffd__region *luffd__region_hold(struct luffd__loop *l, uint64_t addr,
+struct luffd__region *luffd__region_hold(struct luffd__rtab *t, uint64_t addr,
 					 enum luffd__lookup *how)
 {
 	struct luffd__region *r;
 
 	/* Uncontended except while a region of this handler is being added
 	 * or removed. */
-	pthread_mutex_lock(&l->lock);
-	r = find(l, addr);
+	pthread_mutex_lock(&t->lock);
+	r = find(t, addr);
 	if (r) {
 		atomic_fetch_add(&r->inflight, 1);
 		*how = LUFFD__FOUND;
 	} else {
-		*how = in_list(l->dying, addr) ? LUFFD__DYING : LUFFD__UNKNOWN;
+		*how = in_list(t->dying, addr) ? LUFFD__DYING : LUFFD__UNKNOWN;
 	}
-	pthread_mutex_unlock(&l->lock);
+	pthread_mutex_unlock(&t->lock);
 	return r;
 }
 
-
 void luffd__region_put(struct luffd__region *r)
 {
-	struct luffd__loop *l = r->loop;
+	struct luffd__rtab *t = r->tab;
 
 	/* r may be freed the moment its count reaches 0: after that only
-	 * the loop is looked at.  A remover announces itself in
-	 * l->removing before it reads the count, so if it saw a hold, this
+	 * the table is looked at.  A remover announces itself in
+	 * t->removing before it reads the count, so if it saw a hold, this
 	 * sees it (sequentially consistent atomics) and wakes it. */
 	if (atomic_fetch_sub(&r->inflight, 1) == 1 &&
-	    atomic_load(&l->removing)) {
-		pthread_mutex_lock(&l->lock);
-		pthread_cond_broadcast(&l->cv);
-		pthread_mutex_unlock(&l->lock);
+	    atomic_load(&t->removing)) {
+		pthread_mutex_lock(&t->lock);
+		pthread_cond_broadcast(&t->cv);
+		pthread_mutex_unlock(&t->lock);
 	}
 }
 
-static bool overlaps(struct luffd_ctx *ctx, uint64_t start, uint64_t len)
+bool luffd__rtab_overlaps(struct luffd__rtab *t, uint64_t start, uint64_t len)
 {
 	bool hit = false;
+	size_t j;
 
-	for (unsigned int i = 0; i < ctx->nloops && !hit; i++) {
-		struct luffd__loop *l = &ctx->loops[i];
-		size_t j;
+	/* The handler may split regions (UNMAP, REMAP events). */
+	pthread_mutex_lock(&t->lock);
+	j = upper(t, start + len - 1);
+	if (j > 0) {
+		struct luffd__region *r = t->regions[j - 1];
 
-		/* The handler may split regions (UNMAP, REMAP events). */
-		pthread_mutex_lock(&l->lock);
-		j = upper(l, start + len - 1);
-		if (j > 0) {
-			struct luffd__region *r = l->regions[j - 1];
-
-			hit = r->start + r->len > start;
-		}
-		pthread_mutex_unlock(&l->lock);
+		hit = r->start + r->len > start;
 	}
+	pthread_mutex_unlock(&t->lock);
 	return hit;
 }
 
-static int table_insert(struct luffd__loop *l, struct luffd__region *r)
+static int table_insert(struct luffd__rtab *t, struct luffd__region *r)
 {
 	size_t i;
 
-	if (l->nregions == l->cap) {
-		size_t cap = l->cap ? l->cap * 2 : 16;
-		void *p = realloc(l->regions, cap * sizeof(*l->regions));
+	if (t->n == t->cap) {
+		size_t cap = t->cap ? t->cap * 2 : 16;
+		void *p = realloc(t->regions, cap * sizeof(*t->regions));
 
 		if (!p)
 			return -ENOMEM;
-		l->regions = p;
-		l->cap = cap;
+		t->regions = p;
+		t->cap = cap;
 	}
-	i = upper(l, r->start);
-	memmove(&l->regions[i + 1], &l->regions[i],
-		(l->nregions - i) * sizeof(*l->regions));
-	l->regions[i] = r;
-	l->nregions++;
+	i = upper(t, r->start);
+	memmove(&t->regions[i + 1], &t->regions[i],
+		(t->n - i) * sizeof(*t->regions));
+	t->regions[i] = r;
+	t->n++;
 	return 0;
 }
 
-static void table_remove(struct luffd__loop *l, struct luffd__region *r)
+static void table_remove(struct luffd__rtab *t, struct luffd__region *r)
 {
-	size_t i = upper(l, r->start) - 1;
+	size_t i = upper(t, r->start) - 1;
 
-	memmove(&l->regions[i], &l->regions[i + 1],
-		(l->nregions - i - 1) * sizeof(*l->regions));
-	l->nregions--;
+	memmove(&t->regions[i], &t->regions[i + 1],
+		(t->n - i - 1) * sizeof(*t->regions));
+	t->n--;
 }
 
-static int check_range(struct luffd_ctx *ctx, struct luffd_store *store,
-		       uint64_t offset, uint64_t length)
+struct luffd__region *luffd__rtab_at(struct luffd__rtab *t, uint64_t start)
 {
-	uint64_t mask = ctx->page_size - 1;
+	size_t j = upper(t, start);
 
-	if (!store || !length || (length & mask) || (offset & mask))
-		return -EINVAL;
-	/* The cache keys pages by a 40-bit index. */
-	if (offset + length < offset ||
-	    (offset + length - 1) >> ctx->page_shift >>
-		    LUFFD__CACHE_PG_BITS)
-		return -EOVERFLOW;
-	if (offset >= store->size)
-		return -ENXIO;
-	return 0;
+	return j > 0 && t->regions[j - 1]->start == start ? t->regions[j - 1]
+							   : NULL;
 }
 
-/* A new region of loop l, with a fresh stream state (not in the table). */
-static struct luffd__region *region_new(struct luffd__loop *l, uint64_t start,
+/* A new region of t, with a fresh stream state (not in the table). */
+static struct luffd__region *region_new(struct luffd__rtab *t, uint64_t start,
 					uint64_t len, struct luffd_store *store,
 					uint64_t off, bool mapped, bool huge,
-					uint64_t gid)
+					uint64_t gid, unsigned int flags)
 {
 	struct luffd__region *r = calloc(1, sizeof(*r));
 
@@ -178,32 +200,30 @@ static struct luffd__region *region_new(struct luffd__loop *l, uint64_t start,
 	r->huge = huge;
 	r->hp_last = UINT64_MAX;
 	r->gid = gid;
-	r->loop = l;
+	r->flags = flags;
+	r->tab = t;
 	r->store = luffd__store_get(store);
+	atomic_fetch_add(&store->nregions, 1);
 	return r;
 }
 
-/*
- * Add one region [start, start+len) served by loop l (ctx->lock held):
- * in l's table first, then registered with l's userfaultfd.
- */
-static int add_one(struct luffd__loop *l, uint64_t start, uint64_t len,
-		   struct luffd_store *store, uint64_t off, bool mapped,
-		   bool huge, uint64_t gid)
+int luffd__region_add(struct luffd__rtab *t, uint64_t start, uint64_t len,
+		      struct luffd_store *store, uint64_t off, bool mapped,
+		      bool huge, uint64_t gid, unsigned int flags)
 {
 	struct uffdio_register reg;
-	struct luffd__region *r = region_new(l, start, len, store, off, mapped,
-					     huge, gid);
+	struct luffd__region *r = region_new(t, start, len, store, off, mapped,
+					     huge, gid, flags);
 	int err;
 
 	if (!r)
 		return -ENOMEM;
 
 	/* In the table before the kernel can deliver a fault for it. */
-	pthread_mutex_lock(&l->lock);
+	pthread_mutex_lock(&t->lock);
 	r->born = luffd__now_ns();
-	err = table_insert(l, r);
-	pthread_mutex_unlock(&l->lock);
+	err = table_insert(t, r);
+	pthread_mutex_unlock(&t->lock);
 	if (err)
 		goto fail_store;
 
@@ -211,83 +231,25 @@ static int add_one(struct luffd__loop *l, uint64_t start, uint64_t len,
 	reg.range.start = start;
 	reg.range.len = len;
 	reg.mode = UFFDIO_REGISTER_MODE_MISSING;
-	if (ioctl(l->uffd, UFFDIO_REGISTER, &reg) < 0) {
+	if (ioctl(t->uffd, UFFDIO_REGISTER, &reg) < 0) {
 		err = -errno;
 		goto fail_table;
 	}
 	if (!(reg.ioctls & (1ull << _UFFDIO_COPY))) {
 		struct uffdio_range rg = { .start = start, .len = len };
 
-		ioctl(l->uffd, UFFDIO_UNREGISTER, &rg);
+		ioctl(t->uffd, UFFDIO_UNREGISTER, &rg);
 		err = -EOPNOTSUPP;
 		goto fail_table;
 	}
 	return 0;
 
 fail_table:
-	pthread_mutex_lock(&l->lock);
-	table_remove(l, r);
-	pthread_mutex_unlock(&l->lock);
+	pthread_mutex_lock(&t->lock);
+	table_remove(t, r);
+	pthread_mutex_unlock(&t->lock);
 fail_store:
-	luffd_store_put(r->store);
-	free(r);
-	return err;
-}
-
-static void remove_region(struct luffd__region *r);
-
-static void remove_group(struct luffd_ctx *ctx, uint64_t gid, bool unmap);
-
-/*
- * Add [start, start+len) of store at off: one region on the next handler
- * thread, or, with stripe_bytes and several handler threads, one region
- * per stripe, dealt out round-robin, all with one group id.
- */
-static int add_region(struct luffd_ctx *ctx, uint64_t start, uint64_t len,
-		      struct luffd_store *store, uint64_t off, bool mapped,
-		      bool huge)
-{
-	uint64_t stripe = ctx->stripe_bytes, gid = 0, done = 0;
-	unsigned int first;
-	int err = 0;
-
-	if (start + len < start)
-		return -EOVERFLOW;
-	if (ctx->nloops < 2 || !stripe || len <= stripe)
-		stripe = len;
-	pthread_mutex_lock(&ctx->lock);
-	luffd__region_reap(ctx);
-	if (overlaps(ctx, start, len)) {
-		err = -EEXIST;
-		goto out;
-	}
-	if (store->caps & LUFFD__CAP_APP_CODE) {
-		err = luffd__guard_start(ctx);
-		if (err)
-			goto out;
-	}
-	if (stripe < len)
-		gid = ++ctx->next_gid;
-	first = atomic_fetch_add(&ctx->next_loop, 1);
-	for (unsigned int k = 0; done < len; k++) {
-		uint64_t n = len - done < stripe ? len - done : stripe;
-		struct luffd__loop *l = &ctx->loops[(first + k) % ctx->nloops];
-
-		err = add_one(l, start + done, n, store, off + done, mapped,
-			      huge, gid);
-		if (err)
-			break;
-		done += n;
-	}
-	if (err && done) {
-		/* Take back the stripes already added (gid is this call's
-		 * alone).  Nobody can have faulted in a luffd_map() range
-		 * yet; a luffd_register() one is woken and sees its own
-		 * memory again.  The caller unmaps. */
-		remove_group(ctx, gid, false);
-	}
-out:
-	pthread_mutex_unlock(&ctx->lock);
+	region_free(r);
 	return err;
 }
 
@@ -299,31 +261,27 @@ static void unlink_from(struct luffd__region **head, struct luffd__region *r)
 	r->next = NULL;
 }
 
-/*
- * Called with ctx->lock and l->lock held, r in l's table.  Returns with
- * l->lock released and r freed.
- */
-static void remove_region(struct luffd__region *r)
+void luffd__region_remove(struct luffd__rtab *t, struct luffd__region *r)
 {
-	struct luffd__loop *l = r->loop;
 	struct uffdio_range rg = { .start = r->start, .len = r->len };
 	bool mapped;
 
-	table_remove(l, r);
+	table_remove(t, r);
 	atomic_store(&r->dead, true);
-	r->next = l->dying;
-	l->dying = r;
-	/* Faults parked on the pending or retry lists hold the region: let
-	 * the handler drop them now rather than when a slot frees up. */
-	luffd__loop_kick(l);
-	atomic_fetch_add(&l->removing, 1);
+	r->next = t->dying;
+	t->dying = r;
+	/* The handler lets go of what it holds in r: faults parked for a
+	 * free slot, reads in flight (see read.c). */
+	atomic_store(&t->died, true);
+	luffd__cq_kick(t->cq);
+	atomic_fetch_add(&t->removing, 1);
 	while (atomic_load(&r->inflight))
-		pthread_cond_wait(&l->cv, &l->lock);
-	atomic_fetch_sub(&l->removing, 1);
+		pthread_cond_wait(&t->cv, &t->lock);
+	atomic_fetch_sub(&t->removing, 1);
 	/* Cleared if the application unmapped the range itself meanwhile:
 	 * the address may already belong to someone else. */
 	mapped = r->mapped;
-	pthread_mutex_unlock(&l->lock);
+	pthread_mutex_unlock(&t->lock);
 	/* A thread woken while a luffd_map() range is still mapped but
 	 * unregistered would be handed a zero page instead of SIGSEGV: make
 	 * it inaccessible first.  Unregistering before the munmap keeps our
@@ -337,152 +295,31 @@ static void remove_region(struct luffd__region *r)
 	 * nobody left to wake it (seen on 6.18).  By the time UNREGISTER
 	 * returns such a fault is queued: wake the range once more.
 	 */
-	ioctl(l->uffd, UFFDIO_UNREGISTER, &rg);
-	ioctl(l->uffd, UFFDIO_WAKE, &rg);
+	ioctl(t->uffd, UFFDIO_UNREGISTER, &rg);
+	ioctl(t->uffd, UFFDIO_WAKE, &rg);
 	if (mapped)
 		munmap((void *)(uintptr_t)r->start, r->len);
 
-	pthread_mutex_lock(&l->lock);
-	unlink_from(&l->dying, r);
-	pthread_mutex_unlock(&l->lock);
-	luffd_store_put(r->store);
-	free(r);
+	pthread_mutex_lock(&t->lock);
+	unlink_from(&t->dying, r);
+	pthread_mutex_unlock(&t->lock);
+	region_free(r);
 }
 
-/* Remove every region of group gid (ctx->lock held); unmap: also unmap
- * luffd_map() ranges (false: the caller will). */
-static void remove_group(struct luffd_ctx *ctx, uint64_t gid, bool unmap)
+void luffd__rtab_reap(struct luffd__rtab *t)
 {
-	for (unsigned int i = 0; i < ctx->nloops; i++) {
-		struct luffd__loop *l = &ctx->loops[i];
+	struct luffd__region **pp, *r;
 
-		pthread_mutex_lock(&l->lock);
-		for (size_t j = 0; j < l->nregions;) {
-			if (l->regions[j]->gid != gid) {
-				j++;
-				continue;
-			}
-			if (!unmap)
-				l->regions[j]->mapped = false;
-			remove_region(l->regions[j]); /* unlocks l->lock */
-			pthread_mutex_lock(&l->lock);
-			j = 0;
-		}
-		pthread_mutex_unlock(&l->lock);
-	}
-}
-
-/* Does group gid cover exactly [start, start+len), every stripe of it
- * created the way `mapped` says?  (ctx->lock held.) */
-static bool group_is(struct luffd_ctx *ctx, uint64_t gid, uint64_t start,
-		     uint64_t len, bool mapped)
-{
-	uint64_t lo = UINT64_MAX, hi = 0, total = 0;
-	bool ok = true;
-
-	for (unsigned int i = 0; i < ctx->nloops; i++) {
-		struct luffd__loop *l = &ctx->loops[i];
-
-		pthread_mutex_lock(&l->lock);
-		for (size_t j = 0; j < l->nregions; j++) {
-			struct luffd__region *r = l->regions[j];
-
-			if (r->gid != gid)
-				continue;
-			lo = r->start < lo ? r->start : lo;
-			hi = r->start + r->len > hi ? r->start + r->len : hi;
-			total += r->len;
-			ok = ok && r->mapped == mapped;
-		}
-		pthread_mutex_unlock(&l->lock);
-	}
-	return ok && lo == start && hi == start + len && total == len;
-}
-
-static int remove_exact(struct luffd_ctx *ctx, void *addr, size_t length,
-			bool mapped)
-{
-	uint64_t start = (uint64_t)(uintptr_t)addr;
-	int err = -ENOENT;
-
-	if (!ctx || !addr)
-		return -EINVAL;
-	if (luffd__on_handler_thread(ctx))
-		return -EDEADLK;
-	pthread_mutex_lock(&ctx->lock);
-	luffd__region_reap(ctx);
-	for (unsigned int i = 0; i < ctx->nloops && err == -ENOENT; i++) {
-		struct luffd__loop *l = &ctx->loops[i];
-		struct luffd__region *r = NULL;
-		uint64_t gid;
-		size_t j;
-
-		pthread_mutex_lock(&l->lock);
-		j = upper(l, start);
-		if (j > 0 && l->regions[j - 1]->start == start)
-			r = l->regions[j - 1];
-		if (!r) {
-			pthread_mutex_unlock(&l->lock);
+	pthread_mutex_lock(&t->lock);
+	for (pp = &t->zombies; (r = *pp);) {
+		if (atomic_load(&r->inflight)) {
+			pp = &r->next;
 			continue;
 		}
-		if (r->gid) {
-			/* A stripe: the range is the whole group's. */
-			gid = r->gid;
-			pthread_mutex_unlock(&l->lock);
-			if (!group_is(ctx, gid, start, length, mapped)) {
-				err = -EINVAL;
-				break;
-			}
-			remove_group(ctx, gid, true);
-			err = 0;
-			break;
-		}
-		if (r->len != length || r->mapped != mapped) {
-			pthread_mutex_unlock(&l->lock);
-			err = -EINVAL;
-			break;
-		}
-		remove_region(r); /* unlocks l->lock */
-		err = 0;
+		*pp = r->next;
+		region_free(r);
 	}
-	pthread_mutex_unlock(&ctx->lock);
-	return err;
-}
-
-void luffd__region_reap(struct luffd_ctx *ctx)
-{
-	for (unsigned int i = 0; i < ctx->nloops; i++) {
-		struct luffd__loop *l = &ctx->loops[i];
-		struct luffd__region **pp, *r;
-
-		pthread_mutex_lock(&l->lock);
-		for (pp = &l->zombies; (r = *pp);) {
-			if (atomic_load(&r->inflight)) {
-				pp = &r->next;
-				continue;
-			}
-			*pp = r->next;
-			luffd_store_put(r->store);
-			free(r);
-		}
-		pthread_mutex_unlock(&l->lock);
-	}
-}
-
-void luffd__region_remove_all(struct luffd_ctx *ctx)
-{
-	pthread_mutex_lock(&ctx->lock);
-	for (unsigned int i = 0; i < ctx->nloops; i++) {
-		struct luffd__loop *l = &ctx->loops[i];
-
-		pthread_mutex_lock(&l->lock);
-		while (l->nregions) {
-			remove_region(l->regions[l->nregions - 1]);
-			pthread_mutex_lock(&l->lock);
-		}
-		pthread_mutex_unlock(&l->lock);
-	}
-	pthread_mutex_unlock(&ctx->lock);
+	pthread_mutex_unlock(&t->lock);
 }
 
 /* ------------------------------------------------------------------------
@@ -492,9 +329,10 @@ void luffd__region_remove_all(struct luffd_ctx *ctx)
 static struct luffd__region *piece(struct luffd__region *r, uint64_t start,
 				   uint64_t len, uint64_t new_start)
 {
-	struct luffd__region *p = region_new(r->loop, new_start, len, r->store,
+	struct luffd__region *p = region_new(r->tab, new_start, len, r->store,
 					     r->off + (start - r->start),
-					     r->mapped, r->huge, r->gid);
+					     r->mapped, r->huge, r->gid,
+					     r->flags);
 
 	/* born: the replaced region's, so events read since still apply. */
 	if (p)
@@ -502,40 +340,38 @@ static struct luffd__region *piece(struct luffd__region *r, uint64_t start,
 	return p;
 }
 
-static void insert_piece(struct luffd__loop *l, struct luffd__region *p)
+static void insert_piece(struct luffd__rtab *t, struct luffd__region *p)
 {
-	if (p && table_insert(l, p)) {
-		luffd_store_put(p->store);
-		free(p);
-	}
+	if (p && table_insert(t, p))
+		region_free(p);
 }
 
 /*
  * Replace the regions overlapping [start, end) by what is left of them
  * outside it, and, when `to` is not 0, add the part inside it moved to
- * `to` (REMAP).  Handler thread, l->lock held.  The replaced region becomes
+ * `to` (REMAP).  Handler thread, t->lock held.  The replaced region becomes
  * a zombie: faults holding it finish (an install into the unmapped part
  * fails and wakes the thread).  If a piece cannot be allocated, the range
  * it covers is left without a region and its faults get SIGBUS: the
  * address space change itself cannot be refused.
  */
-static void reshape(struct luffd__loop *l, uint64_t start, uint64_t end,
+static void reshape(struct luffd__rtab *t, uint64_t start, uint64_t end,
 		    uint64_t to, uint64_t t_read)
 {
 	struct luffd__region *dead;
 
-	for (dead = l->dying; dead; dead = dead->next)
+	for (dead = t->dying; dead; dead = dead->next)
 		if (dead->start < end && start < dead->start + dead->len &&
 		    dead->born <= t_read)
 			dead->mapped = false;
 	for (;;) {
-		size_t j = upper(l, end - 1);
+		size_t j = upper(t, end - 1);
 		struct luffd__region *r;
 		uint64_t a, b, rend;
 
 		if (j == 0)
 			break;
-		r = l->regions[j - 1];
+		r = t->regions[j - 1];
 		rend = r->start + r->len;
 		if (rend <= start)
 			break;
@@ -558,128 +394,31 @@ static void reshape(struct luffd__loop *l, uint64_t start, uint64_t end,
 		}
 		a = r->start > start ? r->start : start;
 		b = rend < end ? rend : end;
-		table_remove(l, r);
+		table_remove(t, r);
 		if (r->start < a)
-			insert_piece(l, piece(r, r->start, a - r->start,
+			insert_piece(t, piece(r, r->start, a - r->start,
 					      r->start));
 		if (b < rend)
-			insert_piece(l, piece(r, b, rend - b, b));
+			insert_piece(t, piece(r, b, rend - b, b));
 		if (to)
-			insert_piece(l, piece(r, a, b - a, to + (a - start)));
-		r->next = l->zombies;
-		l->zombies = r;
+			insert_piece(t, piece(r, a, b - a, to + (a - start)));
+		r->next = t->zombies;
+		t->zombies = r;
 	}
 }
 
-void luffd__region_unmapped(struct luffd__loop *l, uint64_t start,
+void luffd__region_unmapped(struct luffd__rtab *t, uint64_t start,
 			    uint64_t end, uint64_t t_read)
 {
-	pthread_mutex_lock(&l->lock);
-	reshape(l, start, end, 0, t_read);
-	pthread_mutex_unlock(&l->lock);
+	pthread_mutex_lock(&t->lock);
+	reshape(t, start, end, 0, t_read);
+	pthread_mutex_unlock(&t->lock);
 }
 
-void luffd__region_moved(struct luffd__loop *l, uint64_t from, uint64_t to,
+void luffd__region_moved(struct luffd__rtab *t, uint64_t from, uint64_t to,
 			 uint64_t len, uint64_t t_read)
 {
-	pthread_mutex_lock(&l->lock);
-	reshape(l, from, from + len, to, t_read);
-	pthread_mutex_unlock(&l->lock);
-}
-
-/* Private anonymous memory: the kernel hands every missing page to the
- * handler, writes stay private as with mmap(MAP_PRIVATE).  NULL and errno
- * on failure. */
-static void *map_range(size_t length, int prot, bool huge)
-{
-	const size_t hp = LUFFD__HP_SIZE;
-	uintptr_t p, a;
-	void *m;
-
-	if (!huge) {
-		m = mmap(NULL, length, prot, MAP_PRIVATE | MAP_ANONYMOUS |
-			 MAP_NORESERVE, -1, 0);
-		return m == MAP_FAILED ? NULL : m;
-	}
-	if (length > SIZE_MAX - hp) {
-		errno = ENOMEM;
-		return NULL;
-	}
-	m = mmap(NULL, length + hp, prot, MAP_PRIVATE | MAP_ANONYMOUS |
-		 MAP_NORESERVE, -1, 0);
-	if (m == MAP_FAILED)
-		return NULL;
-	p = (uintptr_t)m;
-	a = (p + hp - 1) & ~(uintptr_t)(hp - 1);
-	if (a > p)
-		munmap(m, a - p);
-	if (p + hp > a)
-		munmap((void *)(a + length), p + hp - a);
-	madvise((void *)a, length, MADV_HUGEPAGE);
-	return (void *)a;
-}
-
-int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
-	      uint64_t offset, size_t length, int prot, unsigned int flags,
-	      void **addrp)
-{
-	void *addr;
-	bool huge;
-	int err;
-
-	if (!ctx || !addrp || flags)
-		return -EINVAL;
-	if (!(prot & PROT_READ) ||
-	    (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)))
-		return -EINVAL;
-	err = check_range(ctx, store, offset, length);
-	if (err)
-		return err;
-	/* Chunks (see enum luffd_install) move 2 MiB at a time, which needs
-	 * a writable mapping like the staging buffers, 2 MiB-aligned, where
-	 * a fault leaves the page-middle directory empty (MADV_HUGEPAGE). */
-	huge = ctx->hp_chunks && (store->caps & LUFFD__CAP_SHORT_EOF) &&
-	       prot == (PROT_READ | PROT_WRITE);
-	addr = map_range(length, prot, huge);
-	if (!addr)
-		return -errno;
-	/* A child process would inherit the range unregistered and see
-	 * zeroes where the store has data; without it, a child that touches
-	 * the range gets SIGSEGV instead of wrong data. */
-	madvise(addr, length, MADV_DONTFORK);
-	err = add_region(ctx, (uint64_t)(uintptr_t)addr, length, store, offset,
-			 true, huge);
-	if (err) {
-		munmap(addr, length);
-		return err;
-	}
-	*addrp = addr;
-	return 0;
-}
-
-int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length)
-{
-	return remove_exact(ctx, addr, length, true);
-}
-
-int luffd_register(struct luffd_ctx *ctx, void *addr, size_t length,
-		   struct luffd_store *store, uint64_t offset,
-		   unsigned int flags)
-{
-	int err;
-
-	if (!ctx || !addr || flags)
-		return -EINVAL;
-	if ((uintptr_t)addr & (ctx->page_size - 1))
-		return -EINVAL;
-	err = check_range(ctx, store, offset, length);
-	if (err)
-		return err;
-	return add_region(ctx, (uint64_t)(uintptr_t)addr, length, store,
-			  offset, false, false);
-}
-
-int luffd_unregister(struct luffd_ctx *ctx, void *addr, size_t length)
-{
-	return remove_exact(ctx, addr, length, false);
+	pthread_mutex_lock(&t->lock);
+	reshape(t, from, from + len, to, t_read);
+	pthread_mutex_unlock(&t->lock);
 }

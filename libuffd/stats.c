@@ -14,7 +14,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "context.h"
+#include "loop.h"
+#include "stats.h"
 
 #define LD(x) atomic_load_explicit(&(x), memory_order_relaxed)
 
@@ -71,7 +73,7 @@ static uint64_t sum_hist(const struct luffd_ctx *ctx, int c0, int c1,
 	uint64_t total = 0;
 
 	memset(h, 0, sizeof(uint64_t) * LUFFD__HIST_BUCKETS);
-	for (unsigned int i = 0; i < ctx->nloops; i++) {
+	for (unsigned int i = 0; i < ctx->cfg.nloops; i++) {
 		struct luffd__stats *s = &ctx->loops[i].stats;
 
 		for (int c = c0; c < c1; c++)
@@ -126,7 +128,7 @@ int luffd_latency_percentile(const struct luffd_ctx *ctx,
 	total = sum_hist(ctx, c0, c1, h);
 	if (!total)
 		return -ENODATA;
-	for (unsigned int i = 0; i < ctx->nloops; i++)
+	for (unsigned int i = 0; i < ctx->cfg.nloops; i++)
 		for (int c = c0; c < c1; c++) {
 			uint64_t mn = LD(ctx->loops[i].stats.lat_min[c]);
 			uint64_t mx = LD(ctx->loops[i].stats.lat_max[c]);
@@ -147,7 +149,7 @@ int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
 		return -EINVAL;
 	memset(&st, 0, sizeof(st));
 	st.sz = sizeof(st);
-	for (unsigned int i = 0; i < ctx->nloops; i++) {
+	for (unsigned int i = 0; i < ctx->cfg.nloops; i++) {
 		struct luffd__stats *s = &ctx->loops[i].stats;
 
 		for (int c = 0; c < LUFFD_NR_CLASSES; c++)
@@ -177,7 +179,7 @@ int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
 		total = sum_hist(ctx, c, c + 1, h);
 		if (!total)
 			continue;
-		for (unsigned int i = 0; i < ctx->nloops; i++) {
+		for (unsigned int i = 0; i < ctx->cfg.nloops; i++) {
 			struct luffd__stats *s = &ctx->loops[i].stats;
 			uint64_t mn = LD(s->lat_min[c]), mx = LD(s->lat_max[c]);
 
@@ -220,52 +222,52 @@ static int write_all(int fd, const char *p, size_t n)
 	return 0;
 }
 
-static int flush_locked(struct luffd__loop *l)
+static int flush_locked(struct luffd__trace *t, struct luffd__stats *s)
 {
 	int err = 0;
 
-	if (l->trace.len) {
-		err = write_all(l->ctx->trace_fd, l->trace.buf, l->trace.len);
+	if (t->len) {
+		err = write_all(t->fd, t->buf, t->len);
 		if (err)
-			luffd__inc(l->stats.trace_errors, 1);
-		l->trace.len = 0;
+			luffd__inc(s->trace_errors, 1);
+		t->len = 0;
 	}
 	return err;
 }
 
-int luffd__trace_flush_loop(struct luffd__loop *l)
+int luffd__trace_flush(struct luffd__trace *t, struct luffd__stats *s)
 {
 	int err;
 
-	if (!l->trace.buf)
+	if (!t->buf)
 		return 0;
-	pthread_mutex_lock(&l->trace.lock);
-	err = flush_locked(l);
-	pthread_mutex_unlock(&l->trace.lock);
+	pthread_mutex_lock(&t->lock);
+	err = flush_locked(t, s);
+	pthread_mutex_unlock(&t->lock);
 	return err;
 }
 
-int luffd__trace_header(struct luffd_ctx *ctx)
+int luffd__trace_header(enum luffd_trace_format format, int fd)
 {
 	static const char hdr[] = "time_ns,tid,addr,rw,class,latency_ns,error\n";
 
-	if (ctx->trace_format != LUFFD_TRACE_CSV)
+	if (format != LUFFD_TRACE_CSV)
 		return 0;
-	return write_all(ctx->trace_fd, hdr, sizeof(hdr) - 1);
+	return write_all(fd, hdr, sizeof(hdr) - 1);
 }
 
-void luffd__trace_emit(struct luffd__loop *l, const struct luffd_fault *f)
+void luffd__trace_emit(struct luffd__trace *t, struct luffd__stats *s,
+		       const struct luffd_fault *f)
 {
-	struct luffd_ctx *ctx = l->ctx;
-	uint64_t since = f->time_ns - ctx->t_start;
+	uint64_t since = f->time_ns - t->t_start;
 	char line[160];
 	int n;
 
-	if (ctx->trace_fn)
-		ctx->trace_fn(ctx->trace_arg, f);
-	if (!l->trace.buf)
+	if (t->fn)
+		t->fn(t->arg, f);
+	if (!t->buf)
 		return;
-	if (ctx->trace_format == LUFFD_TRACE_PFAULTS)
+	if (t->format == LUFFD_TRACE_PFAULTS)
 		n = snprintf(line, sizeof(line),
 			     "%" PRIu64 ":%" PRIu32 ":%" PRIu64 ":%c:%s:%" PRIu64 "\n",
 			     since / 1000, f->tid, f->addr, f->write ? 'w' : 'r',
@@ -278,24 +280,10 @@ void luffd__trace_emit(struct luffd__loop *l, const struct luffd_fault *f)
 			     luffd_class_name(f->cls), f->latency_ns, f->error);
 	/* Uncontended unless luffd_trace_flush() runs at this moment; the
 	 * writer is opt-in, and a write(2) happens once per 64 KiB. */
-	pthread_mutex_lock(&l->trace.lock);
-	if (l->trace.len + (size_t)n > LUFFD__TRACE_BUF)
-		flush_locked(l);
-	memcpy(l->trace.buf + l->trace.len, line, (size_t)n);
-	l->trace.len += (size_t)n;
-	pthread_mutex_unlock(&l->trace.lock);
-}
-
-int luffd_trace_flush(struct luffd_ctx *ctx)
-{
-	int err = 0, e;
-
-	if (!ctx)
-		return -EINVAL;
-	for (unsigned int i = 0; i < ctx->nloops; i++) {
-		e = luffd__trace_flush_loop(&ctx->loops[i]);
-		if (e && !err)
-			err = e;
-	}
-	return err;
+	pthread_mutex_lock(&t->lock);
+	if (t->len + (size_t)n > LUFFD__TRACE_BUF)
+		flush_locked(t, s);
+	memcpy(t->buf + t->len, line, (size_t)n);
+	t->len += (size_t)n;
+	pthread_mutex_unlock(&t->lock);
 }

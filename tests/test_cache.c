@@ -11,7 +11,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
-#include "internal.h"
+#include "cache.h"
 
 static struct luffd__cache c;
 

@@ -26,25 +26,44 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "req.h"
+#include "store.h"
 
 static int window_pipe[2], page_pipe[2];
 
-static int pipe_read(struct luffd_store *s, struct luffd__loop *l,
-		     struct luffd__op *op)
+static int pipe_read(struct luffd_store *s, struct luffd__req *r)
 {
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&l->ring);
-	int fd = op->npages > 1 ? window_pipe[0] : page_pipe[0];
+	struct io_uring_sqe *sqe = luffd__req_sqe(r);
+	int fd = r->pub.len > t_ps ? window_pipe[0] : page_pipe[0];
 
 	(void)s;
 	if (!sqe)
 		return -EBUSY;
-	io_uring_prep_readv(sqe, fd, op->iov, op->niov, (uint64_t)-1);
-	io_uring_sqe_set_data(sqe, op);
+	io_uring_prep_readv(sqe, fd, r->pub.iov, (unsigned int)r->pub.iovcnt,
+			    (uint64_t)-1);
 	return 0;
 }
 
-static const struct luffd__store_ops pipe_ops = { .read = pipe_read };
+static void pipe_done(struct luffd_store *s, struct luffd__req *r, int res)
+{
+	(void)s;
+	luffd__req_complete(r, res);
+}
+
+static void pipe_cancel(struct luffd_store *s, struct luffd__req *r)
+{
+	struct io_uring_sqe *sqe = luffd__sqe(r->cq->ring);
+
+	(void)s;
+	if (!sqe)
+		return;
+	io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)r | LUFFD__TAG_REQ, 0);
+	io_uring_sqe_set_data64(sqe, LUFFD__TAG_CANCEL);
+}
+
+static const struct luffd__store_ops pipe_ops = {
+	.read = pipe_read, .ring_done = pipe_done, .cancel = pipe_cancel,
+};
 
 struct toucher {
 	pthread_t t;
@@ -78,7 +97,7 @@ static void wait_stat(struct luffd_ctx *ctx, size_t field, uint64_t n)
 START_TEST(shared_read_fails_then_reread)
 {
 	const size_t len = 16 * t_ps;
-	struct luffd_store *s = calloc(1, sizeof(*s));
+	struct luffd_store *s = luffd__store_new(&pipe_ops, 0, len, NULL);
 	struct luffd_ctx *ctx = t_ctx(NULL);
 	char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE,
 			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -89,11 +108,6 @@ START_TEST(shared_read_fails_then_reread)
 	ck_assert_ptr_ne(mem, MAP_FAILED);
 	ck_assert_int_eq(pipe(window_pipe), 0);
 	ck_assert_int_eq(pipe(page_pipe), 0);
-	atomic_init(&s->refs, 1);
-	s->id = UINT64_MAX - 1; /* never a real store's */
-	s->size = len;
-	s->ops = &pipe_ops;
-	s->fd = s->dfd = -1;
 	ck_assert_int_eq(luffd_register(ctx, mem, len, s, 0, 0), 0);
 	luffd_store_put(s);
 
@@ -129,7 +143,7 @@ END_TEST
 START_TEST(stuck_read_does_not_block_teardown)
 {
 	const size_t len = 16 * t_ps;
-	struct luffd_store *s = calloc(1, sizeof(*s));
+	struct luffd_store *s = luffd__store_new(&pipe_ops, 0, len, NULL);
 	LUFFD_OPTS(luffd_ctx_opts, o, .read_timeout_ms = 200);
 	LUFFD_OPTS(luffd_stats, st);
 	struct luffd_ctx *ctx = t_ctx(&o);
@@ -140,11 +154,6 @@ START_TEST(stuck_read_does_not_block_teardown)
 	ck_assert_ptr_ne(mem, MAP_FAILED);
 	ck_assert_int_eq(pipe(window_pipe), 0);
 	ck_assert_int_eq(pipe(page_pipe), 0);
-	atomic_init(&s->refs, 1);
-	s->id = UINT64_MAX - 2;
-	s->size = len;
-	s->ops = &pipe_ops;
-	s->fd = s->dfd = -1;
 	ck_assert_int_eq(luffd_register(ctx, mem, len, s, 0, 0), 0);
 	luffd_store_put(s);
 	/* Nothing is ever written to the pipes. */

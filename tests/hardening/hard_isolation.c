@@ -13,7 +13,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "internal.h" /* struct luffd_store: the cache key (id) */
+#include "store.h" /* struct luffd_store: the cache key (id) */
 
 static void check(char *base, size_t i, uint64_t size, uint64_t seed,
 		  char *buf)

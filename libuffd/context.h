@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: MIT */
+/* A context (context.c): settings, handler threads, the callback guard. */
+#ifndef LUFFD_CONTEXT_H
+#define LUFFD_CONTEXT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "opts.h"
+
+struct luffd__loop;
+
+struct luffd_ctx {
+	struct luffd__cfg cfg;
+	pthread_mutex_t lock;  /* serialises region creation and removal */
+	uint64_t next_gid;     /* striped ranges made so far (lock) */
+	atomic_uint next_loop; /* the handler the next range goes to */
+
+	/* The callback guard thread, started with the first region over a
+	 * store that runs application code (guard.c). */
+	pthread_t guard;
+	bool guard_started;
+	atomic_bool guard_stop;
+	pthread_mutex_t guard_lock;
+	pthread_cond_t guard_cv;
+	struct luffd__loop *loops; /* cfg.nloops of them */
+};
+
+#endif /* LUFFD_CONTEXT_H */

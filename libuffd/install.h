@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The install layer (install.c): the only code that changes the page
+ * tables of registered memory.  Each call takes a mode:
+ * LUFFD__PT_DONTWAKE leaves threads blocked on the range asleep (they find
+ * the page present when something wakes them).  Write-protected installs
+ * (UFFDIO_COPY_MODE_WP) and UFFDIO_CONTINUE come with the write side and
+ * minor mode.
+ */
+#ifndef LUFFD_INSTALL_H
+#define LUFFD_INSTALL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "util.h"
+
+#define LUFFD__PT_DONTWAKE (1u << 0)
+
+/* UFFDIO_COPY of [src, src+len) to dst: 0 or -errno (-EEXIST: a page was
+ * present, -EAGAIN: the address space is changing). */
+int luffd__pt_copy(int uffd, uint64_t dst, const void *src, uint64_t len,
+		   unsigned int mode);
+/* UFFDIO_ZEROPAGE: the shared zero page at [dst, dst+len). */
+int luffd__pt_zero(int uffd, uint64_t dst, uint64_t len, unsigned int mode);
+/* UFFDIO_POISON: touching [dst, dst+len) raises SIGBUS. */
+int luffd__pt_poison(int uffd, uint64_t dst, uint64_t len, unsigned int mode);
+/* UFFDIO_WAKE the threads blocked on [dst, dst+len). */
+void luffd__pt_wake(int uffd, uint64_t dst, uint64_t len);
+
+/*
+ * Copy [src, src+len) to dst page by page where pages are missing,
+ * stepping over present ones (found with mincore() after an -EEXIST, not
+ * by one failed copy per page).  Stops at any other error.  Returns the
+ * pages installed; *err (if not NULL) gets the error that stopped it, or
+ * 0.
+ */
+uint64_t luffd__pt_copy_missing(int uffd, uint64_t dst, const void *src,
+				uint64_t len, unsigned int mode, int *err);
+
+/* The outcome of luffd__pt_move(). */
+struct luffd__moved {
+	uint64_t done;  /* pages from dst on in place now (moved or present)
+			   before any error */
+	uint64_t moved; /* of those, moved */
+	bool present;   /* some were present already (and their threads
+			   were woken) */
+};
+/*
+ * UFFDIO_MOVE of [src, src+len) (whole pages of a private anonymous
+ * mapping this process alone maps) to dst, stepping over pages present at
+ * dst.  Threads blocked on [dst, dst+len) are woken.  0 or the -errno that
+ * stopped it.
+ */
+int luffd__pt_move(int uffd, uint64_t dst, uint64_t src, uint64_t len,
+		   unsigned int page_shift, struct luffd__moved *out);
+
+#endif /* LUFFD_INSTALL_H */

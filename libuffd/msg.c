@@ -1,0 +1,184 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Messages: the userfaultfd read in batches, in order, each fault given a
+ * record and handed to fault.c, each event applied to the region table.
+ */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fault.h"
+#include "guard.h"
+#include "install.h"
+#include "loop.h"
+#include "msg.h"
+#include "record.h"
+#include "region.h"
+
+#define F(l, i) luffd__F(&(l)->rs, (i))
+#define ORPHAN_NS (100 * 1000000ull)
+
+/* Serve fault fi, whose region may not be known yet. */
+static void resolve(struct luffd__loop *l, uint32_t fi)
+{
+	struct luffd__fault *f = F(l, fi);
+	size_t ps = l->cfg->page_size;
+	enum luffd__lookup how;
+
+	f->region = luffd__region_hold(&l->rtab, f->addr, &how);
+	if (f->region) {
+		luffd__fault_serve(l, fi);
+		return;
+	}
+	if (how == LUFFD__DYING) {
+		/* Its unregister is under way and wakes the thread. */
+		luffd__fault_free(&l->rs, fi);
+		return;
+	}
+	/*
+	 * No region: the kernel hands fault messages out before events, so
+	 * a fault in a range just moved by mremap() can arrive before the
+	 * REMAP event that says where the range went.  Wait for the event a
+	 * while; a fault that stays unknown (a mapping grown by mremap()
+	 * past its region) gets SIGBUS rather than an endless wait.
+	 */
+	if (luffd__now_ns() - f->t0 < ORPHAN_NS) {
+		luffd__flist_push(&l->rs, &l->orphans, fi);
+		return;
+	}
+	luffd__inc(l->stats.orphans, 1);
+	if (!l->cfg->has_poison || luffd__pt_poison(l->uffd, f->addr, ps, 0))
+		luffd__pt_wake(l->uffd, f->addr, ps);
+	luffd__fault_free(&l->rs, fi);
+}
+
+static void new_fault(struct luffd__loop *l, const struct uffd_msg *m,
+		      uint64_t t0)
+{
+	uint64_t addr = m->arg.pagefault.address &
+			~(uint64_t)(l->cfg->page_size - 1);
+	uint32_t fi = luffd__fault_alloc(&l->rs);
+
+	if (fi == LUFFD__NIL) {
+		/* Out of memory for bookkeeping: the thread is woken and
+		 * faults again, by which time memory may have been freed. */
+		luffd__pt_wake(l->uffd, addr, l->cfg->page_size);
+		return;
+	}
+	*F(l, fi) = (struct luffd__fault){
+		.addr = addr,
+		.t0 = t0,
+		.tid = m->arg.pagefault.feat.ptid,
+		.next = LUFFD__NIL,
+		.write = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0,
+	};
+	resolve(l, fi);
+}
+
+static void event(struct luffd__loop *l, const struct uffd_msg *m,
+		  uint64_t t_read)
+{
+	switch (m->event) {
+	case UFFD_EVENT_REMOVE:
+		/* madvise(DONTNEED/REMOVE): the pages are gone and fault
+		 * again, served from the store as before. */
+		luffd__inc(l->stats.ev_remove, 1);
+		break;
+	case UFFD_EVENT_UNMAP:
+		luffd__inc(l->stats.ev_unmap, 1);
+		luffd__region_unmapped(&l->rtab, m->arg.remove.start,
+				       m->arg.remove.end, t_read);
+		break;
+	case UFFD_EVENT_REMAP:
+		luffd__inc(l->stats.ev_remap, 1);
+		luffd__region_moved(&l->rtab, m->arg.remap.from,
+				    m->arg.remap.to, m->arg.remap.len, t_read);
+		break;
+	default:
+		break;
+	}
+}
+
+static void one(struct luffd__loop *l, const struct uffd_msg *m, uint64_t t)
+{
+	if (m->event == UFFD_EVENT_PAGEFAULT)
+		new_fault(l, m, t);
+	else
+		event(l, m, t);
+	/* Reads answered at once (the page cache, a callback) are served
+	 * now, before the next message. */
+	if (luffd__cq_ready(l->cq))
+		luffd__fault_completions(l);
+}
+
+/* Serve what the guard stashed (older than anything still queued in the
+ * kernel). */
+static void unstash(struct luffd__loop *l)
+{
+	struct luffd__stashed e;
+
+	for (;;) {
+		size_t n;
+
+		/* One at a time: serving a message may run a callback that
+		 * makes the guard stash more. */
+		pthread_mutex_lock(&l->lock);
+		n = atomic_load(&l->stash_n);
+		if (n) {
+			e = l->stash[0];
+			memmove(l->stash, l->stash + 1, (n - 1) * sizeof(e));
+			atomic_store(&l->stash_n, n - 1);
+		}
+		pthread_mutex_unlock(&l->lock);
+		if (!n)
+			return;
+		one(l, &e.m, e.t);
+	}
+}
+
+int luffd__msg_drain(struct luffd__loop *l)
+{
+	int total = 0;
+
+	for (;;) {
+		ssize_t n;
+		uint64_t t0;
+		size_t cnt;
+
+		if (unlikely(atomic_load_explicit(&l->stash_n,
+						  memory_order_acquire)))
+			unstash(l);
+		/* Before the read: munmap() can return, and a new region
+		 * take the range, as soon as the kernel has handed out the
+		 * UNMAP message (see region.c). */
+		t0 = luffd__now_ns();
+		n = read(l->uffd, l->msgs, sizeof(l->msgs));
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			break; /* EAGAIN: drained */
+		}
+		cnt = (size_t)n / sizeof(l->msgs[0]);
+		/* In order: an event changes how the faults after it
+		 * resolve. */
+		for (size_t i = 0; i < cnt; i++)
+			one(l, &l->msgs[i], t0);
+		total += (int)cnt;
+		/* A short batch emptied the queue; a message queued since
+		 * re-arms the poll. */
+		if (cnt < LUFFD__MSG_BATCH)
+			break;
+	}
+	return total;
+}
+
+void luffd__msg_orphans(struct luffd__loop *l)
+{
+	uint32_t i = luffd__flist_take(&l->orphans), next;
+
+	for (; i != LUFFD__NIL; i = next) {
+		next = F(l, i)->next;
+		F(l, i)->next = LUFFD__NIL;
+		resolve(l, i);
+	}
+}

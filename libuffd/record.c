@@ -1,0 +1,217 @@
+/* SPDX-License-Identifier: MIT */
+/* Fault records, their lists, and a fault's outcome. */
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "install.h"
+#include "opts.h"
+#include "record.h"
+#include "region.h"
+
+#define FAULTS_INIT 256
+
+static int grow(struct luffd__records *rs)
+{
+	uint32_t n = rs->n ? rs->n * 2 : FAULTS_INIT;
+	struct luffd__fault *p;
+
+	if (n > UINT32_MAX / 2)
+		return -ENOMEM;
+	p = realloc(rs->f, (size_t)n * sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	rs->f = p;
+	for (uint32_t i = rs->n; i < n; i++)
+		p[i].next = i + 1 < n ? i + 1 : rs->free;
+	rs->free = rs->n;
+	rs->n = n;
+	return 0;
+}
+
+int luffd__records_init(struct luffd__records *rs, int uffd,
+			const struct luffd__cfg *cfg, struct luffd__stats *st,
+			struct luffd__trace *tr)
+{
+	rs->f = NULL;
+	rs->n = 0;
+	rs->free = LUFFD__NIL;
+	luffd__flist_init(&rs->retry);
+	rs->uffd = uffd;
+	rs->cfg = cfg;
+	rs->stats = st;
+	rs->trace = tr;
+	return grow(rs);
+}
+
+void luffd__records_fini(struct luffd__records *rs)
+{
+	free(rs->f);
+	rs->f = NULL;
+}
+
+uint32_t luffd__fault_alloc(struct luffd__records *rs)
+{
+	uint32_t i;
+
+	if (rs->free == LUFFD__NIL && grow(rs))
+		return LUFFD__NIL;
+	i = rs->free;
+	rs->free = rs->f[i].next;
+	rs->f[i].next = LUFFD__NIL;
+	return i;
+}
+
+void luffd__fault_free(struct luffd__records *rs, uint32_t i)
+{
+	rs->f[i].next = rs->free;
+	rs->free = i;
+}
+
+void luffd__fault_drop(struct luffd__records *rs, uint32_t i)
+{
+	if (rs->f[i].region)
+		luffd__region_put(rs->f[i].region);
+	luffd__fault_free(rs, i);
+}
+
+void luffd__fault_record(struct luffd__records *rs, uint32_t i,
+			 enum luffd_class cls, int err)
+{
+	struct luffd__fault *f = &rs->f[i];
+	uint64_t lat = luffd__now_ns() - f->t0;
+
+	luffd__stats_record(rs->stats, cls, lat);
+	if (luffd__trace_on(rs->trace)) {
+		struct luffd_fault rec = {
+			.time_ns = f->t0,
+			.latency_ns = lat,
+			.addr = f->addr,
+			.tid = f->tid,
+			.write = f->write,
+			.cls = (uint8_t)cls,
+			.error = err,
+		};
+
+		luffd__trace_emit(rs->trace, rs->stats, &rec);
+	}
+	luffd__fault_drop(rs, i);
+}
+
+void luffd__flist_push(struct luffd__records *rs, struct luffd__flist *q,
+		       uint32_t i)
+{
+	rs->f[i].next = LUFFD__NIL;
+	if (q->head == LUFFD__NIL)
+		q->head = i;
+	else
+		rs->f[q->tail].next = i;
+	q->tail = i;
+}
+
+/* ------------------------------------------------------------------------
+ * Outcomes
+ * ---------------------------------------------------------------------- */
+
+bool luffd__fault_drop_if_dead(struct luffd__records *rs, uint32_t i)
+{
+	if (likely(!luffd__region_dead(rs->f[i].region)))
+		return false;
+	luffd__fault_drop(rs, i);
+	return true;
+}
+
+/*
+ * Act on an install's result.  -EEXIST means another fault (or an earlier
+ * message for the same page) installed it: success, but the page may have
+ * been installed by a racing fault whose wake-up this thread missed, so
+ * wake it explicitly.  -EAGAIN means the address space is changing under
+ * us: try again on the next turn.  Any other error (the range was unmapped
+ * behind libuffd's back) still wakes the thread so it never hangs.
+ */
+static void finish(struct luffd__records *rs, uint32_t i, int ret,
+		   enum luffd_class cls, int err)
+{
+	struct luffd__fault *f = &rs->f[i];
+	size_t ps = rs->cfg->page_size;
+
+	if (ret == -EEXIST) {
+		luffd__inc(rs->stats->eexist, 1);
+		luffd__pt_wake(rs->uffd, f->addr, ps);
+		ret = 0;
+	}
+	if (ret == -EAGAIN) {
+		luffd__inc(rs->stats->eagain, 1);
+		luffd__flist_push(rs, &rs->retry, i);
+		return;
+	}
+	if (ret) {
+		luffd__pt_wake(rs->uffd, f->addr, ps);
+		cls = LUFFD_ERROR;
+		err = ret;
+	}
+	luffd__fault_record(rs, i, cls, err);
+}
+
+void luffd__serve_copy(struct luffd__records *rs, uint32_t i, const void *src,
+		       enum luffd_class cls)
+{
+	if (luffd__fault_drop_if_dead(rs, i))
+		return;
+	if (rs->f[i].waited)
+		cls = LUFFD_MAJOR;
+	finish(rs, i, luffd__pt_copy(rs->uffd, rs->f[i].addr, src,
+				     rs->cfg->page_size, 0), cls, 0);
+}
+
+void luffd__serve_zero(struct luffd__records *rs, uint32_t i)
+{
+	struct luffd__fault *f = &rs->f[i];
+	size_t ps = rs->cfg->page_size;
+	int ret;
+
+	if (luffd__fault_drop_if_dead(rs, i))
+		return;
+	/* A write would fault again on the shared zero page to copy it:
+	 * install a private zeroed page for writes in one go. */
+	if (f->write)
+		ret = luffd__pt_copy(rs->uffd, f->addr, rs->zero_page, ps, 0);
+	else
+		ret = luffd__pt_zero(rs->uffd, f->addr, ps, 0);
+	finish(rs, i, ret, LUFFD_ZERO, 0);
+}
+
+/*
+ * The page cannot be served: SIGBUS in the faulting thread, as mmap does
+ * past the end of a file.  UFFDIO_POISON makes the retried access raise
+ * SIGBUS (BUS_ADRERR) and keeps doing so until the page is zapped.  Without
+ * it, a SIGBUS sent to the thread interrupts its wait (si_code SI_TKILL);
+ * without a thread id either, zeroes are the only way to unblock it.
+ */
+void luffd__serve_error(struct luffd__records *rs, uint32_t i, int err)
+{
+	struct luffd__fault *f = &rs->f[i];
+	size_t ps = rs->cfg->page_size;
+	int ret;
+
+	if (luffd__fault_drop_if_dead(rs, i))
+		return;
+	if (rs->cfg->has_poison) {
+		ret = luffd__pt_poison(rs->uffd, f->addr, ps, 0);
+	} else if (f->tid) {
+		ret = (int)syscall(SYS_tgkill, getpid(), (pid_t)f->tid, SIGBUS);
+		ret = ret < 0 ? -errno : 0;
+	} else {
+		ret = luffd__pt_zero(rs->uffd, f->addr, ps, 0);
+	}
+	if (ret == -EAGAIN) {
+		luffd__inc(rs->stats->eagain, 1);
+		luffd__flist_push(rs, &rs->retry, i);
+		return;
+	}
+	if (ret)
+		luffd__pt_wake(rs->uffd, f->addr, ps);
+	luffd__fault_record(rs, i, LUFFD_ERROR, err);
+}

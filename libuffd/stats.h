@@ -1,0 +1,70 @@
+/* SPDX-License-Identifier: MIT */
+/* Counters, latency histograms and the trace writer (stats.c). */
+#ifndef LUFFD_STATS_H
+#define LUFFD_STATS_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+#define LUFFD__HIST_BUCKETS 976 /* 16 linear + 60 octaves x 16 sub-buckets */
+#define LUFFD__TRACE_BUF (64 * 1024)
+
+struct luffd__stats {
+	/* Single writer (the handler thread), any number of readers: plain
+	 * relaxed loads and stores, never a locked instruction. */
+	_Atomic uint64_t faults[LUFFD_NR_CLASSES];
+	_Atomic uint64_t lat_sum[LUFFD_NR_CLASSES];
+	_Atomic uint64_t lat_min[LUFFD_NR_CLASSES];
+	_Atomic uint64_t lat_max[LUFFD_NR_CLASSES];
+	_Atomic uint64_t hist[LUFFD_NR_CLASSES][LUFFD__HIST_BUCKETS];
+	_Atomic uint64_t bytes_read, reads, readahead_pages, coalesced;
+	_Atomic uint64_t evictions, eexist, eagain, waits, trace_errors;
+	_Atomic uint64_t ev_remove, ev_unmap, ev_remap, orphans, timeouts;
+	_Atomic uint64_t misuse, installed_ahead, moved_pages;
+	_Atomic uint64_t cancels, late, internal_errors, prefetched;
+	/* Written by application threads (luffd_install()): atomic adds. */
+	_Atomic uint64_t app_installed;
+};
+
+#define luffd__inc(field, n)                                                 \
+	atomic_store_explicit(&(field),                                      \
+			      atomic_load_explicit(&(field),                 \
+						   memory_order_relaxed) + (n), \
+			      memory_order_relaxed)
+
+void luffd__stats_init(struct luffd__stats *s);
+void luffd__stats_record(struct luffd__stats *s, enum luffd_class c,
+			 uint64_t lat_ns);
+unsigned int luffd__hist_index(uint64_t v);
+uint64_t luffd__hist_value(unsigned int idx);
+
+/* A handler thread's trace: the context's settings and, with a writer,
+ * its line buffer. */
+struct luffd__trace {
+	luffd_trace_fn fn;
+	void *arg;
+	enum luffd_trace_format format;
+	int fd;
+	uint64_t t_start;
+	pthread_mutex_t lock; /* the writer's buffer: handler vs. flush() */
+	char *buf;            /* NULL: no writer */
+	size_t len;
+};
+
+static inline bool luffd__trace_on(const struct luffd__trace *t)
+{
+	return t->fn || t->buf;
+}
+/* Hand f to the callback and/or the writer; a failed write counts in
+ * s->trace_errors. */
+void luffd__trace_emit(struct luffd__trace *t, struct luffd__stats *s,
+		       const struct luffd_fault *f);
+int luffd__trace_flush(struct luffd__trace *t, struct luffd__stats *s);
+/* The CSV header line, written once at context creation. */
+int luffd__trace_header(enum luffd_trace_format format, int fd);
+
+#endif /* LUFFD_STATS_H */

@@ -1,0 +1,336 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * File store: reads through the handler's io_uring, page-cache hits copied
+ * inline, holes found with SEEK_DATA, cold staging chunks read with
+ * O_DIRECT.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <linux/fs.h>
+
+#include "compat.h"
+#include "req.h"
+#include "store.h"
+
+struct file_store {
+	int fd;
+	int dfd;                 /* O_DIRECT reopen for cold chunks, or -1 */
+	atomic_bool dfd_refused; /* cachestat or an O_DIRECT read failed */
+	bool direct_io;          /* fd itself is O_DIRECT */
+};
+
+/* r->priv: read through dfd (a cold chunk). */
+#define VIA_DFD ((void *)(uintptr_t)1)
+
+static struct file_store *F(struct luffd_store *s)
+{
+	return s->priv;
+}
+
+/*
+ * Does the page cache hold less than half of [off, off+len)?  One
+ * cachestat() call per 2 MiB chunk, which it turns into either a memory
+ * copy or one device request.
+ */
+static bool cold(struct file_store *f, uint64_t off, uint64_t len)
+{
+	static atomic_bool unsupported;
+	struct luffd__cachestat_range rg = { .off = off, .len = len };
+	struct luffd__cachestat cs;
+
+	if (f->dfd < 0 || atomic_load_explicit(&unsupported,
+					       memory_order_relaxed) ||
+	    atomic_load_explicit(&f->dfd_refused, memory_order_relaxed))
+		return false;
+	if (syscall(__NR_cachestat, f->fd, &rg, &cs, 0) < 0) {
+		/* Not again: for anyone when the kernel (or a seccomp
+		 * filter) refuses the call, for this file otherwise. */
+		if (errno == ENOSYS || errno == EPERM)
+			atomic_store(&unsupported, true);
+		else
+			atomic_store(&f->dfd_refused, true);
+		return false;
+	}
+	/* cachestat() counts pages. */
+	return cs.nr_cache * 2 * (uint64_t)getpagesize() < len;
+}
+
+/* Skip the first n bytes of r's iovecs (a short read goes on after them). */
+static void iov_advance(struct luffd__req *r, uint64_t n)
+{
+	while (n && r->pub.iovcnt) {
+		if (n >= r->iov->iov_len) {
+			n -= r->iov->iov_len;
+			r->iov++;
+			r->pub.iovcnt--;
+		} else {
+			r->iov->iov_base = (char *)r->iov->iov_base + n;
+			r->iov->iov_len -= n;
+			n = 0;
+		}
+	}
+	r->pub.iov = r->iov;
+}
+
+/* The rest of r (from r->done on) through the ring. */
+static void submit(struct luffd_store *s, struct luffd__req *r)
+{
+	struct file_store *f = F(s);
+	int fd = r->priv == VIA_DFD ? f->dfd : f->fd;
+	struct io_uring_sqe *sqe = luffd__req_sqe(r);
+
+	if (!sqe) {
+		/* Cannot happen with the ring sized for every read in flight;
+		 * should it, a blocking read beats failing the fault. */
+		ssize_t n = preadv(fd, r->iov, r->pub.iovcnt,
+				   (off_t)(r->pub.offset + r->done));
+
+		luffd__req_complete(r, n < 0 ? -errno : (int64_t)(r->done + n));
+		return;
+	}
+	if (r->pub.iovcnt == 1)
+		io_uring_prep_read(sqe, fd, r->iov[0].iov_base,
+				   (unsigned int)r->iov[0].iov_len,
+				   r->pub.offset + r->done);
+	else
+		io_uring_prep_readv(sqe, fd, r->iov, (unsigned int)r->pub.iovcnt,
+				    r->pub.offset + r->done);
+	/* Read-ahead nobody waits for goes to an io_uring worker, even when
+	 * cached: its copy then runs beside the handler. */
+	if (r->flags & LUFFD__REQ_OFFLOAD)
+		sqe->flags |= IOSQE_ASYNC;
+}
+
+/* n more bytes of r arrived (or -errno): go on, or complete. */
+static void progress(struct luffd_store *s, struct luffd__req *r, int64_t n)
+{
+	size_t ps = (size_t)getpagesize();
+
+	if (luffd__req_state(r) == LUFFD__REQ_CANCELLED) {
+		luffd__req_complete(r, -ECANCELED);
+		return;
+	}
+	if (n == -EAGAIN || n == -EINTR) {
+		submit(s, r);
+		return;
+	}
+	if (n == -EINVAL && r->priv == VIA_DFD) {
+		/* A file system that opened O_DIRECT but refuses its reads
+		 * (an alignment bigger than a page): buffered from now on. */
+		atomic_store(&F(s)->dfd_refused, true);
+		r->priv = NULL;
+		submit(s, r);
+		return;
+	}
+	if (n > 0) {
+		r->done += (uint64_t)n;
+		/* Regular files only come up short at their end, and an
+		 * O_DIRECT read may not resume at an unaligned offset: keep
+		 * reading only after a page-aligned short read. */
+		if (r->done < r->pub.len && !(r->done & (ps - 1))) {
+			iov_advance(r, (uint64_t)n);
+			submit(s, r);
+			return;
+		}
+	}
+	/* Bytes read so far win over a later error: the pages after them
+	 * are read again alone (see fault.c), and fail then. */
+	luffd__req_complete(r, r->done || n >= 0 ? (int64_t)r->done : n);
+}
+
+static int file_read(struct luffd_store *s, struct luffd__req *r)
+{
+	struct file_store *f = F(s);
+
+	if ((r->flags & LUFFD__REQ_BULK) &&
+	    cold(f, r->pub.offset, r->pub.len))
+		r->priv = VIA_DFD;
+	/* Data in the page cache is copied now, without a trip through the
+	 * ring (which would serve it inline too, one loop turn later);
+	 * anything that would block goes to io_uring.  A partial answer
+	 * (part of the window cached) is taken: the rest is asked for as a
+	 * continuation. */
+	if (!f->direct_io && r->priv != VIA_DFD &&
+	    !(r->flags & LUFFD__REQ_OFFLOAD)) {
+		ssize_t n = preadv2(f->fd, r->iov, r->pub.iovcnt,
+				    (off_t)r->pub.offset, RWF_NOWAIT);
+
+		if (n >= 0) {
+			progress(s, r, n);
+			return 0;
+		}
+	}
+	submit(s, r);
+	return 0;
+}
+
+static void file_ring_done(struct luffd_store *s, struct luffd__req *r,
+			   int res)
+{
+	progress(s, r, res);
+}
+
+/* A read of a local file under way cannot be stopped; a pipe, FIFO or a
+ * dead network file system's can. */
+static void file_cancel(struct luffd_store *s LUFFD__UNUSED,
+			struct luffd__req *r)
+{
+	struct io_uring_sqe *sqe = luffd__sqe(r->cq->ring);
+
+	if (!sqe)
+		return;
+	io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)r | LUFFD__TAG_REQ, 0);
+	io_uring_sqe_set_data64(sqe, LUFFD__TAG_CANCEL);
+}
+
+/* Sparse files only: one lseek per cache miss to tell a hole from data,
+ * so holes map the zero page without a read (the extra syscall is paid
+ * only where st_blocks said the file has holes). */
+static int file_hole(struct luffd_store *s, uint64_t off, uint64_t len,
+		     uint64_t *data_end)
+{
+	int fd = F(s)->fd;
+	off_t d = lseek(fd, (off_t)off, SEEK_DATA);
+	off_t h;
+
+	if (d < 0)
+		return errno == ENXIO ? 1 : 0; /* ENXIO: no data after off */
+	if ((uint64_t)d >= off + len)
+		return 1;
+	if ((uint64_t)d > off) {
+		/* Data starts inside the page: read just this page. */
+		*data_end = off + len;
+		return 0;
+	}
+	h = lseek(fd, (off_t)off, SEEK_HOLE);
+	*data_end = h < 0 ? UINT64_MAX : (uint64_t)h;
+	return 0;
+}
+
+static void file_destroy(struct luffd_store *s)
+{
+	struct file_store *f = F(s);
+
+	if (f->fd >= 0)
+		close(f->fd);
+	if (f->dfd >= 0)
+		close(f->dfd);
+	free(f);
+}
+
+/* A new description of fd's file with O_DIRECT (the flag belongs to the
+ * description: the caller's keeps its own), or -errno. */
+static int reopen_direct(int fd)
+{
+	char path[64];
+	int nfd;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	nfd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+	return nfd < 0 ? -errno : nfd;
+}
+
+static const struct luffd__store_ops file_ops = {
+	.read = file_read,
+	.ring_done = file_ring_done,
+	.cancel = file_cancel,
+	.hole = file_hole,
+	.destroy = file_destroy,
+};
+
+#define FILE_FLAGS (LUFFD_FILE_DIRECT | LUFFD_FILE_CACHED)
+
+int luffd_store_file(int fd, unsigned int flags, struct luffd_store **storep)
+{
+	unsigned int caps = LUFFD__CAP_LIVE_SIZE | LUFFD__CAP_READ_AROUND;
+	struct luffd_store *s;
+	struct file_store *f;
+	struct stat st;
+	uint64_t size;
+	int acc, nfd;
+	bool direct;
+
+	if (storep)
+		*storep = NULL;
+	if (!storep || (flags & ~FILE_FLAGS))
+		return -EINVAL;
+	if (fd < 0)
+		return -EBADF;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	acc = fcntl(fd, F_GETFL);
+	if (acc < 0)
+		return -errno;
+	if ((acc & O_ACCMODE) == O_WRONLY || (acc & O_PATH))
+		return -EACCES;
+	if (S_ISREG(st.st_mode)) {
+		size = (uint64_t)st.st_size;
+		caps |= LUFFD__CAP_CHUNKS;
+		/* Fewer blocks than bytes: the file has holes. */
+		if ((uint64_t)st.st_blocks * 512 < size)
+			caps |= LUFFD__CAP_HOLES;
+	} else if (S_ISBLK(st.st_mode)) {
+		if (ioctl(fd, BLKGETSIZE64, &size) < 0)
+			return -errno;
+		caps |= LUFFD__CAP_CHUNKS;
+	} else {
+		return -EINVAL;
+	}
+
+	/* A descriptor opened with O_DIRECT reads everything that way. */
+	direct = (flags & LUFFD_FILE_DIRECT) || (acc & O_DIRECT);
+	if (direct && !(acc & O_DIRECT)) {
+		nfd = reopen_direct(fd);
+	} else {
+		nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+		if (nfd < 0)
+			nfd = -errno;
+	}
+	if (nfd < 0)
+		return nfd;
+	f = calloc(1, sizeof(*f));
+	s = f ? luffd__store_new(&file_ops, caps, size, f) : NULL;
+	if (!s) {
+		free(f);
+		close(nfd);
+		return -ENOMEM;
+	}
+	f->fd = nfd;
+	f->dfd = -1;
+	atomic_init(&f->dfd_refused, false);
+	f->direct_io = direct;
+	/* Cold chunks: a second description with O_DIRECT, if the file
+	 * system takes it (tmpfs does not: then everything is buffered). */
+	if (!direct && !(flags & LUFFD_FILE_CACHED) && S_ISREG(st.st_mode)) {
+		nfd = reopen_direct(fd);
+		f->dfd = nfd < 0 ? -1 : nfd;
+	}
+	*storep = s;
+	return 0;
+}
+
+int luffd_store_open(const char *path, unsigned int flags,
+		     struct luffd_store **storep)
+{
+	int fd, err;
+
+	if (storep)
+		*storep = NULL;
+	if (!path || !storep || (flags & ~FILE_FLAGS))
+		return -EINVAL;
+	fd = open(path, O_RDONLY | O_CLOEXEC |
+			((flags & LUFFD_FILE_DIRECT) ? O_DIRECT : 0));
+	if (fd < 0)
+		return -errno;
+	/* Opened as wanted: luffd_store_file() takes a duplicate. */
+	err = luffd_store_file(fd, flags, storep);
+	close(fd);
+	return err;
+}
