@@ -274,13 +274,16 @@ struct luffd_ctx_opts {
 	 * handler threads, lines are ordered per thread, not globally. */
 	enum luffd_trace_format trace_format;
 	int trace_fd;
-	/* A file store read that has not completed after this long is
-	 * cancelled and its faults get SIGBUS (ERROR, -ETIMEDOUT), so a dead
-	 * NFS server, FIFO or socket never freezes the faulting threads.
-	 * Reads of local regular files cannot be interrupted once under way
-	 * and finish on their own.  Callback stores run synchronously and are
-	 * not timed.  0 means the default, 30000 ms; LUFFD_NO_TIMEOUT waits
-	 * forever. */
+	/* A store request (a file read, a callback's fill(), an asynchronous
+	 * store's read) that has not completed after this long is cancelled
+	 * (the store is told) and its faults get SIGBUS (ERROR,
+	 * -ETIMEDOUT), so a dead NFS server, a hung FUSE file system or a
+	 * source that stops answering never freezes the faulting threads,
+	 * and luffd_unregister(), luffd_unmap() and luffd_ctx_destroy()
+	 * return.  Faults that could not even start a read (every request in
+	 * flight) fail the same way.  Reads of local regular files cannot be
+	 * interrupted once under way and finish on their own.  0 means the
+	 * default, 30000 ms; LUFFD_NO_TIMEOUT waits forever. */
 	unsigned int read_timeout_ms;
 	/* How big a read a cache miss starts (see enum luffd_readahead). */
 	enum luffd_readahead readahead_mode;
@@ -493,6 +496,62 @@ struct luffd_request {
 				 cancelled (read_timeout_ms), 0 for none */
 };
 
+/*
+ * Asynchronous store: read() starts a fetch and returns at once; any thread
+ * answers it later with luffd_request_complete().  Many requests of one
+ * handler are in flight at once (up to queue_depth), with coalescing and
+ * read-ahead windows as for files, so a store whose answers take a network
+ * round trip serves as many faults per round trip as threads wait.
+ *
+ * read(arg, req) runs on a handler thread.  It must not block or touch
+ * memory registered with libuffd (as a trace callback), and returns 0 when
+ * it will complete req (or already has, from inside read()), or a negative
+ * errno to fail it at once (its faults get SIGBUS; it must then not be
+ * completed).  req and its iovecs stay valid, and the buffers they point
+ * at stay the store's to write, until req is completed: even after a
+ * cancel, even after the context is destroyed.
+ * The answer, luffd_request_complete(store, req->id, res), from any
+ * thread:
+ *   > 0   bytes written at req->iov (at most req->len; the rest of a page
+ *         is zeroed; pages a short answer does not reach are asked for
+ *         again when touched);
+ *   0     the first page holds no data: it is installed as zeroes (ZERO);
+ *   < 0   a negative errno: the faulting threads get SIGBUS (ERROR).
+ * cancel(arg, req), if not NULL, runs on the handler thread when req passed
+ * its deadline (read_timeout_ms: its faults got SIGBUS) or nothing waits
+ * for it any more (its region was removed): stop if possible.  req must be
+ * completed all the same; that call returns -EINVAL and the data is
+ * dropped.  A request never completed keeps its buffers and a reference to
+ * the store for good.
+ * Faults at offsets past size get SIGBUS without a request (UINT64_MAX for
+ * unbounded).  destroy(arg), if not NULL, runs when the last reference to
+ * the store is dropped: luffd_store_put(), a region going away, or the
+ * completion of the store's last request, on whichever thread that is.
+ * Release with luffd_store_put().  On failure *storep is NULL.
+ */
+struct luffd_async_ops {
+	size_t sz;
+	int (*read)(void *arg, const struct luffd_request *req);
+	void (*cancel)(void *arg, const struct luffd_request *req);
+	void (*destroy)(void *arg);
+	uint64_t size;
+};
+
+LUFFD_API int luffd_store_async(const struct luffd_async_ops *ops, void *arg,
+				struct luffd_store **storep);
+
+/*
+ * Answer request id of store (see luffd_async_ops) with res.  Any thread,
+ * lock-free: it never waits for the handler, which it wakes only when it
+ * was not already awake for an earlier answer.  Returns 0, or -EINVAL,
+ * changing nothing, for an id that is not a request of store waiting for
+ * its answer (answered already, made up, another store's) or a res above
+ * the request's length or below -4095; and -EINVAL, giving the buffers
+ * back, for a request that was cancelled (its data is dropped).
+ */
+LUFFD_API int luffd_request_complete(struct luffd_store *store, uint64_t id,
+				     ssize_t res);
+
 /* Size in bytes the store reported when it was created. */
 LUFFD_API uint64_t luffd_store_size(const struct luffd_store *store);
 
@@ -605,6 +664,13 @@ struct luffd_stats {
 				     each moved chunk) */
 	uint64_t moved_pages;     /* pages moved into place from staging
 				     chunks (LUFFD_INSTALL_AUTO) */
+	uint64_t requests_cancelled; /* store requests cancelled (timeout,
+					or nothing waited for them) */
+	uint64_t late_completions;   /* answers to cancelled requests,
+					dropped */
+	uint64_t internal_errors;    /* states that cannot happen: the fault
+					got SIGBUS (-ENOTRECOVERABLE) and
+					the print callback was told */
 };
 
 /*

@@ -171,6 +171,9 @@ int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
 		st.callback_misuse += LD(s->misuse);
 		st.installed_ahead += LD(s->installed_ahead);
 		st.moved_pages += LD(s->moved_pages);
+		st.requests_cancelled += LD(s->cancels);
+		st.late_completions += LD(s->late);
+		st.internal_errors += LD(s->internal_errors);
 	}
 	for (int c = 0; c < LUFFD_NR_CLASSES; c++) {
 		struct luffd_latency *lat = &st.latency[c];

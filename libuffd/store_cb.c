@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "opts.h"
 #include "req.h"
 #include "store.h"
 
@@ -57,21 +58,30 @@ int luffd_store_callback(const struct luffd_callback_ops *ops, void *arg,
 {
 	struct luffd_store *s;
 	struct cb_store *cb;
+	int err;
 
 	if (storep)
 		*storep = NULL;
-	if (!ops || !storep || ops->sz < offsetof(struct luffd_callback_ops,
-						  size) + sizeof(ops->size) ||
-	    ops->sz > sizeof(*ops) || !ops->fill || !ops->size)
+	if (!ops || !storep)
 		return -EINVAL;
 	cb = calloc(1, sizeof(*cb));
-	s = cb ? luffd__store_new(&cb_ops, LUFFD__CAP_EMPTY_ZERO |
-				  LUFFD__CAP_APP_CODE, ops->size, cb) : NULL;
+	if (!cb)
+		return -ENOMEM;
+	err = luffd__opts_copy(&cb->ops, sizeof(cb->ops), ops, ops->sz,
+			       offsetof(struct luffd_callback_ops, size) +
+				       sizeof(ops->size),
+			       "luffd_callback_ops");
+	if (!err && (!cb->ops.fill || !cb->ops.size)) {
+		pr_warn("luffd_callback_ops: fill and size are required\n");
+		err = -EINVAL;
+	}
+	s = err ? NULL : luffd__store_new(&cb_ops, LUFFD__CAP_EMPTY_ZERO |
+					  LUFFD__CAP_APP_CODE, cb->ops.size,
+					  cb);
 	if (!s) {
 		free(cb);
-		return -ENOMEM;
+		return err ? err : -ENOMEM;
 	}
-	memcpy(&cb->ops, ops, ops->sz);
 	cb->arg = arg;
 	*storep = s;
 	return 0;
