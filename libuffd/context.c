@@ -8,6 +8,7 @@
 #include "guard.h"
 #include "loop.h"
 #include "map.h"
+#include "pool.h"
 #include "stats.h"
 
 /* Features asked for when the kernel offers them.  FORK is not: a child
@@ -18,6 +19,7 @@
 
 static void ctx_free(struct luffd_ctx *ctx)
 {
+	luffd__pool_stop(ctx->pool);
 	free(ctx->loops);
 	pthread_mutex_destroy(&ctx->lock);
 	pthread_mutex_destroy(&ctx->guard_lock);
@@ -72,7 +74,8 @@ int luffd_ctx_create(const struct luffd_ctx_opts *opts, struct luffd_ctx **ctxp)
 	n = ctx->cfg.nloops;
 	ctx->cfg.t_start = luffd__now_ns();
 	ctx->loops = calloc(n, sizeof(*ctx->loops));
-	if (!ctx->loops) {
+	ctx->pool = luffd__pool_new(ctx, ctx->cfg.workers);
+	if (!ctx->loops || !ctx->pool) {
 		ctx_free(ctx);
 		return -ENOMEM;
 	}
@@ -99,6 +102,8 @@ int luffd_ctx_create(const struct luffd_ctx_opts *opts, struct luffd_ctx **ctxp)
 fail_loops:
 	for (unsigned int j = 0; j < i; j++)
 		luffd__loop_stop(&ctx->loops[j]);
+	luffd__pool_stop(ctx->pool);
+	ctx->pool = NULL;
 	for (unsigned int j = 0; j < i; j++)
 		luffd__loop_fini(&ctx->loops[j]);
 	ctx_free(ctx);
@@ -115,6 +120,10 @@ int luffd_ctx_destroy(struct luffd_ctx *ctx)
 	luffd__guard_stop(ctx);
 	for (unsigned int i = 0; i < ctx->cfg.nloops; i++)
 		luffd__loop_stop(&ctx->loops[i]);
+	/* After the handlers (they look workers up), before their queues
+	 * close (work still queued is answered into them). */
+	luffd__pool_stop(ctx->pool);
+	ctx->pool = NULL;
 	for (unsigned int i = 0; i < ctx->cfg.nloops; i++)
 		luffd__loop_fini(&ctx->loops[i]);
 	ctx_free(ctx);

@@ -11,6 +11,7 @@
 #include "opts.h"
 
 struct luffd__loop;
+struct luffd__pool;
 
 struct luffd_ctx {
 	struct luffd__cfg cfg;
@@ -18,14 +19,15 @@ struct luffd_ctx {
 	uint64_t next_gid;     /* striped ranges made so far (lock) */
 	atomic_uint next_loop; /* the handler the next range goes to */
 
-	/* The callback guard thread, started with the first region over a
-	 * store that runs application code (guard.c). */
+	/* The guard thread, started with the first region over a store
+	 * whose read() runs application code on the handler (guard.c). */
 	pthread_t guard;
 	bool guard_started;
 	atomic_bool guard_stop;
 	pthread_mutex_t guard_lock;
 	pthread_cond_t guard_cv;
 	struct luffd__loop *loops; /* cfg.nloops of them */
+	struct luffd__pool *pool;  /* callback workers (pool.c) */
 };
 
 #endif /* LUFFD_CONTEXT_H */

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "fault.h"
+#include "context.h"
 #include "loop.h"
 #include "msg.h"
 #include "store.h"
@@ -358,6 +359,7 @@ int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
 	err = luffd__cq_new(&l->cq);
 	if (err)
 		return err;
+	l->cq->pool = ctx->pool;
 	err = luffd__uffd_open(cfg->open_mode, cfg->features, &l->uffd,
 			       &l->opened_by, &l->ioctls);
 	luffd__rtab_init(&l->rtab, l->uffd, l->cq);

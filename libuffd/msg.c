@@ -12,11 +12,26 @@
 #include "install.h"
 #include "loop.h"
 #include "msg.h"
+#include "pool.h"
 #include "record.h"
 #include "region.h"
 
 #define F(l, i) luffd__F(&(l)->rs, (i))
 #define ORPHAN_NS (100 * 1000000ull)
+
+/* A callback worker faulted on memory of this context (the pool now holds
+ * the region for it): let it go on reading zeroes; the pool fails its
+ * work and drops the zero page (see pool.c). */
+static void caught(struct luffd__loop *l, uint32_t fi)
+{
+	struct luffd__fault *f = F(l, fi);
+	size_t ps = l->cfg->page_size;
+	int err = luffd__pt_zero(l->uffd, f->addr, ps, 0);
+
+	if (err && err != -EEXIST)
+		luffd__pt_wake(l->uffd, f->addr, ps);
+	luffd__fault_free(&l->rs, fi);
+}
 
 /* Serve fault fi, whose region may not be known yet. */
 static void resolve(struct luffd__loop *l, uint32_t fi)
@@ -27,6 +42,11 @@ static void resolve(struct luffd__loop *l, uint32_t fi)
 
 	f->region = luffd__region_hold(&l->rtab, f->addr, &how);
 	if (f->region) {
+		if (unlikely(luffd__pool_caught(l->cq->pool, f->tid, f->addr,
+						f->region))) {
+			caught(l, fi);
+			return;
+		}
 		luffd__fault_serve(l, fi);
 		return;
 	}

@@ -39,6 +39,7 @@
 
 struct luffd_store;
 struct luffd__cq;
+struct luffd__pool;
 
 enum {
 	LUFFD__REQ_FREE = 0,
@@ -77,6 +78,8 @@ struct luffd__req {
 	/* The store's own, while it works on the request. */
 	uint64_t done;
 	void *priv;
+	int64_t (*work)(struct luffd__req *r); /* the worker pool's */
+	bool queued;                           /* in the pool's queue */
 };
 
 /* A request entry for a handler's read (setup time: takes a lock, may
@@ -129,6 +132,7 @@ struct luffd__cq {
 	/* Completions on the handler thread itself: a plain FIFO. */
 	struct luffd__req *local_head, *local_tail;
 	struct io_uring *ring;
+	struct luffd__pool *pool; /* the context's workers */
 	/* After the handler has gone (see luffd__cq_close()). */
 	pthread_mutex_t lock;
 	uint32_t pending;

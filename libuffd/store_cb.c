@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: MIT */
-/* Callback store: the application fills pages with a synchronous fill(). */
+/* Callback store: the application fills pages with a synchronous fill(),
+ * run on the context's worker pool. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "opts.h"
+#include "pool.h"
 #include "req.h"
 #include "store.h"
 
@@ -13,13 +15,13 @@ struct cb_store {
 	void *arg;
 };
 
-static int cb_read(struct luffd_store *s, struct luffd__req *r)
+/* On a worker (pool.c): the window's slots are not contiguous, so fill
+ * them one run at a time, stopping at the first short answer. */
+static int64_t cb_work(struct luffd__req *r)
 {
-	struct cb_store *cb = s->priv;
+	struct cb_store *cb = r->store->priv;
 	int64_t res = 0;
 
-	/* The window's slots are not contiguous: fill them one run at a
-	 * time, stopping at the first short answer. */
 	for (int i = 0; i < r->pub.iovcnt; i++) {
 		ssize_t n = cb->ops.fill(cb->arg, r->pub.offset + (uint64_t)res,
 					 r->iov[i].iov_base, r->iov[i].iov_len);
@@ -35,8 +37,19 @@ static int cb_read(struct luffd_store *s, struct luffd__req *r)
 		if ((size_t)n < r->iov[i].iov_len)
 			break;
 	}
-	luffd__req_complete(r, res);
+	return res;
+}
+
+static int cb_read(struct luffd_store *s LUFFD__UNUSED, struct luffd__req *r)
+{
+	luffd__pool_submit(r->cq->pool, r, cb_work);
 	return 0;
+}
+
+static void cb_cancel(struct luffd_store *s LUFFD__UNUSED,
+		      struct luffd__req *r)
+{
+	luffd__pool_cancel(r->cq->pool, r);
 }
 
 static void cb_destroy(struct luffd_store *s)
@@ -50,6 +63,7 @@ static void cb_destroy(struct luffd_store *s)
 
 static const struct luffd__store_ops cb_ops = {
 	.read = cb_read,
+	.cancel = cb_cancel,
 	.destroy = cb_destroy,
 };
 
@@ -75,8 +89,8 @@ int luffd_store_callback(const struct luffd_callback_ops *ops, void *arg,
 		pr_warn("luffd_callback_ops: fill and size are required\n");
 		err = -EINVAL;
 	}
-	s = err ? NULL : luffd__store_new(&cb_ops, LUFFD__CAP_EMPTY_ZERO |
-					  LUFFD__CAP_APP_CODE, cb->ops.size,
+	s = err ? NULL : luffd__store_new(&cb_ops, LUFFD__CAP_EMPTY_ZERO,
+					  cb->ops.size,
 					  cb);
 	if (!s) {
 		free(cb);
