@@ -256,12 +256,23 @@ static int unmapped(const void *addr, size_t len)
 
 static int fuzz_ctx(struct in *in, struct luffd_ctx **ctxp)
 {
-	LUFFD_OPTS(luffd_ctx_opts, o);
+	/* A caller that passes sz past sizeof(o) owns that many bytes: the
+	 * tail is zero (a newer caller's unset options) or, now and then,
+	 * has one byte set (an option this version lacks: -EINVAL). */
+	union {
+		struct luffd_ctx_opts o;
+		unsigned char b[sizeof(struct luffd_ctx_opts) + 64];
+	} u;
+	struct luffd_ctx_opts o = { .sz = sizeof(o) };
 	uint8_t sel = U8(in);
 	int rc;
 
+	memset(&u, 0, sizeof(u));
 	o.sz = (sel & 3) == 0 ? sizeof(o) : (sel & 3) == 1 ?
-	       (size_t)U16(in) : sizeof(size_t) + (size_t)(U8(in) % 120);
+	       (size_t)U16(in) % sizeof(u) :
+	       sizeof(size_t) + (size_t)(U8(in) % 120);
+	if ((sel & 3) == 3)
+		u.b[sizeof(o) + U8(in) % 64] = 1;
 	o.handler_threads = U8(in) % 5;
 	if (sel & 4)
 		o.handler_threads = U32(in);
@@ -291,7 +302,8 @@ static int fuzz_ctx(struct in *in, struct luffd_ctx **ctxp)
 	case 2: o.stripe_bytes = (size_t)U8(in) << 21; break;
 	default: o.stripe_bytes = (size_t)U32(in); break;
 	}
-	rc = luffd_ctx_create(&o, ctxp);
+	u.o = o;
+	rc = luffd_ctx_create(&u.o, ctxp);
 	rc_ok(rc);
 	return rc;
 }
@@ -372,18 +384,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		}
 		case 3: { /* callback store */
-			LUFFD_OPTS(luffd_callback_ops, ops, .fill = cb_fill,
-				   .destroy = a & 0x40 ? cb_destroy : NULL);
+			union {
+				struct luffd_callback_ops o;
+				unsigned char b[sizeof(struct luffd_callback_ops)
+						+ 64];
+			} ops;
 			uint8_t k = U8(&in);
 
-			ops.size = k & 0x80 ? UINT64_MAX : size_arg(&in);
+			memset(&ops, 0, sizeof(ops));
+			ops.o.sz = sizeof(ops.o);
+			ops.o.fill = cb_fill;
+			ops.o.destroy = a & 0x40 ? cb_destroy : NULL;
+			ops.o.size = k & 0x80 ? UINT64_MAX : size_arg(&in);
 			if (k & 0x40)
-				ops.sz = U8(&in);
-			if (k & 0x20)
-				ops.fill = NULL;
+				ops.o.sz = U8(&in) % sizeof(ops);
+			if ((k & 0x60) == 0x60)
+				ops.b[sizeof(ops.o) + U8(&in) % 64] = 1;
+			else if (k & 0x20)
+				ops.o.fill = NULL;
 			luffd_store_put(*sp);
 			*sp = NULL;
-			rc = luffd_store_callback(&ops, &cb_modes[k % 8], sp);
+			rc = luffd_store_callback(&ops.o, &cb_modes[k % 8], sp);
 			rc_ok(rc);
 			if (rc)
 				*sp = NULL;
@@ -406,8 +427,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (rc == 0) {
 				CHECK(addr && ((uintptr_t)addr % ps) == 0);
 				if (nrg < MAXR) {
+					/* luffd_map() rounds len up to
+					 * whole pages. */
 					rg[nrg++] = (struct region){
-						addr, (size_t)len, 1 };
+						addr,
+						((size_t)len + ps - 1) & ~(ps - 1),
+						1 };
 				} else {
 					CHECK(luffd_unmap(ctx, addr, len) == 0);
 				}
@@ -474,8 +499,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 9: /* touch a page of a region */
 			if (nrg) {
 				struct region *r = &rg[a % nrg];
-				size_t pg = U16(&in) % (r->len / ps);
+				size_t pg;
 
+				CHECK(r->len >= ps);
+				pg = U16(&in) % (r->len / ps);
 				touch(r->addr + pg * ps);
 			}
 			break;
