@@ -354,9 +354,10 @@ LUFFD_API int luffd_ctx_create(const struct luffd_ctx_opts *opts,
 /*
  * Destroy a context.  Regions still registered are unregistered (and, for
  * luffd_map() regions, unmapped) first, as by luffd_unmap() /
- * luffd_unregister(): reads in flight are waited for (not those past
- * read_timeout_ms: they are cancelled) and their data dropped,
- * and every thread blocked on a fault in them is woken.  A thread that
+ * luffd_unregister(): reads in flight for them are cancelled, not waited
+ * for, and every thread blocked on a fault in them is woken.  Callback
+ * workers and asynchronous stores still busy with a request may finish it
+ * later: its buffer stays valid until then, and the answer is dropped.  A thread that
  * touches an unmapped luffd_map() region afterwards gets SIGSEGV; one that
  * touches a luffd_register() range gets the kernel's ordinary behaviour for
  * that memory (zero-filled pages for anonymous memory).  Trace output is
@@ -444,27 +445,48 @@ LUFFD_API int luffd_store_memory(const void *base, size_t len,
 /*
  * Callback store: fill() is asked for the data.
  *
- * fill(arg, offset, buf, len) is called on the handler thread with a page-
- * aligned offset into the store, a page-aligned buffer and len a multiple of
- * the page size.  A read-ahead window whose cache pages are not adjacent
- * arrives as several calls, one per run of adjacent pages, in offset order;
- * the first short answer ends the window.  It returns:
+ * fill(arg, offset, buf, len) is called with a page-aligned offset into the
+ * store, a page-aligned buffer and len a multiple of the page size.  A
+ * read-ahead window whose cache pages are not adjacent arrives as several
+ * calls, one per run of adjacent pages, in offset order; the first short
+ * answer ends the window.  It returns:
  *   > 0   the number of bytes written at buf (the rest of len is zeroed; a
  *         short count means the rest of the window is not needed, pages it
  *         does not cover at all are asked for again when touched);
  *   0     the first page holds no data: it is installed as zeroes (ZERO);
  *   < 0   a negative errno: the faulting thread gets SIGBUS (ERROR).
- * fill() runs synchronously, delays every fault behind it, and must not
- * touch memory registered with libuffd.  Touching a missing page served by
- * the same handler thread would deadlock it; libuffd detects this (a guard
- * thread sees the handler blocked in its own fault within ~20 ms), lets
- * fill() go on reading zeroes there, then fails that read: its faults get
- * SIGBUS with error -EDEADLK, stats.callback_misuse counts it, and the pages
- * fill() read are served normally again afterwards.  (Detection needs
- * UFFD_FEATURE_THREAD_ID and /proc; without them the deadlock stands.)
+ *
+ * Threads.  fill() runs on the context's worker threads, never on a handler
+ * thread: up to luffd_ctx_opts.callback_threads (default 16) calls run at
+ * once, for different pages of one or several regions, so a store whose
+ * fill() waits on a network round trip serves that many faults per round
+ * trip.  fill() must therefore be thread-safe; set callback_threads to 1
+ * to have calls made one at a time.  Demand faults are handed to workers
+ * before read-ahead and luffd_prefetch() work that no worker has started.
+ *
+ * Timeouts and teardown.  A fill() that has not returned after
+ * read_timeout_ms fails its faults with SIGBUS (-ETIMEDOUT) and is not
+ * interrupted: buf stays valid and owned by libuffd until it returns, and
+ * what it writes then is dropped.  luffd_unregister(), luffd_unmap() and
+ * luffd_ctx_destroy() do not wait for such a call either: they wake its
+ * faulting threads (as they describe), leave the worker to finish, and
+ * destroy(arg) runs only after every fill() has returned and the last
+ * reference to the store is dropped.
+ *
+ * fill() must not touch memory registered with the context.  Such a touch
+ * would wait on a fault that waits on this very fill(); libuffd sees the
+ * fault come from its own worker, lets fill() go on reading zeroes there,
+ * then fails that read: its faults get SIGBUS with error -EDEADLK,
+ * stats.callback_misuse counts it, and the pages fill() read are served
+ * normally again afterwards.  (Detection needs UFFD_FEATURE_THREAD_ID;
+ * without it the fill() times out after read_timeout_ms instead.)  Calls
+ * into libuffd from fill() that would wait on it (destroying its context,
+ * unregistering its region) return -EDEADLK.
+ *
  * size is the store's size in bytes (faults past it get SIGBUS), or
  * UINT64_MAX for unbounded.  destroy(arg), if not NULL, runs when the last
- * reference to the store is dropped.  Release with luffd_store_put().
+ * reference to the store is dropped, on whichever thread drops it.
+ * Release with luffd_store_put().
  */
 struct luffd_callback_ops {
 	size_t sz;
@@ -591,10 +613,12 @@ LUFFD_API int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
 /*
  * Unmap a region created by luffd_map(); addr and length must be exactly
  * those of the region (-EINVAL otherwise, -ENOENT if there is no such
- * region).  Reads in flight for the region are waited for and dropped
- * (except reads past read_timeout_ms, whose faults already had SIGBUS:
- * they are cancelled, not waited for), and threads blocked on its faults
- * are woken (they then fault on unmapped memory: SIGSEGV).  Thread-safe;
+ * region).  Reads in flight for the region are cancelled, not waited for
+ * (the store's cancel is asked for; an answer that comes later is dropped,
+ * and its buffer stays valid until then), unless a fault of another region
+ * over the same store waits for the same read.  Threads blocked on its
+ * faults are woken (they then fault on unmapped memory: SIGSEGV).  So it
+ * returns promptly even over a store that has stopped answering.  Thread-safe;
  * from a callback on the context's handler thread it returns -EDEADLK.
  */
 LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
@@ -616,13 +640,77 @@ LUFFD_API int luffd_register(struct luffd_ctx *ctx, void *addr, size_t length,
 
 /*
  * Unregister a range registered by luffd_register() (exactly, as for
- * luffd_unmap(), with the same errors).  Reads in flight are waited for
- * (as for luffd_unmap()) and dropped, blocked threads are woken and fault
- * again as on ordinary memory.  Thread-safe; -EDEADLK from a callback on
+ * luffd_unmap(), with the same errors).  Reads in flight are cancelled (as
+ * for luffd_unmap()), blocked threads are woken and fault again as on
+ * ordinary memory.  Thread-safe; -EDEADLK from a callback on
  * the context's handler thread.
  */
 LUFFD_API int luffd_unregister(struct luffd_ctx *ctx, void *addr,
 			       size_t length);
+
+/* ------------------------------------------------------------------------
+ * Pages the application pushes in
+ * ---------------------------------------------------------------------- */
+
+/*
+ * Install [src, src+len) at [addr, addr+len): every page of the range that
+ * is missing gets the caller's data (UFFDIO_COPY) and the threads blocked
+ * on it are woken; a page already present (faulted in, read ahead, or
+ * installed before) is left as it is.  This is how a post-copy destination
+ * takes pages the source pushes.  The store and libuffd's cache are not
+ * changed: a page dropped later (MADV_DONTNEED) faults again and is served
+ * from the store.
+ *
+ * addr and len must be page-aligned and len non-zero, src not NULL, flags 0
+ * (-EINVAL); every page of the range must lie in regions of ctx (-ENOENT;
+ * a range may span several regions).  Returns the bytes installed (0 when
+ * every page was present) or -errno; on an error after part of the range,
+ * the pages before it may be installed.  src must not be memory registered
+ * with ctx whose pages are missing, unless called from a thread that is
+ * not one of ctx's (the copy faults on it, and a handler would wait for
+ * itself).  Runs on the calling thread: no handler is involved, and it may
+ * run concurrently with faults and with luffd_install() on other threads.
+ * A fault already read by the handler when its page is installed this way
+ * is still counted (and traced) as served.  stats.app_installed counts the
+ * pages.  Thread-safe.
+ */
+LUFFD_API ssize_t luffd_install(struct luffd_ctx *ctx, void *addr,
+				const void *src, size_t len,
+				unsigned int flags);
+
+/* luffd_prefetch(): return only once the range has been dealt with. */
+#define LUFFD_PREFETCH_WAIT (1u << 0)
+
+/*
+ * Read [addr, addr+len) from its store and install it in the background,
+ * ahead of the faults.  addr must be page-aligned (-EINVAL), len non-zero
+ * (rounded up to whole pages), every page in regions of ctx (-ENOENT);
+ * flags 0 or LUFFD_PREFETCH_WAIT (-EINVAL otherwise).
+ *
+ * The range is queued on the handler of each region it covers, in order;
+ * jobs queued earlier go first.  A handler reads a job one window
+ * (readahead_bytes) at a time, at LUFFD_PRIO_PREFETCH, with at most two
+ * windows in flight, and starts none while a demand fault waits for a read
+ * or cache slot: a demand fault waits behind at most two windows of
+ * prefetch (and none at all on a store that serves requests by priority,
+ * such as a callback store's workers).  Pages present are skipped, pages
+ * in the cache go in at once, and pages another read is already bringing
+ * in are left to it (they fault as minor faults later).  Holes are not
+ * installed (they fault as ZERO), nor are pages past the store's end.
+ * stats.prefetched counts the pages installed.
+ *
+ * Without LUFFD_PREFETCH_WAIT it returns once the range is queued (-EAGAIN
+ * when 4096 jobs already wait on a handler).  With it, it returns when
+ * every window has been read and installed or has failed: 0, or the first
+ * store error (the pages of a failed window are left to fault, and get
+ * SIGBUS then if the store still fails); -ECANCELED if a region was
+ * removed first; -EDEADLK from one of ctx's own threads (a callback).
+ * Removing a region ends its prefetch: reads in flight are cancelled as
+ * for any read, and luffd_unregister() does not wait for them.
+ * Thread-safe.
+ */
+LUFFD_API int luffd_prefetch(struct luffd_ctx *ctx, void *addr, size_t len,
+			     unsigned int flags);
 
 /* ------------------------------------------------------------------------
  * Statistics
@@ -671,6 +759,8 @@ struct luffd_stats {
 	uint64_t internal_errors;    /* states that cannot happen: the fault
 					got SIGBUS (-ENOTRECOVERABLE) and
 					the print callback was told */
+	uint64_t prefetched;      /* pages luffd_prefetch() installed */
+	uint64_t app_installed;   /* pages luffd_install() installed */
 };
 
 /*

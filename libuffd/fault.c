@@ -297,6 +297,8 @@ static void complete(struct luffd__loop *l, struct luffd__op *op, int64_t res)
 		/* Cancelled (timed out, or its region went): its faults
 		 * were failed or dropped then; drop the data. */
 		luffd__inc(l->stats.late, 1);
+		if (op->job)
+			luffd__prefetch_done(l, op, -ECANCELED);
 		if (op->chunk != LUFFD__NIL)
 			luffd__chunk_late(l, op);
 		else
@@ -332,6 +334,8 @@ static void complete(struct luffd__loop *l, struct luffd__op *op, int64_t res)
 		return;
 	}
 	settle_pages(l, op, caps, total, err);
+	if (op->job)
+		luffd__prefetch_done(l, op, err);
 	luffd__req_finish(r);
 	luffd__op_free(l, op);
 }

@@ -30,6 +30,7 @@
 #include "context.h"
 #include "loop.h"
 #include "msg.h"
+#include "prefetch.h"
 #include "store.h"
 
 /*
@@ -282,21 +283,26 @@ static void turn(struct luffd__loop *l)
 	if ((l->rs.retry.head != LUFFD__NIL ||
 	     l->orphans.head != LUFFD__NIL) && wait > 50000)
 		wait = 50000;
-	/* Completions queued already (by the spin's faults) need no wait. */
-	if (luffd__cq_ready(l->cq))
+	/* Completions queued already (by the spin's faults), or prefetch
+	 * that stopped only to let faults in, need no wait. */
+	if (luffd__cq_ready(l->cq) || l->pf.again)
 		wait = 0;
 	wait_ring(l, wait);
 	process_cqes(l, &uffd_ready);
 	luffd__fault_completions(l);
 	answer_sync(l);
-	if (atomic_exchange(&l->rtab.died, false))
+	if (atomic_exchange(&l->rtab.died, false)) {
 		luffd__reads_sweep(l);
+		luffd__prefetch_sweep(l);
+	}
 	if (uffd_ready || atomic_load_explicit(&l->stash_n,
 					       memory_order_relaxed))
 		luffd__msg_drain(l);
 	luffd__faults_rerun(l);
 	if (l->orphans.head != LUFFD__NIL)
 		luffd__msg_orphans(l);
+	/* Background work last: it starts only what demand leaves free. */
+	luffd__prefetch_run(l);
 	/* What the retries started and the stores answered at once. */
 	luffd__fault_completions(l);
 }
@@ -349,6 +355,7 @@ int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
 	atomic_init(&l->stop, false);
 	pthread_mutex_init(&l->lock, NULL);
 	pthread_cond_init(&l->cv, NULL);
+	luffd__prefetch_init(&l->pf);
 	luffd__stats_init(&l->stats);
 	l->trace = (struct luffd__trace){
 		.fn = cfg->trace_fn, .arg = cfg->trace_arg,
@@ -502,6 +509,7 @@ void luffd__loop_fini(struct luffd__loop *l)
 	l->rs.zero_page = NULL;
 	luffd__reads_fini(l);
 	luffd__records_fini(&l->rs);
+	luffd__prefetch_fini(l);
 	free(l->stash);
 	l->stash = NULL;
 	luffd__rtab_fini(&l->rtab);

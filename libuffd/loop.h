@@ -18,6 +18,7 @@
 #include "chunk.h"
 #include "compat.h"
 #include "opts.h"
+#include "prefetch.h"
 #include "read.h"
 #include "record.h"
 #include "region.h"
@@ -55,6 +56,7 @@ struct luffd__loop {
 	struct luffd__records rs;
 	struct luffd__flist pending; /* waiting for a cache or read slot */
 	struct luffd__flist orphans; /* no region yet (see msg.c) */
+	struct luffd__prefetch pf;   /* luffd_prefetch() jobs */
 	unsigned char *bounce;       /* tail page of a memory store */
 
 	/* Callback guard (guard.c).  cb_since: when the callback running on

@@ -137,6 +137,7 @@ struct luffd__op *luffd__op_begin(struct luffd__loop *l,
 	op->niov = 0;
 	op->widx = 0;
 	op->chunk = LUFFD__NIL;
+	op->job = NULL;
 	op->waiters[0] = LUFFD__NIL;
 	return op;
 }
@@ -184,9 +185,18 @@ void luffd__op_submit(struct luffd__loop *l, struct luffd__op *op,
 		luffd__req_complete(r, rc);
 }
 
+static void rd_prefetching(struct luffd__loop *l, int d)
+{
+	l->rd.prefetching = (uint32_t)((int)l->rd.prefetching + d);
+}
+
 void luffd__op_free(struct luffd__loop *l, struct luffd__op *op)
 {
 	struct luffd__reads *rd = &l->rd;
+
+	if (op->job)
+		rd_prefetching(l, -1);
+	op->job = NULL;
 
 	if (!op->expired)
 		op_unlink(&rd->inflight_head, &rd->inflight_tail, op);
@@ -209,9 +219,9 @@ void luffd__op_release_pages(struct luffd__loop *l, struct luffd__op *op)
 	}
 }
 
-uint32_t luffd__read_pages(struct luffd__loop *l, struct luffd__region *r,
-			   uint64_t pg, uint64_t n, uint32_t fi,
-			   uint32_t widx)
+static uint32_t read_window(struct luffd__loop *l, struct luffd__region *r,
+			    uint64_t pg, uint64_t n, uint32_t fi,
+			    uint32_t widx, struct luffd__pjob *job)
 {
 	struct luffd_store *s = r->store;
 	struct luffd__cache *c = &l->cache;
@@ -271,16 +281,49 @@ uint32_t luffd__read_pages(struct luffd__loop *l, struct luffd__region *r,
 	luffd__inc(l->stats.evictions, c->evictions);
 	c->evictions = 0;
 	op->had_waiter = fi != LUFFD__NIL;
+	op->job = job;
+	if (job)
+		rd_prefetching(l, 1);
 	if (fi != LUFFD__NIL) {
 		F(l, fi)->waited = 1;
 		F(l, fi)->next = LUFFD__NIL;
 		op->waiters[widx] = fi;
 	}
 	luffd__inc(l->stats.reads, 1);
-	luffd__inc(l->stats.readahead_pages, fi == LUFFD__NIL ? n : n - 1);
-	luffd__op_submit(l, op, fi == LUFFD__NIL ? LUFFD_PRIO_READAHEAD
-						 : LUFFD_PRIO_DEMAND, 0);
+	if (!job)
+		luffd__inc(l->stats.readahead_pages,
+			   fi == LUFFD__NIL ? n : n - 1);
+	luffd__op_submit(l, op, job ? LUFFD_PRIO_PREFETCH :
+				fi == LUFFD__NIL ? LUFFD_PRIO_READAHEAD :
+				LUFFD_PRIO_DEMAND, 0);
 	return (uint32_t)n;
+}
+
+void luffd__reads_forget_job(struct luffd__loop *l,
+			     const struct luffd__pjob *j)
+{
+	struct luffd__op *lists[2] = { l->rd.inflight_head,
+				       l->rd.expired_head };
+
+	for (int i = 0; i < 2; i++)
+		for (struct luffd__op *op = lists[i]; op; op = op->next)
+			if (op->job == j) {
+				op->job = NULL;
+				rd_prefetching(l, -1);
+			}
+}
+
+uint32_t luffd__read_pages(struct luffd__loop *l, struct luffd__region *r,
+			   uint64_t pg, uint64_t n, uint32_t fi,
+			   uint32_t widx)
+{
+	return read_window(l, r, pg, n, fi, widx, NULL);
+}
+
+uint32_t luffd__read_prefetch(struct luffd__loop *l, struct luffd__region *r,
+			      uint64_t pg, uint64_t n, struct luffd__pjob *job)
+{
+	return read_window(l, r, pg, n, LUFFD__NIL, 0, job);
 }
 
 /*

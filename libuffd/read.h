@@ -15,6 +15,7 @@
 #include "util.h"
 
 struct luffd__loop;
+struct luffd__pjob;
 struct luffd__region;
 struct luffd__req;
 
@@ -35,6 +36,8 @@ struct luffd__op {
 	uint32_t next_free;
 	bool expired;     /* read_timeout_ms passed: its faults got SIGBUS */
 	bool had_waiter;  /* a fault started it (not background read-ahead) */
+	struct luffd__pjob *job; /* the luffd_prefetch() it reads for, or
+				    NULL (prefetch.c) */
 	struct luffd__op *prev, *next; /* in flight (oldest first) or expired */
 	uint32_t *slot;   /* npages cache slots (pages) */
 	/* Per page: faults waiting for it (LUFFD__NIL); a chunk's waiters
@@ -55,6 +58,7 @@ struct luffd__reads {
 	/* Reads past read_timeout_ms or let go on teardown, waiting for
 	 * their store's (late) completion. */
 	struct luffd__op *expired_head;
+	uint32_t prefetching; /* reads for luffd_prefetch() in flight */
 };
 
 /* Handler set-up: qd reads of up to ra_pages pages each; their iovecs go
@@ -89,6 +93,12 @@ uint32_t luffd__read_pages(struct luffd__loop *l, struct luffd__region *r,
 			   uint64_t pg, uint64_t n, uint32_t fi,
 			   uint32_t widx);
 
+/* The same for prefetch job (fault fi none), at LUFFD_PRIO_PREFETCH. */
+uint32_t luffd__read_prefetch(struct luffd__loop *l, struct luffd__region *r,
+			      uint64_t pg, uint64_t n, struct luffd__pjob *job);
+/* Job j ends before its reads do: they no longer report to it. */
+void luffd__reads_forget_job(struct luffd__loop *l,
+			     const struct luffd__pjob *j);
 /* The read filling cache slot `slot` (in flight, page pg of store id), and
  * the page's index in it; NULL if no read has it (an internal error). */
 struct luffd__op *luffd__page_op(struct luffd__loop *l, uint64_t id,

@@ -174,6 +174,8 @@ int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
 		st.requests_cancelled += LD(s->cancels);
 		st.late_completions += LD(s->late);
 		st.internal_errors += LD(s->internal_errors);
+		st.prefetched += LD(s->prefetched);
+		st.app_installed += LD(s->app_installed);
 	}
 	for (int c = 0; c < LUFFD_NR_CLASSES; c++) {
 		struct luffd_latency *lat = &st.latency[c];

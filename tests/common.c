@@ -8,10 +8,13 @@
 #include <ftw.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 size_t t_ps;
@@ -383,4 +386,48 @@ int t_main(Suite *(*make)(void), int need_poison)
 	nfail = srunner_ntests_failed(sr);
 	srunner_free(sr);
 	return nfail ? 1 : 0;
+}
+
+static void *reader_main(void *arg)
+{
+	struct t_reader *r = arg;
+
+	r->sig = t_touch_sig(r->p, 0, &r->code, NULL, NULL);
+	atomic_store(&r->done, 1);
+	return NULL;
+}
+
+void t_reader_start(struct t_reader *r, void *p)
+{
+	r->p = p;
+	r->sig = r->code = 0;
+	atomic_store(&r->done, 0);
+	ck_assert_int_eq(pthread_create(&r->t, NULL, reader_main, r), 0);
+}
+
+void t_reader_join(struct t_reader *r)
+{
+	struct timespec dl;
+
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += 10;
+	ck_assert_msg(pthread_timedjoin_np(r->t, NULL, &dl) == 0,
+		      "a faulting thread is still blocked after 10 s");
+}
+
+double t_now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+char *t_anon(size_t len)
+{
+	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	ck_assert_ptr_ne(m, MAP_FAILED);
+	return m;
 }

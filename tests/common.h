@@ -136,6 +136,23 @@ void t_rec_fn(void *arg, const struct luffd_fault *f);
 int t_touch_sig(volatile char *p, int write, int *code, void **addr,
 		pid_t *tid);
 
+/* A thread that reads one byte of a page, and the signal it got
+ * (t_touch_sig()). */
+struct t_reader {
+	pthread_t t;
+	volatile char *p;
+	int sig, code;
+	_Atomic int done;
+};
+void t_reader_start(struct t_reader *r, void *p);
+/* Join it; fails the test if it is still blocked after 10 s. */
+void t_reader_join(struct t_reader *r);
+
+/* ---- misc ----------------------------------------------------------- */
+
+double t_now_s(void);       /* CLOCK_MONOTONIC, in seconds */
+char *t_anon(size_t len);   /* private anonymous read-write memory */
+
 /* ---- main ----------------------------------------------------------- */
 
 /*

@@ -50,14 +50,6 @@ struct srv {
 	_Atomic int bad_answers; /* complete() refused a valid answer */
 };
 
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* Write the answer to h into its buffers; returns the result to send. */
 static ssize_t fill(struct srv *s, const struct held *h)
 {
@@ -104,7 +96,7 @@ static int srv_read(void *arg, const struct luffd_request *req)
 		atomic_fetch_sub(&s->outstanding, 1);
 		return -ENOBUFS;
 	}
-	h.due = (uint64_t)(now_s() * 1e6) + s->delay_us;
+	h.due = (uint64_t)(t_now_s() * 1e6) + s->delay_us;
 	s->q[s->n++] = h;
 	pthread_cond_broadcast(&s->cv);
 	pthread_mutex_unlock(&s->lock);
@@ -138,7 +130,7 @@ static void *srv_main(void *arg)
 			pthread_cond_wait(&s->cv, &s->lock);
 			continue;
 		}
-		t = (uint64_t)(now_s() * 1e6);
+		t = (uint64_t)(t_now_s() * 1e6);
 		if (t < s->q[0].due) {
 			pthread_mutex_unlock(&s->lock);
 			usleep((useconds_t)(s->q[0].due - t));
@@ -221,40 +213,6 @@ static struct held take(struct srv *s, int i)
 	return h;
 }
 
-/* A thread reading one byte of a page, and the signal it got. */
-struct reader {
-	pthread_t t;
-	volatile char *p;
-	int sig, code;
-	_Atomic int done;
-};
-
-static void *reader_main(void *arg)
-{
-	struct reader *r = arg;
-
-	r->sig = t_touch_sig(r->p, 0, &r->code, NULL, NULL);
-	atomic_store(&r->done, 1);
-	return NULL;
-}
-
-static void start_reader(struct reader *r, void *p)
-{
-	r->p = p;
-	atomic_store(&r->done, 0);
-	ck_assert_int_eq(pthread_create(&r->t, NULL, reader_main, r), 0);
-}
-
-static void join_reader(struct reader *r)
-{
-	struct timespec dl;
-
-	clock_gettime(CLOCK_REALTIME, &dl);
-	dl.tv_sec += 10;
-	ck_assert_msg(pthread_timedjoin_np(r->t, NULL, &dl) == 0,
-		      "a faulting thread is still blocked after 10 s");
-}
-
 struct answerer {
 	struct srv *s;
 	struct held h;
@@ -278,15 +236,6 @@ static void answer_in_thread(struct srv *s, const struct held *h)
 	pthread_join(t, NULL);
 }
 
-static char *anon(size_t len)
-{
-	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	ck_assert_ptr_ne(m, MAP_FAILED);
-	return m;
-}
-
 /* ---- answers from other threads, out of order ----------------------- */
 
 START_TEST(out_of_order_from_other_threads)
@@ -296,13 +245,13 @@ START_TEST(out_of_order_from_other_threads)
 	LUFFD_OPTS(luffd_ctx_opts, o, .readahead_bytes = LUFFD_NO_READAHEAD);
 	struct luffd_ctx *ctx = t_ctx(&o);
 	struct srv *s = srv_new(M_HOLD, len, 0x51);
-	struct reader r[8];
+	struct t_reader r[8];
 	LUFFD_OPTS(luffd_stats, st);
-	char *m = anon(len);
+	char *m = t_anon(len);
 
 	ck_assert_int_eq(luffd_register(ctx, m, len, s->store, 0, 0), 0);
 	for (int i = 0; i < n; i++)
-		start_reader(&r[i], m + (size_t)i * 16 * t_ps);
+		t_reader_start(&r[i], m + (size_t)i * 16 * t_ps);
 	/* Every fault has its own request in flight at once. */
 	wait_held(s, n);
 	ck_assert_int_eq(atomic_load(&s->max_outstanding), n);
@@ -314,7 +263,7 @@ START_TEST(out_of_order_from_other_threads)
 		answer_in_thread(s, &h);
 	}
 	for (int i = 0; i < n; i++) {
-		join_reader(&r[i]);
+		t_reader_join(&r[i]);
 		ck_assert_int_eq(r[i].sig, 0);
 		t_assert_page(m, (size_t)i * 16, 0, len, 0x51);
 	}
@@ -340,20 +289,20 @@ START_TEST(overlapping_fetches)
 	LUFFD_OPTS(luffd_ctx_opts, o, .readahead_bytes = LUFFD_NO_READAHEAD);
 	struct luffd_ctx *ctx = t_ctx(&o);
 	struct srv *s = srv_new(M_DELAY, len, 0x52);
-	struct reader r[16];
+	struct t_reader r[16];
 	LUFFD_OPTS(luffd_stats, st);
-	char *m = anon(len);
+	char *m = t_anon(len);
 	double t0;
 
 	s->delay_us = 20000;
 	ck_assert_int_eq(luffd_register(ctx, m, len, s->store, 0, 0), 0);
-	t0 = now_s();
+	t0 = t_now_s();
 	/* Each thread reads its pages in turn: 8 round trips each. */
 	for (int k = 0; k < per; k++) {
 		for (int i = 0; i < nthr; i++)
-			start_reader(&r[i], m + ((size_t)i * per + k) * t_ps);
+			t_reader_start(&r[i], m + ((size_t)i * per + k) * t_ps);
 		for (int i = 0; i < nthr; i++) {
-			join_reader(&r[i]);
+			t_reader_join(&r[i]);
 			ck_assert_int_eq(r[i].sig, 0);
 		}
 	}
@@ -361,7 +310,7 @@ START_TEST(overlapping_fetches)
 	ck_assert_msg(atomic_load(&s->max_outstanding) >= nthr / 2,
 		      "at most %d requests were in flight at once",
 		      atomic_load(&s->max_outstanding));
-	ck_assert_msg(now_s() - t0 < 1.5, "took %.2f s", now_s() - t0);
+	ck_assert_msg(t_now_s() - t0 < 1.5, "took %.2f s", t_now_s() - t0);
 	for (size_t p = 0; p < len / t_ps; p++)
 		t_assert_page(m, p, 0, len, 0x52);
 	t_stats(ctx, &st);
@@ -383,7 +332,7 @@ START_TEST(inline_answers_windows_holes_errors)
 	struct luffd_ctx *ctx = t_ctx(NULL);
 	struct srv *s = srv_new(M_INLINE, len, 0x53);
 	LUFFD_OPTS(luffd_stats, st);
-	char *m = anon(len);
+	char *m = t_anon(len);
 	int code;
 
 	s->hole_off = 40 * t_ps;
@@ -427,24 +376,24 @@ START_TEST(hung_store_times_out)
 		   .readahead_bytes = LUFFD_NO_READAHEAD);
 	struct luffd_ctx *ctx = t_ctx(&o);
 	struct srv *s = srv_new(M_HOLD, len, 0x54);
-	struct reader r[4];
+	struct t_reader r[4];
 	LUFFD_OPTS(luffd_stats, st);
-	char *m = anon(len);
+	char *m = t_anon(len);
 	struct held h;
 	double t0;
 
 	ck_assert_int_eq(luffd_register(ctx, m, len, s->store, 0, 0), 0);
-	t0 = now_s();
+	t0 = t_now_s();
 	/* Two threads on one page (one request), two on others. */
-	start_reader(&r[0], m);
-	start_reader(&r[1], m);
-	start_reader(&r[2], m + t_ps);
-	start_reader(&r[3], m + 2 * t_ps);
+	t_reader_start(&r[0], m);
+	t_reader_start(&r[1], m);
+	t_reader_start(&r[2], m + t_ps);
+	t_reader_start(&r[3], m + 2 * t_ps);
 	for (int i = 0; i < 4; i++) {
-		join_reader(&r[i]);
+		t_reader_join(&r[i]);
 		ck_assert_int_eq(r[i].sig, SIGBUS);
 	}
-	ck_assert_msg(now_s() - t0 < 2.0, "SIGBUS after %.2f s", now_s() - t0);
+	ck_assert_msg(t_now_s() - t0 < 2.0, "SIGBUS after %.2f s", t_now_s() - t0);
 	t_stats(ctx, &st);
 	ck_assert_uint_eq(st.faults[LUFFD_ERROR], 4);
 	ck_assert_uint_eq(st.read_timeouts, 3);
@@ -491,19 +440,19 @@ START_TEST(teardown_cancels)
 	LUFFD_OPTS(luffd_ctx_opts, o, .read_timeout_ms = 60000);
 	struct luffd_ctx *ctx = t_ctx(&o);
 	struct srv *s = srv_new(M_HOLD, len, 0x55);
-	struct reader r;
-	char *m = anon(len);
+	struct t_reader r;
+	char *m = t_anon(len);
 	struct held h;
 	double t0;
 
 	ck_assert_int_eq(luffd_register(ctx, m, len, s->store, 0, 0), 0);
-	start_reader(&r, m + 3 * t_ps);
+	t_reader_start(&r, m + 3 * t_ps);
 	wait_held(s, 1);
-	t0 = now_s();
+	t0 = t_now_s();
 	ck_assert_int_eq(luffd_unregister(ctx, m, len), 0);
-	ck_assert_msg(now_s() - t0 < 2.0, "unregister took %.2f s",
-		      now_s() - t0);
-	join_reader(&r);
+	ck_assert_msg(t_now_s() - t0 < 2.0, "unregister took %.2f s",
+		      t_now_s() - t0);
+	t_reader_join(&r);
 	ck_assert_int_eq(r.sig, 0); /* ordinary memory now: zeroes */
 	ck_assert_int_eq(atomic_load(&s->cancels), 1);
 	h = take(s, 0);
@@ -532,12 +481,12 @@ START_TEST(complete_misuse)
 	struct luffd_ctx *ctx = t_ctx(NULL);
 	struct srv *s = srv_new(M_HOLD, len, 0x56), *s2 = srv_new(M_HOLD, len, 1);
 	struct luffd_store *fs = NULL;
-	struct reader r;
-	char *m = anon(len);
+	struct t_reader r;
+	char *m = t_anon(len);
 	struct held h;
 
 	ck_assert_int_eq(luffd_register(ctx, m, len, s->store, 0, 0), 0);
-	start_reader(&r, m);
+	t_reader_start(&r, m);
 	wait_held(s, 1);
 	h = take(s, 0);
 	/* Refused, changing nothing. */
@@ -563,7 +512,7 @@ START_TEST(complete_misuse)
 			 0);
 	ck_assert_int_eq(luffd_request_complete(s->store, h.id, (ssize_t)h.len),
 			 -EINVAL);
-	join_reader(&r);
+	t_reader_join(&r);
 	ck_assert_int_eq(r.sig, 0);
 	t_assert_page(m, 0, 0, len, 0x56);
 	ck_assert_int_eq(luffd_unregister(ctx, m, len), 0);

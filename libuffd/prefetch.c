@@ -1,0 +1,489 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Pages the application pushes in.
+ *
+ * luffd_install() runs on the caller's thread: one UFFDIO_COPY per run of
+ * missing pages (the install layer steps over present ones), which wakes
+ * any thread blocked on them.  The handler is not involved.
+ *
+ * luffd_prefetch() queues a job per region it covers on that region's
+ * handler.  The handler starts a job's reads only when no demand fault
+ * waits for a read or cache slot, at most PF_READS of them at a time,
+ * at LUFFD_PRIO_PREFETCH (a store with queues serves demand and read-ahead
+ * first); so a demand fault never queues behind more than PF_READS
+ * windows of prefetch.  Pages already present are skipped (mincore(), one
+ * call per window), pages in the cache go in at once, the rest are read a
+ * window (readahead_bytes) at a time and installed when the read returns.
+ */
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include "cache.h"
+#include "context.h"
+#include "install.h"
+#include "loop.h"
+#include "prefetch.h"
+#include "read.h"
+#include "region.h"
+#include "req.h"
+#include "store.h"
+
+/* Prefetch reads in flight per handler, at most: enough to keep a local
+ * disk or a store with a round trip busy, few enough that a demand fault
+ * behind them waits for little. */
+#define PF_READS 2
+/* Windows a turn may skip (present or cached) before it lets the loop
+ * read its faults again. */
+#define PF_STEPS 64
+/* Jobs queued per handler, at most (-EAGAIN past it). */
+#define PF_MAX_JOBS 4096
+
+struct luffd__pjob {
+	struct luffd__pjob *next;  /* in the handler's list */
+	struct luffd__pjob *wnext; /* the caller's list (LUFFD_PREFETCH_WAIT) */
+	struct luffd__loop *l;
+	struct luffd__region *r;   /* held while pages are left to start */
+	uint64_t pg, end;          /* store pages not yet started: [pg, end) */
+	uint32_t out;              /* its reads in flight */
+	int err;                   /* the first error */
+	bool done;                 /* ended (l->lock) */
+	atomic_uint refs;          /* the handler's, and a waiting caller's */
+};
+
+static void job_put(struct luffd__pjob *j)
+{
+	if (atomic_fetch_sub(&j->refs, 1) == 1)
+		free(j);
+}
+
+void luffd__prefetch_init(struct luffd__prefetch *p)
+{
+	pthread_mutex_init(&p->lock, NULL);
+	p->in_head = p->in_tail = NULL;
+	p->head = p->tail = NULL;
+	p->njobs = 0;
+	atomic_init(&p->queued, false);
+}
+
+/* Move the jobs application threads queued onto the handler's list. */
+static void take(struct luffd__loop *l)
+{
+	struct luffd__prefetch *p = &l->pf;
+	struct luffd__pjob *h;
+
+	if (!atomic_load_explicit(&p->queued, memory_order_acquire))
+		return;
+	pthread_mutex_lock(&p->lock);
+	h = p->in_head;
+	p->in_head = p->in_tail = NULL;
+	atomic_store_explicit(&p->queued, false, memory_order_relaxed);
+	pthread_mutex_unlock(&p->lock);
+	if (!h)
+		return;
+	if (p->tail)
+		p->tail->next = h;
+	else
+		p->head = h;
+	while (h->next)
+		h = h->next;
+	p->tail = h;
+}
+
+static void let_go(struct luffd__pjob *j, int err)
+{
+	if (j->r)
+		luffd__region_put(j->r);
+	j->r = NULL;
+	j->pg = j->end;
+	if (!j->err)
+		j->err = err;
+}
+
+/* j has nothing left to start and nothing in flight: end it. */
+static void finish(struct luffd__loop *l, struct luffd__pjob *j)
+{
+	struct luffd__prefetch *p = &l->pf;
+	struct luffd__pjob **pp, *prev = NULL;
+
+	for (pp = &p->head; *pp && *pp != j; prev = *pp, pp = &(*pp)->next)
+		;
+	if (*pp) {
+		*pp = j->next;
+		if (p->tail == j)
+			p->tail = prev;
+	}
+	j->next = NULL;
+	let_go(j, 0);
+	pthread_mutex_lock(&p->lock);
+	p->njobs--;
+	pthread_mutex_unlock(&p->lock);
+	pthread_mutex_lock(&l->lock);
+	j->done = true;
+	pthread_cond_broadcast(&l->cv);
+	pthread_mutex_unlock(&l->lock);
+	job_put(j);
+}
+
+/* Install the ready cache pages of r among store pages [pg, pg+n), in
+ * runs, waking whoever waits on them; the pages installed. */
+static uint64_t install_cached(struct luffd__loop *l, struct luffd__region *r,
+			       uint64_t pg, uint64_t n)
+{
+	struct luffd__cache *c = &l->cache;
+	unsigned int shift = l->cfg->page_shift;
+	size_t ps = l->cfg->page_size;
+	uint64_t run_dst = 0, run_src = 0, run_len = 0, installed = 0;
+
+	for (uint64_t p = pg; p < pg + n; p++) {
+		uint32_t slot = luffd__cache_find(c, r->store->id, p);
+		uint64_t dst, src;
+
+		if (slot == LUFFD__NIL ||
+		    luffd__cache_state(c, slot) != LUFFD__SLOT_READY)
+			continue;
+		dst = r->start + (p << shift) - r->off;
+		src = (uint64_t)(uintptr_t)luffd__cache_data(c, slot);
+		if (run_len && run_dst + run_len == dst &&
+		    run_src + run_len == src) {
+			run_len += ps;
+		} else {
+			if (run_len)
+				installed += luffd__pt_copy_missing(
+					l->uffd, run_dst,
+					(const void *)(uintptr_t)run_src,
+					run_len, 0, NULL);
+			run_dst = dst;
+			run_src = src;
+			run_len = ps;
+		}
+		luffd__cache_used(c, slot);
+	}
+	if (run_len)
+		installed += luffd__pt_copy_missing(
+			l->uffd, run_dst, (const void *)(uintptr_t)run_src,
+			run_len, 0, NULL);
+	luffd__inc(l->stats.prefetched, installed);
+	return installed;
+}
+
+/* Start (or skip) one window of j.  False when no read can start now. */
+static bool step(struct luffd__loop *l, struct luffd__pjob *j)
+{
+	struct luffd__region *r = j->r;
+	unsigned int shift = l->cfg->page_shift;
+	uint64_t n = j->end - j->pg, m, got, addr;
+	unsigned char vec[1024];
+	struct luffd__cache *c = &l->cache;
+	uint32_t slot;
+
+	if (n > l->cfg->ra_pages)
+		n = l->cfg->ra_pages;
+	if ((j->pg << shift) >= r->store->size) {
+		let_go(j, 0); /* the store ends before the region does */
+		return true;
+	}
+	addr = r->start + (j->pg << shift) - r->off;
+	/* One syscall per window, off the fault path: it spares a read of
+	 * pages that are there already. */
+	if (mincore((void *)(uintptr_t)addr, n << shift, vec)) {
+		let_go(j, -errno); /* unmapped under us */
+		return true;
+	}
+	for (m = 0; m < n && (vec[m] & 1); m++)
+		;
+	if (m) {
+		j->pg += m;
+		return true;
+	}
+	slot = luffd__cache_find(c, r->store->id, j->pg);
+	if (slot != LUFFD__NIL) {
+		/* In the cache, or being read by someone else: install what
+		 * is ready, leave the rest to that read. */
+		for (m = 1; m < n && !(vec[m] & 1) &&
+		     luffd__cache_find(c, r->store->id, j->pg + m) !=
+			     LUFFD__NIL; m++)
+			;
+		install_cached(l, r, j->pg, m);
+		j->pg += m;
+		return true;
+	}
+	for (m = 1; m < n && !(vec[m] & 1); m++)
+		;
+	got = luffd__read_prefetch(l, r, j->pg, m, j);
+	if (!got)
+		return false;
+	j->out++;
+	j->pg += got;
+	return true;
+}
+
+void luffd__prefetch_run(struct luffd__loop *l)
+{
+	struct luffd__prefetch *p = &l->pf;
+	struct luffd__pjob *j, *next;
+	unsigned int steps = 0;
+
+	p->again = false;
+	take(l);
+	for (j = p->head; j; j = next) {
+		next = j->next;
+		if (j->r && luffd__region_dead(j->r))
+			let_go(j, -ECANCELED);
+		while (j->pg < j->end) {
+			/* Demand first: a fault waiting for a read or a cache
+			 * slot gets it before prefetch does. */
+			if (l->rd.prefetching >= PF_READS ||
+			    l->pending.head != LUFFD__NIL ||
+			    l->rd.free == LUFFD__NIL)
+				return;
+			if (++steps > PF_STEPS) {
+				p->again = true;
+				return;
+			}
+			if (!step(l, j))
+				return;
+		}
+		if (!j->out)
+			finish(l, j);
+	}
+}
+
+void luffd__prefetch_done(struct luffd__loop *l, struct luffd__op *op,
+			  int err)
+{
+	struct luffd__pjob *j = op->job;
+	unsigned int shift = l->cfg->page_shift;
+
+	j->out--;
+	if (err && !j->err)
+		j->err = err;
+	if (!err && op->region && !luffd__region_dead(op->region))
+		install_cached(l, op->region, op->off >> shift, op->npages);
+	if (j->pg >= j->end && !j->out)
+		finish(l, j);
+	else
+		l->pf.again = true; /* a read may start: no sleep before */
+}
+
+void luffd__prefetch_sweep(struct luffd__loop *l)
+{
+	struct luffd__pjob *j, *next;
+
+	take(l);
+	for (j = l->pf.head; j; j = next) {
+		next = j->next;
+		/* The region's removal waits for every hold: let go now,
+		 * even if a read of the job never comes back. */
+		if (!j->r || !luffd__region_dead(j->r))
+			continue;
+		let_go(j, -ECANCELED);
+		/* Nor does it wait for its reads: they were cancelled, and
+		 * a store that stopped answering may never end them. */
+		if (j->out)
+			luffd__reads_forget_job(l, j);
+		j->out = 0;
+		finish(l, j);
+	}
+}
+
+void luffd__prefetch_fini(struct luffd__loop *l)
+{
+	struct luffd__pjob *j;
+
+	atomic_store(&l->pf.queued, true);
+	take(l);
+	while ((j = l->pf.head)) {
+		let_go(j, -ECANCELED);
+		j->out = 0;
+		finish(l, j);
+	}
+	pthread_mutex_destroy(&l->pf.lock);
+}
+
+/* ------------------------------------------------------------------------
+ * The application's calls
+ * ---------------------------------------------------------------------- */
+
+/* The live region of ctx holding addr, held, and its handler. */
+static struct luffd__region *hold_at(struct luffd_ctx *ctx, uint64_t addr,
+				     struct luffd__loop **lp)
+{
+	for (unsigned int i = 0; i < ctx->cfg.nloops; i++) {
+		enum luffd__lookup how;
+		struct luffd__region *r =
+			luffd__region_hold(&ctx->loops[i].rtab, addr, &how);
+
+		if (r) {
+			*lp = &ctx->loops[i];
+			return r;
+		}
+	}
+	return NULL;
+}
+
+/* Is every page of [addr, end) in a region of ctx? */
+static bool covered(struct luffd_ctx *ctx, uint64_t addr, uint64_t end)
+{
+	while (addr < end) {
+		struct luffd__loop *l;
+		struct luffd__region *r = hold_at(ctx, addr, &l);
+
+		if (!r)
+			return false;
+		addr = r->start + r->len;
+		luffd__region_put(r);
+	}
+	return true;
+}
+
+static int check_range(struct luffd_ctx *ctx, const void *addr, size_t len,
+		       uint64_t *endp)
+{
+	uint64_t a = (uint64_t)(uintptr_t)addr;
+
+	if (!ctx || !addr || !len || a % ctx->cfg.page_size ||
+	    len > UINT64_MAX - a ||
+	    a + len > UINT64_MAX - ctx->cfg.page_size)
+		return -EINVAL;
+	*endp = a + ((len + ctx->cfg.page_size - 1) &
+		     ~(uint64_t)(ctx->cfg.page_size - 1));
+	return covered(ctx, a, *endp) ? 0 : -ENOENT;
+}
+
+ssize_t luffd_install(struct luffd_ctx *ctx, void *addr,
+				const void *src, size_t len,
+				unsigned int flags)
+{
+	uint64_t cur = (uint64_t)(uintptr_t)addr, end, done = 0;
+	int err;
+
+	if (!src || flags || (ctx && len % ctx->cfg.page_size))
+		return -EINVAL;
+	err = check_range(ctx, addr, len, &end);
+	if (err)
+		return err;
+	while (cur < end) {
+		struct luffd__loop *l;
+		struct luffd__region *r = hold_at(ctx, cur, &l);
+		const char *from = (const char *)src +
+				   (cur - (uint64_t)(uintptr_t)addr);
+		uint64_t n, got = 0;
+
+		if (!r) /* removed since the check */
+			return done ? (ssize_t)(done << ctx->cfg.page_shift)
+				    : -ENOENT;
+		n = (r->start + r->len < end ? r->start + r->len : end) - cur;
+		/* -EAGAIN: the address space is changing (a fork, an
+		 * mremap()); present pages are stepped over on the retry. */
+		for (int tries = 0; tries < 1000; tries++) {
+			got += luffd__pt_copy_missing(r->tab->uffd, cur, from,
+						      n, 0, &err);
+			if (err != -EAGAIN)
+				break;
+			sched_yield();
+		}
+		atomic_fetch_add_explicit(&l->stats.app_installed, got,
+					  memory_order_relaxed);
+		luffd__region_put(r);
+		done += got;
+		if (err)
+			return err;
+		cur += n;
+	}
+	return (ssize_t)(done << ctx->cfg.page_shift);
+}
+
+/* Wait for the jobs on list w; the first error. */
+static int wait_jobs(struct luffd__pjob *w)
+{
+	int err = 0;
+
+	while (w) {
+		struct luffd__pjob *next = w->wnext;
+		struct luffd__loop *l = w->l;
+
+		pthread_mutex_lock(&l->lock);
+		while (!w->done)
+			pthread_cond_wait(&l->cv, &l->lock);
+		pthread_mutex_unlock(&l->lock);
+		if (!err)
+			err = w->err;
+		job_put(w);
+		w = next;
+	}
+	return err;
+}
+
+int luffd_prefetch(struct luffd_ctx *ctx, void *addr, size_t len,
+			     unsigned int flags)
+{
+	struct luffd__pjob *w = NULL, **wt = &w;
+	uint64_t cur = (uint64_t)(uintptr_t)addr, end;
+	bool wait = flags & LUFFD_PREFETCH_WAIT;
+	int err;
+
+	if (flags & ~(unsigned int)LUFFD_PREFETCH_WAIT)
+		return -EINVAL;
+	err = check_range(ctx, addr, len, &end);
+	if (err)
+		return err;
+	/* A handler or a worker would wait for its own work. */
+	if (wait && luffd__on_library_thread(ctx))
+		return -EDEADLK;
+	while (cur < end) {
+		struct luffd__loop *l;
+		struct luffd__region *r = hold_at(ctx, cur, &l);
+		struct luffd__prefetch *p;
+		struct luffd__pjob *j;
+		uint64_t n;
+
+		if (!r) {
+			err = -ENOENT; /* removed since the check */
+			break;
+		}
+		n = (r->start + r->len < end ? r->start + r->len : end) - cur;
+		j = calloc(1, sizeof(*j));
+		if (!j) {
+			luffd__region_put(r);
+			err = -ENOMEM;
+			break;
+		}
+		j->l = l;
+		j->r = r;
+		j->pg = (r->off + cur - r->start) >> ctx->cfg.page_shift;
+		j->end = j->pg + (n >> ctx->cfg.page_shift);
+		atomic_init(&j->refs, wait ? 2u : 1u);
+		p = &l->pf;
+		pthread_mutex_lock(&p->lock);
+		if (p->njobs >= PF_MAX_JOBS) {
+			pthread_mutex_unlock(&p->lock);
+			luffd__region_put(r);
+			free(j);
+			err = -EAGAIN;
+			break;
+		}
+		p->njobs++;
+		if (p->in_tail)
+			p->in_tail->next = j;
+		else
+			p->in_head = j;
+		p->in_tail = j;
+		atomic_store_explicit(&p->queued, true, memory_order_release);
+		pthread_mutex_unlock(&p->lock);
+		luffd__cq_kick(l->cq);
+		if (wait) {
+			*wt = j;
+			wt = &j->wnext;
+		}
+		cur += n;
+	}
+	if (wait) {
+		int werr = wait_jobs(w);
+
+		if (!err)
+			err = werr;
+	}
+	return err;
+}

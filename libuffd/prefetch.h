@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Pages the application pushes in (prefetch.c): luffd_install() copies
+ * the caller's data into missing pages on the caller's thread, and
+ * luffd_prefetch() queues a range for the handler to read and install
+ * in the background, behind every demand fault.
+ */
+#ifndef LUFFD_PREFETCH_H
+#define LUFFD_PREFETCH_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct luffd__loop;
+struct luffd__op;
+struct luffd__pjob;
+
+/* One handler's prefetch jobs. */
+struct luffd__prefetch {
+	/* Queued by application threads, taken by the handler. */
+	pthread_mutex_t lock;
+	struct luffd__pjob *in_head, *in_tail;
+	unsigned int njobs;        /* queued or running (lock) */
+	atomic_bool queued;        /* in_head is not empty */
+	/* The handler's, in order: the first one is being read. */
+	struct luffd__pjob *head, *tail;
+	bool again;                /* more to do at once (handler) */
+};
+
+void luffd__prefetch_init(struct luffd__prefetch *p);
+/* Handler: take new jobs and start their reads while no demand fault
+ * waits and fewer than a few prefetch reads are in flight. */
+void luffd__prefetch_run(struct luffd__loop *l);
+/* Handler: prefetch read op finished (its pages are in the cache now, or
+ * err): install what it read and account for it in its job. */
+void luffd__prefetch_done(struct luffd__loop *l, struct luffd__op *op,
+			  int err);
+/* Handler: regions died; their jobs end (-ECANCELED). */
+void luffd__prefetch_sweep(struct luffd__loop *l);
+/* The handler is gone: end every job (-ECANCELED). */
+void luffd__prefetch_fini(struct luffd__loop *l);
+
+#endif /* LUFFD_PREFETCH_H */
