@@ -688,12 +688,14 @@ LUFFD_API ssize_t luffd_install(struct luffd_ctx *ctx, void *addr,
  * flags 0 or LUFFD_PREFETCH_WAIT (-EINVAL otherwise).
  *
  * The range is queued on the handler of each region it covers, in order;
- * jobs queued earlier go first.  A handler reads a job one window
- * (readahead_bytes) at a time, at LUFFD_PRIO_PREFETCH, with at most two
- * windows in flight, and starts none while a demand fault waits for a read
- * or cache slot: a demand fault waits behind at most two windows of
- * prefetch (and none at all on a store that serves requests by priority,
- * such as a callback store's workers).  Pages present are skipped, pages
+ * jobs queued earlier go first.  A handler reads a job in reads of up to
+ * 128 KiB (and at most readahead_bytes), two in flight at most, one of
+ * 64 KiB while demand reads are in flight, at LUFFD_PRIO_PREFETCH, and
+ * starts none while a demand fault waits for a read or cache slot: a
+ * demand fault waits behind at most that much prefetch (and none at all on
+ * a store that serves requests by priority, such as a callback store's
+ * workers; the file store reads cold data for prefetch with O_DIRECT at
+ * the idle I/O priority).  Pages present are skipped, pages
  * in the cache go in at once, and pages another read is already bringing
  * in are left to it (they fault as minor faults later).  Holes are not
  * installed (they fault as ZERO), nor are pages past the store's end.

@@ -82,4 +82,9 @@ struct luffd__cachestat {
 	__u64 nr_recently_evicted;
 };
 
+/* ioprio_set(2)'s encoding (linux/ioprio.h is not in every libc's
+ * headers): class in the top 3 bits of 16.  The idle class has no
+ * levels. */
+#define LUFFD__IOPRIO_IDLE ((unsigned short)(3u << 13))
+
 #endif /* LUFFD_COMPAT_H */

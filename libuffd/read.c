@@ -293,9 +293,14 @@ static uint32_t read_window(struct luffd__loop *l, struct luffd__region *r,
 	if (!job)
 		luffd__inc(l->stats.readahead_pages,
 			   fi == LUFFD__NIL ? n : n - 1);
+	/* Prefetch: nobody waits, so its copy runs off the handler thread,
+	 * and cold data may skip the page cache (whose read-ahead would
+	 * otherwise grow it into megabytes that demand reads queue
+	 * behind). */
 	luffd__op_submit(l, op, job ? LUFFD_PRIO_PREFETCH :
 				fi == LUFFD__NIL ? LUFFD_PRIO_READAHEAD :
-				LUFFD_PRIO_DEMAND, 0);
+				LUFFD_PRIO_DEMAND,
+			 job ? LUFFD__REQ_OFFLOAD | LUFFD__REQ_BULK : 0);
 	return (uint32_t)n;
 }
 

@@ -52,8 +52,9 @@ enum {
 /* Hints to the store, in luffd__req.flags. */
 #define LUFFD__REQ_OFFLOAD (1u << 0) /* nobody waits: keep it off the
 					handler thread (io_uring worker) */
-#define LUFFD__REQ_BULK (1u << 1)    /* a 2 MiB staging chunk: cold data
-					may bypass the page cache */
+#define LUFFD__REQ_BULK (1u << 1)    /* a staging chunk or a prefetch:
+					cold data may bypass the page
+					cache */
 /* Set by luffd__req_sqe(): the request reads through the handler's ring
  * (and is never answered once the ring is gone). */
 #define LUFFD__REQ_RING (1u << 8)

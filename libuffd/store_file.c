@@ -106,6 +106,12 @@ static void submit(struct luffd_store *s, struct luffd__req *r)
 	 * cached: its copy then runs beside the handler. */
 	if (r->flags & LUFFD__REQ_OFFLOAD)
 		sqe->flags |= IOSQE_ASYNC;
+	/* Prefetch yields the device to demand: the idle I/O class, which
+	 * mq-deadline and bfq dispatch after every other (with aging, so it
+	 * is not starved for good).  It applies to the device reads of
+	 * O_DIRECT requests, which cold prefetch reads are. */
+	if (r->pub.priority == LUFFD_PRIO_PREFETCH)
+		sqe->ioprio = LUFFD__IOPRIO_IDLE;
 }
 
 /* n more bytes of r arrived (or -errno): go on, or complete. */
