@@ -41,7 +41,26 @@ enum engine {
 	 * beforehand (untimed), so no read at all.  Faults count as minor.
 	 * Only on request (--engine ...,bare). */
 	ENG_BARE = 5,
+	/* libuffd with luffd_prefetch() of the whole mapping started before
+	 * the first touch: what prefetch costs demand faults.  Only on
+	 * request (--engine ...,prefetch). */
+	ENG_PREFETCH = 6,
 	NR_ENGINES
+};
+
+/* Is e one of the engines that run libuffd? */
+static inline bool is_luffd(enum engine e)
+{
+	return e == ENG_LIBUFFD || e == ENG_PREFETCH;
+}
+
+/* --store */
+enum store_kind {
+	STORE_FILE,     /* luffd_store_file() */
+	STORE_MEM,      /* luffd_store_memory() over a copy */
+	STORE_ASYNC,    /* latstore.c: answered by another thread after
+			   --store-latency-us */
+	STORE_CALLBACK, /* latstore.c: a fill() that sleeps that long */
 };
 #define NR_FAULT_ENGINES 3
 
@@ -100,6 +119,8 @@ struct config {
 	int prot;             /* of the libuffd and mmap mappings */
 	bool no_memory_warm;  /* --no-memory-warm */
 	bool store_mem;       /* --store memory */
+	enum store_kind store;
+	uint64_t store_lat_us; /* --store-latency-us (async, callback) */
 	uint64_t handler_cpus; /* --handler-cpus: libuffd, naive, bare */
 	uint64_t thread_cpus;  /* --thread-cpus: the faulting threads */
 	uint64_t stripe_bytes; /* --stripe-bytes */
@@ -177,11 +198,29 @@ struct run {
 
 	/* naive: handler-side service latency (read of the message to the
 	 * end of UFFDIO_COPY). */
+	uint64_t store_delay_p50; /* --store-latency-us: as served, ns */
+	double store_delay_mean;
+	bool calib;           /* the zero-latency run behind the overlap
+				 ideal (--store-latency-us), not a row of
+				 the comparison */
 	bool has_naive;
 	struct latsum naive_svc;
 };
 
 /* ---- data.c (now_ns() and parse_size() are in util.c) ---- */
+struct latstore;
+/* A store of kind STORE_ASYNC or STORE_CALLBACK over mem (size bytes,
+ * kept by the caller until latstore_free()) answering after lat_us;
+ * *storep is the caller's reference. */
+int latstore_new(enum store_kind kind, const char *mem, uint64_t size,
+		 uint64_t lat_us, struct latstore **sp,
+		 struct luffd_store **storep);
+/* The delays it served requests with so far (arrival to answer):
+ * median and mean.  Sorts its samples: call it once all are in. */
+void latstore_delay(struct latstore *s, uint64_t *p50_ns, double *mean_ns);
+/* After the context that used it is destroyed. */
+void latstore_free(struct latstore *s);
+
 uint64_t expected_word(uint64_t off);
 void expected_page(const struct config *cfg, uint64_t pg, void *buf);
 int generate_file(struct config *cfg, char *dir, size_t dirlen);
@@ -236,5 +275,27 @@ struct ratio {
 };
 size_t compute_ratios(const struct config *cfg, const struct run *runs,
 		      size_t nruns, struct ratio *out, size_t max);
+
+/* --store-latency-us: libuffd's faults/s against the ideal. */
+struct overlap {
+	int pat;
+	bool cold;
+	double fps, zero_fps, naive_fps; /* medians, faults/s */
+	double per_rtt;                  /* threads / latency */
+	double ideal, ratio, naive_ratio;
+	/* The same with the delay the store really took (its median). */
+	double delay_p50, per_rtt_served, ideal_served, ratio_served;
+};
+size_t compute_overlap(const struct config *cfg, const struct run *runs,
+		       size_t nruns, struct overlap *out, size_t max);
+
+/* --engine libuffd,prefetch: demand-fault p50 with and without. */
+struct pf_cmp {
+	int pat;
+	bool cold;
+	double p50, pf_p50, ratio, gbps_ratio;
+};
+size_t compute_prefetch(const struct config *cfg, const struct run *runs,
+			size_t nruns, struct pf_cmp *out, size_t max);
 
 #endif

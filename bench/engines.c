@@ -437,7 +437,9 @@ struct naive {
 	size_t page;
 	uint64_t size;
 	char *buf;
-	const char *mem;      /* bare: the file's bytes */
+	const char *mem;      /* bare, slow: the file's bytes */
+	uint64_t lat_ns;      /* slow: each fault waits this long first (the
+				 textbook handler on a remote source) */
 	uint64_t cpus;        /* --handler-cpus */
 	uint32_t *svc;        /* service latency per fault */
 	uint64_t nsvc, cap;
@@ -482,8 +484,21 @@ static void *naive_handler(void *arg)
 		}
 		off = addr - n->base;
 		if (n->mem) {
-			/* bare: no read, just the install. */
-			n->faults[LUFFD_MINOR]++;
+			/* bare: no read, just the install; slow: a request
+			 * to a source that answers after lat_ns. */
+			if (n->lat_ns) {
+				struct timespec ts = {
+					.tv_sec = (time_t)(n->lat_ns /
+							   1000000000ull),
+					.tv_nsec = (long)(n->lat_ns %
+							  1000000000ull) };
+
+				while (nanosleep(&ts, &ts) && errno == EINTR)
+					;
+				n->faults[LUFFD_MAJOR]++;
+			} else {
+				n->faults[LUFFD_MINOR]++;
+			}
 			if (off + n->page <= n->size) {
 				src = n->mem + off;
 			} else {
@@ -599,7 +614,12 @@ static int run_naive(struct bench_ctx *b, struct run *r, bool bare)
 		goto out;
 	}
 	n.cpus = cfg->handler_cpus;
-	if (bare) {
+	/* Against a slow store (--store async|callback), naive asks the
+	 * same copy with the same delay, one fault at a time. */
+	if (!bare && (cfg->store == STORE_ASYNC ||
+		      cfg->store == STORE_CALLBACK))
+		n.lat_ns = cfg->store_lat_us * 1000;
+	if (bare || n.lat_ns) {
 		mem = load_file(b, r);
 		if (!mem)
 			goto out;
@@ -835,6 +855,7 @@ static int run_libuffd(struct bench_ctx *b, struct run *r)
 	struct corrupt cor;
 	struct luffd_ctx *ctx = NULL;
 	struct luffd_store *store = NULL;
+	struct latstore *ls = NULL;
 	void *m = NULL;
 	char *mem = NULL;
 	int tfd = -1, err, ret = -1, i;
@@ -860,12 +881,17 @@ static int run_libuffd(struct bench_ctx *b, struct run *r)
 		set_err(r, "luffd_ctx_create: %s", luffd_strerror(err));
 		goto out;
 	}
-	if (cfg->store_mem && cfg->corrupt_page < 0) {
+	if (cfg->store != STORE_FILE && cfg->corrupt_page < 0) {
 		/* Freed after the context: it serves from these bytes. */
 		mem = load_file(b, r);
 		if (!mem)
 			goto out;
-		err = luffd_store_memory(mem, cfg->size, &store);
+		if (cfg->store == STORE_MEM)
+			err = luffd_store_memory(mem, cfg->size, &store);
+		else
+			err = latstore_new(cfg->store, mem, cfg->size,
+					   r->calib ? 0 : cfg->store_lat_us,
+					   &ls, &store);
 	} else {
 		err = make_store(b, &cor, &store);
 	}
@@ -881,6 +907,15 @@ static int run_libuffd(struct bench_ctx *b, struct run *r)
 		goto out;
 	}
 	atomic_store_explicit(&rec.base, (uintptr_t)m, memory_order_release);
+	/* prefetch: the whole mapping, in the background, from the start;
+	 * the touches then race it (untimed: it returns once queued). */
+	if (r->eng == ENG_PREFETCH) {
+		err = luffd_prefetch(ctx, m, map_len(cfg), 0);
+		if (err) {
+			set_err(r, "luffd_prefetch: %s", luffd_strerror(err));
+			goto out;
+		}
+	}
 	err = touch_all(b, m, r);
 	if (err) {
 		set_err(r, "touch: %s", strerror(-err));
@@ -925,6 +960,9 @@ out:
 	}
 	if (tfd >= 0)
 		close(tfd);
+	if (ls)
+		latstore_delay(ls, &r->store_delay_p50, &r->store_delay_mean);
+	latstore_free(ls);
 	free(mem);
 	return ret;
 }

@@ -43,7 +43,9 @@ static void usage(FILE *f)
 "  --threads N            faulting threads, pages split between them\n"
 "                         (default 1)\n"
 "  --engine LIST          comma list of libuffd, mmap, naive, pread,\n"
-"                         fill, bare, or all (the first three; default)\n"
+"                         fill, bare, prefetch (libuffd with a prefetch\n"
+"                         of the whole mapping started first), or all\n"
+"                         (the first three; default)\n"
 "  --warm                 page cache warm only (file read first)\n"
 "  --cold                 page cache cold only (file dropped before each\n"
 "                         engine)\n"
@@ -60,7 +62,17 @@ static void usage(FILE *f)
 "  --install-ahead BYTES  install the cached pages after a fault (0 = off)\n"
 "  --direct               read the file with O_DIRECT\n"
 "  --store S              file (default) or memory: libuffd serves a copy\n"
-"                         of the file read into memory (minor faults)\n"
+"                         of the file read into memory (minor faults);\n"
+"                         async or callback: that copy served after\n"
+"                         --store-latency-us by another thread (an\n"
+"                         asynchronous store) or by a fill() that sleeps\n"
+"                         (a callback store on libuffd's workers), as a\n"
+"                         remote source would; naive then sleeps as long\n"
+"                         per fault\n"
+"  --store-latency-us N   the delay of each request (default 0); with a\n"
+"                         non-zero N libuffd also runs once at 0 and the\n"
+"                         report gives its faults/s against the ideal,\n"
+"                         min(threads / N, that zero-latency rate)\n"
 "  --install M            auto (default: sequential streams move in 2 MiB\n"
 "                         chunks where the mapping allows) or copy\n"
 "  --spin-us N            busy-poll the userfaultfd N us before sleeping\n"
@@ -209,7 +221,8 @@ static void parse_engines(struct config *cfg, const char *arg)
 				break;
 		if (e == NR_ENGINES)
 			bad_arg("--engine: unknown engine '%s' (libuffd, "
-				"mmap, naive, pread, fill, bare, all)", tok);
+				"mmap, naive, pread, fill, bare, prefetch, "
+				"all)", tok);
 		if (!seen[e]) {
 			seen[e] = true;
 			cfg->engines[cfg->nengines++] = (enum engine)e;
@@ -227,6 +240,7 @@ enum {
 	OPT_TFMT, OPT_JSON, OPT_PLOT, OPT_QUIET, OPT_HELP, OPT_TIMEOUT,
 	OPT_CORRUPT, OPT_CHECK, OPT_RAMODE, OPT_IA, OPT_INSTALL, OPT_PROT,
 	OPT_NOMEMWARM, OPT_STORE, OPT_HCPUS, OPT_TCPUS, OPT_STRIPE,
+	OPT_STORELAT,
 };
 
 static const struct option long_opts[] = {
@@ -263,6 +277,7 @@ static const struct option long_opts[] = {
 	{ "prot", required_argument, NULL, OPT_PROT },
 	{ "no-memory-warm", no_argument, NULL, OPT_NOMEMWARM },
 	{ "store", required_argument, NULL, OPT_STORE },
+	{ "store-latency-us", required_argument, NULL, OPT_STORELAT },
 	{ "handler-cpus", required_argument, NULL, OPT_HCPUS },
 	{ "thread-cpus", required_argument, NULL, OPT_TCPUS },
 	{ "stripe-bytes", required_argument, NULL, OPT_STRIPE },
@@ -281,7 +296,7 @@ static bool has_engine(const struct config *cfg, enum engine e)
 
 static void parse_args(struct config *cfg, int argc, char **argv)
 {
-	bool warm = false, cold = false, size_set = false;
+	bool warm = false, cold = false, size_set = false, lat_set = false;
 	int c;
 
 	opterr = 0;
@@ -392,12 +407,22 @@ static void parse_args(struct config *cfg, int argc, char **argv)
 			break;
 		case OPT_STORE:
 			if (!strcmp(optarg, "file"))
-				cfg->store_mem = false;
+				cfg->store = STORE_FILE;
 			else if (!strcmp(optarg, "memory"))
-				cfg->store_mem = true;
+				cfg->store = STORE_MEM;
+			else if (!strcmp(optarg, "async"))
+				cfg->store = STORE_ASYNC;
+			else if (!strcmp(optarg, "callback"))
+				cfg->store = STORE_CALLBACK;
 			else
-				bad_arg("--store: file or memory, not '%s'",
-					optarg);
+				bad_arg("--store: file, memory, async or "
+					"callback, not '%s'", optarg);
+			cfg->store_mem = cfg->store == STORE_MEM;
+			break;
+		case OPT_STORELAT:
+			cfg->store_lat_us = parse_uint("--store-latency-us",
+						       optarg, 0, 10000000);
+			lat_set = true;
 			break;
 		case OPT_NOMEMWARM:
 			cfg->no_memory_warm = true;
@@ -492,9 +517,12 @@ static void parse_args(struct config *cfg, int argc, char **argv)
 		bad_arg("--trace needs the libuffd engine");
 	if (cfg->corrupt_page >= 0 && !has_engine(cfg, ENG_LIBUFFD))
 		bad_arg("--corrupt-page needs the libuffd engine");
-	if (cfg->corrupt_page >= 0 && cfg->store_mem)
+	if (cfg->corrupt_page >= 0 && cfg->store != STORE_FILE)
 		bad_arg("--corrupt-page needs --store file (it is a callback "
 			"store over the file)");
+	if (lat_set && cfg->store != STORE_ASYNC &&
+	    cfg->store != STORE_CALLBACK)
+		bad_arg("--store-latency-us needs --store async or callback");
 	if (cfg->thread_cpus) {
 		cpu_set_t set;
 		uint64_t online = 0;
@@ -511,7 +539,7 @@ static void parse_args(struct config *cfg, int argc, char **argv)
 	}
 	/* A setting the library refuses is a bad argument: say so now, not
 	 * after generating the file and running the other engines. */
-	if (has_engine(cfg, ENG_LIBUFFD) &&
+	if ((has_engine(cfg, ENG_LIBUFFD) || has_engine(cfg, ENG_PREFETCH)) &&
 	    libuffd_settings_check(cfg) == -EINVAL)
 		bad_arg("libuffd refuses these settings (-EINVAL): see the "
 			"limits in include/libuffd.h");
@@ -607,7 +635,7 @@ int main(int argc, char **argv)
 	uint32_t *orders[MAX_PATTERNS];
 	uint64_t norders[MAX_PATTERNS];
 	struct run *runs;
-	size_t nruns = 0, total, idx = 0;
+	size_t nruns = 0, total, idx = 0, ncalib;
 	struct utsname u;
 	char tmpdir[4096] = "";
 	unsigned int rep, nstates, nluffd;
@@ -672,6 +700,11 @@ int main(int argc, char **argv)
 		(size_t)cfg.nengines;
 	nluffd = has_engine(&cfg, ENG_LIBUFFD) ?
 		 cfg.repeat * (unsigned int)cfg.npats * nstates : 0;
+	/* The overlap ideal needs the same store's rate at zero latency:
+	 * one more libuffd run per pattern and cache state. */
+	ncalib = cfg.store_lat_us && has_engine(&cfg, ENG_LIBUFFD) ?
+		 (size_t)cfg.repeat * cfg.npats * nstates : 0;
+	total += ncalib;
 	runs = calloc(total, sizeof(*runs));
 	lat = malloc(cfg.npages * sizeof(*lat) + 1);
 	cls = malloc(cfg.npages + 1);
@@ -700,7 +733,10 @@ int main(int argc, char **argv)
 				if ((cold && !cfg.do_cold) ||
 				    (!cold && !cfg.do_warm))
 					continue;
-				for (e = 0; e < cfg.nengines; e++) {
+				/* e == nengines: the calibration run, in
+				 * every repetition (its median is used). */
+				for (e = 0; e < cfg.nengines + (ncalib != 0);
+				     e++) {
 					struct run *r = &runs[nruns++];
 					struct bench_ctx b = {
 						.cfg = &cfg, .fd = fd,
@@ -709,7 +745,8 @@ int main(int argc, char **argv)
 						.lat = lat, .cls = cls,
 					};
 
-					r->eng = cfg.engines[e];
+					r->eng = e < cfg.nengines ?
+						 cfg.engines[e] : ENG_LIBUFFD;
 					r->pat = p;
 					r->cold = cold;
 					r->rep = rep;
@@ -739,6 +776,13 @@ int main(int argc, char **argv)
 								 cold ? "cold" : "warm",
 								 rep + 1);
 					}
+					r->calib = e == cfg.nengines;
+					if (r->calib)
+						snprintf(r->label,
+							 sizeof(r->label),
+							 "libuffd at 0 us %s "
+							 "%s", cfg.pats[p].name,
+							 cold ? "cold" : "warm");
 					prepare_cache(&cfg, fd, r);
 					run_engine(&b, r);
 					idx++;

@@ -19,7 +19,8 @@
 const char *engine_name(enum engine e)
 {
 	static const char *const names[] = { "libuffd", "mmap", "naive",
-					     "pread", "fill", "bare" };
+					     "pread", "fill", "bare",
+					     "prefetch" };
 
 	return (unsigned int)e < NR_ENGINES ? names[e] : "?";
 }
@@ -142,6 +143,12 @@ static int cmp_dbl(const void *a, const void *b)
 
 /* Median of one metric over the repetitions of (eng, pat, cold); NAN when a
  * repetition failed or there is none. */
+/* median_of() metrics past wall, GB/s, p50 and p99. */
+#define M_FPS 4        /* faults/s */
+#define M_MAJOR_P50 5  /* p50 of the touches served as major faults */
+#define M_CALIB_FPS 6  /* faults/s of the zero-latency calibration runs */
+#define M_DELAY 7      /* the store's served delay (median), ns */
+
 static double median_of(const struct config *cfg, const struct run *runs,
 			size_t nruns, enum engine eng, int pat, bool cold,
 			int metric)
@@ -152,13 +159,19 @@ static double median_of(const struct config *cfg, const struct run *runs,
 	for (i = 0; i < nruns && n < 1024; i++) {
 		const struct run *r = &runs[i];
 
-		if (r->eng != eng || r->pat != pat || r->cold != cold)
+		if (r->eng != eng || r->pat != pat || r->cold != cold ||
+		    r->calib != (metric == M_CALIB_FPS))
 			continue;
 		if (!r->ok)
 			return NAN;
 		v[n++] = metric == 0 ? (double)r->wall_ns :
 			 metric == 1 ? r->gbps :
-			 metric == 2 ? (double)r->lat.p50 : (double)r->lat.p99;
+			 metric == 2 ? (double)r->lat.p50 :
+			 metric == 3 ? (double)r->lat.p99 :
+			 metric == M_MAJOR_P50 ?
+				 (double)r->lat_cls[LUFFD_MAJOR].p50 :
+			 metric == M_DELAY ? (double)r->store_delay_p50 :
+				 r->faults_per_s;
 	}
 	(void)cfg;
 	if (!n)
@@ -233,6 +246,80 @@ size_t compute_ratios(const struct config *cfg, const struct run *runs,
 	return k;
 }
 
+size_t compute_overlap(const struct config *cfg, const struct run *runs,
+		       size_t nruns, struct overlap *out, size_t max)
+{
+	size_t k = 0;
+
+	if (!cfg->store_lat_us || !has_engine(cfg, ENG_LIBUFFD))
+		return 0;
+	for (int p = 0; p < cfg->npats && k < max; p++) {
+		for (int s = 0; s < 2 && k < max; s++) {
+			bool cold = s == 1;
+			struct overlap *o = &out[k];
+
+			if ((cold && !cfg->do_cold) || (!cold && !cfg->do_warm))
+				continue;
+			o->pat = p;
+			o->cold = cold;
+			o->fps = median_of(cfg, runs, nruns, ENG_LIBUFFD, p,
+					   cold, M_FPS);
+			o->zero_fps = median_of(cfg, runs, nruns, ENG_LIBUFFD,
+						p, cold, M_CALIB_FPS);
+			o->naive_fps = median_of(cfg, runs, nruns, ENG_NAIVE,
+						 p, cold, M_FPS);
+			o->per_rtt = (double)cfg->threads * 1e6 /
+				     (double)cfg->store_lat_us;
+			o->ideal = isnan(o->zero_fps) || o->zero_fps > o->per_rtt
+					   ? o->per_rtt : o->zero_fps;
+			o->ratio = div_or_nan(o->fps, o->ideal);
+			o->delay_p50 = median_of(cfg, runs, nruns, ENG_LIBUFFD,
+						 p, cold, M_DELAY);
+			o->per_rtt_served = div_or_nan((double)cfg->threads *
+						       1e9, o->delay_p50);
+			o->ideal_served = isnan(o->zero_fps) ||
+					  o->zero_fps > o->per_rtt_served ?
+					  o->per_rtt_served : o->zero_fps;
+			o->ratio_served = div_or_nan(o->fps, o->ideal_served);
+			o->naive_ratio = div_or_nan(o->naive_fps, o->ideal);
+			k++;
+		}
+	}
+	return k;
+}
+
+size_t compute_prefetch(const struct config *cfg, const struct run *runs,
+			size_t nruns, struct pf_cmp *out, size_t max)
+{
+	size_t k = 0;
+
+	if (!has_engine(cfg, ENG_LIBUFFD) || !has_engine(cfg, ENG_PREFETCH))
+		return 0;
+	for (int p = 0; p < cfg->npats && k < max; p++) {
+		for (int s = 0; s < 2 && k < max; s++) {
+			bool cold = s == 1;
+			struct pf_cmp *o = &out[k];
+
+			if ((cold && !cfg->do_cold) || (!cold && !cfg->do_warm))
+				continue;
+			o->pat = p;
+			o->cold = cold;
+			o->p50 = median_of(cfg, runs, nruns, ENG_LIBUFFD, p, cold,
+					   M_MAJOR_P50);
+			o->pf_p50 = median_of(cfg, runs, nruns, ENG_PREFETCH, p,
+					      cold, M_MAJOR_P50);
+			o->ratio = div_or_nan(o->pf_p50, o->p50);
+			o->gbps_ratio = div_or_nan(
+				median_of(cfg, runs, nruns, ENG_PREFETCH, p,
+					  cold, 1),
+				median_of(cfg, runs, nruns, ENG_LIBUFFD, p,
+					  cold, 1));
+			k++;
+		}
+	}
+	return k;
+}
+
 /* ------------------------------------------------------------------------
  * Table
  * ---------------------------------------------------------------------- */
@@ -240,6 +327,70 @@ size_t compute_ratios(const struct config *cfg, const struct run *runs,
 static const char *cache_name(bool cold)
 {
 	return cold ? "cold" : "warm";
+}
+
+static const char *store_name(enum store_kind k)
+{
+	static const char *const n[] = { "file", "memory", "async",
+					 "callback" };
+
+	return n[k];
+}
+
+static void print_extra(FILE *out, const struct config *cfg,
+			const struct run *runs, size_t nruns)
+{
+	struct overlap ov[MAX_PATTERNS * 2];
+	struct pf_cmp pf[MAX_PATTERNS * 2];
+	size_t n, i;
+
+	n = compute_overlap(cfg, runs, nruns, ov, MAX_PATTERNS * 2);
+	if (n) {
+		fprintf(out, "\nOverlap: --store %s, %" PRIu64 " us per request, "
+			"%u faulting threads.  ideal = min(threads / latency, "
+			"the same store's\nrate at zero latency in this run "
+			"(luffd@0 rows)); medians, faults/s\n\n",
+			store_name(cfg->store), cfg->store_lat_us,
+			cfg->threads);
+		fprintf(out, "%-10s %-4s %10s %11s %12s %10s %13s %11s\n",
+			"pattern", "data", "libuffd", "threads/lat",
+			"zero-latency", "ideal", "libuffd/ideal",
+			"naive/ideal");
+		for (i = 0; i < n; i++)
+			fprintf(out, "%-10s %-4s %10.0f %11.0f %12.0f %10.0f "
+				"%13.3f %11.3f\n", cfg->pats[ov[i].pat].name,
+				cache_name(ov[i].cold), ov[i].fps,
+				ov[i].per_rtt, ov[i].zero_fps, ov[i].ideal,
+				ov[i].ratio, ov[i].naive_ratio);
+		fprintf(out, "\nThe same against the delay the store really "
+			"served (median, arrival to answer: a timer\nwakes "
+			"late, on a VM by tens of us):\n\n");
+		fprintf(out, "%-10s %-4s %10s %14s %12s %10s %13s\n",
+			"pattern", "data", "libuffd", "served delay",
+			"threads/that", "ideal", "libuffd/ideal");
+		for (i = 0; i < n; i++)
+			fprintf(out, "%-10s %-4s %10.0f %11.1f us %12.0f "
+				"%10.0f %13.3f\n", cfg->pats[ov[i].pat].name,
+				cache_name(ov[i].cold), ov[i].fps,
+				ov[i].delay_p50 / 1e3, ov[i].per_rtt_served,
+				ov[i].ideal_served, ov[i].ratio_served);
+	}
+	n = compute_prefetch(cfg, runs, nruns, pf, MAX_PATTERNS * 2);
+	if (n) {
+		fprintf(out, "\nPrefetch: demand-fault p50 = first-touch "
+			"latency of the touches served as major faults (us),\n"
+			"libuffd alone and with luffd_prefetch() of the whole "
+			"mapping started before the first touch\n\n");
+		fprintf(out, "%-10s %-4s %12s %13s %9s %15s\n", "pattern",
+			"data", "libuffd p50", "prefetch p50", "ratio",
+			"GB/s pf/alone");
+		for (i = 0; i < n; i++)
+			fprintf(out, "%-10s %-4s %12.1f %13.1f %9.3f %15.3f\n",
+				cfg->pats[pf[i].pat].name,
+				cache_name(pf[i].cold), pf[i].p50 / 1e3,
+				pf[i].pf_p50 / 1e3, pf[i].ratio,
+				pf[i].gbps_ratio);
+	}
 }
 
 static void fmt_ratio(char *b, size_t n, double v)
@@ -270,13 +421,13 @@ void print_table(FILE *out, const struct config *cfg, const struct run *runs,
 	for (i = 0; i < nruns; i++) {
 		const struct run *r = &runs[i];
 
-		if (r->eng == ENG_LIBUFFD && r->has_luffd)
+		if (is_luffd(r->eng) && r->has_luffd)
 			any_luffd = true;
 		fprintf(out, "%-10s %-4s %-7s %3u %9.1f %6.2f %9.0f %7" PRIu64
 			" %7" PRIu64 " %5" PRIu64 " %3" PRIu64
 			" %7.1f %7.1f %7.1f %7.1f %8.1f  %s\n",
 			cfg->pats[r->pat].name, cache_name(r->cold),
-			engine_name(r->eng), r->rep + 1,
+			r->calib ? "luffd@0" : engine_name(r->eng), r->rep + 1,
 			(double)r->wall_ns / 1e6, r->gbps, r->faults_per_s,
 			r->faults[LUFFD_MINOR], r->faults[LUFFD_MAJOR],
 			r->faults[LUFFD_ZERO], r->faults[LUFFD_ERROR],
@@ -299,8 +450,15 @@ void print_table(FILE *out, const struct config *cfg, const struct run *runs,
 			const struct run *r = &runs[i];
 			int c;
 
-			if (r->eng != ENG_LIBUFFD || !r->has_luffd)
+			if (!is_luffd(r->eng) || !r->has_luffd || r->calib)
 				continue;
+			if (r->eng == ENG_PREFETCH)
+				fprintf(out, "%-10s %-4s %3u (with a prefetch "
+					"of the whole mapping: %" PRIu64
+					" pages prefetched)\n",
+					cfg->pats[r->pat].name,
+					cache_name(r->cold), r->rep + 1,
+					r->st.prefetched);
 			for (c = 0; c < NR_TCLASSES; c++) {
 				const struct luffd_latency *h =
 					c < LUFFD_NR_CLASSES ?
@@ -368,6 +526,7 @@ void print_table(FILE *out, const struct config *cfg, const struct run *runs,
 				cache_name(rat[i].cold), pair, a, b, c, d);
 		}
 	}
+	print_extra(out, cfg, runs, nruns);
 	fflush(out);
 }
 
@@ -501,6 +660,7 @@ static void j_run(struct jw *j, const struct config *cfg, const struct run *r)
 
 	j_open(j, NULL, '{');
 	j_str(j, "engine", engine_name(r->eng));
+	j_bool(j, "calibration", r->calib);
 	j_str(j, "pattern", cfg->pats[r->pat].name);
 	j_str(j, "cache", cache_name(r->cold));
 	j_u64(j, "repeat", r->rep + 1);
@@ -548,6 +708,9 @@ static void j_run(struct jw *j, const struct config *cfg, const struct run *r)
 		j_u64(j, "eagain", s->eagain);
 		j_u64(j, "waits", s->waits);
 		j_u64(j, "trace_errors", s->trace_errors);
+		j_u64(j, "prefetched", s->prefetched);
+		j_u64(j, "requests_cancelled", s->requests_cancelled);
+		j_u64(j, "read_timeouts", s->read_timeouts);
 		j_close(j, '}');
 		j_open(j, "service_latency_ns", '{');
 		for (c = 0; c < LUFFD_NR_CLASSES; c++)
@@ -644,7 +807,8 @@ int write_json(const struct config *cfg, const struct run *runs, size_t nruns,
 	j_str(&j, "install_mode",
 	      cfg->install_mode == LUFFD_INSTALL_COPY ? "copy" : "auto");
 	j_str(&j, "prot", cfg->prot & PROT_WRITE ? "rw" : "r");
-	j_str(&j, "store", cfg->store_mem ? "memory" : "file");
+	j_str(&j, "store", store_name(cfg->store));
+	j_u64(&j, "store_latency_us", cfg->store_lat_us);
 	j_u64(&j, "handler_cpus", cfg->handler_cpus);
 	j_u64(&j, "thread_cpus", cfg->thread_cpus);
 	j_u64(&j, "stripe_bytes", cfg->stripe_bytes);
@@ -681,6 +845,43 @@ int write_json(const struct config *cfg, const struct run *runs, size_t nruns,
 		j_close(&j, '}');
 	}
 	j_close(&j, ']');
+	{
+		struct overlap ov[MAX_PATTERNS * 2];
+		struct pf_cmp pf[MAX_PATTERNS * 2];
+		size_t n = compute_overlap(cfg, runs, nruns, ov,
+					   MAX_PATTERNS * 2);
+
+		j_open(&j, "overlap", '[');
+		for (i = 0; i < n; i++) {
+			j_open(&j, NULL, '{');
+			j_str(&j, "pattern", cfg->pats[ov[i].pat].name);
+			j_str(&j, "cache", cache_name(ov[i].cold));
+			j_dbl(&j, "faults_per_s", ov[i].fps);
+			j_dbl(&j, "threads_over_latency", ov[i].per_rtt);
+			j_dbl(&j, "zero_latency_faults_per_s", ov[i].zero_fps);
+			j_dbl(&j, "ideal", ov[i].ideal);
+			j_dbl(&j, "ratio", ov[i].ratio);
+			j_dbl(&j, "naive_ratio", ov[i].naive_ratio);
+			j_dbl(&j, "served_delay_p50_ns", ov[i].delay_p50);
+			j_dbl(&j, "ideal_at_served_delay", ov[i].ideal_served);
+			j_dbl(&j, "ratio_at_served_delay", ov[i].ratio_served);
+			j_close(&j, '}');
+		}
+		j_close(&j, ']');
+		n = compute_prefetch(cfg, runs, nruns, pf, MAX_PATTERNS * 2);
+		j_open(&j, "prefetch", '[');
+		for (i = 0; i < n; i++) {
+			j_open(&j, NULL, '{');
+			j_str(&j, "pattern", cfg->pats[pf[i].pat].name);
+			j_str(&j, "cache", cache_name(pf[i].cold));
+			j_dbl(&j, "demand_p50_ns", pf[i].p50);
+			j_dbl(&j, "demand_p50_with_prefetch_ns", pf[i].pf_p50);
+			j_dbl(&j, "ratio", pf[i].ratio);
+			j_dbl(&j, "throughput_ratio", pf[i].gbps_ratio);
+			j_close(&j, '}');
+		}
+		j_close(&j, ']');
+	}
 	j_open(&j, "failures", '[');
 	for (i = 0; i < nruns; i++)
 		if (!runs[i].ok)
@@ -747,7 +948,7 @@ int write_plot(const struct config *cfg, const struct run *runs, size_t nruns,
 {
 	static const char *const eng_color[NR_ENGINES] = {
 		"#7b1fa2", "#e69f00", "#0072b2", "#333333", "#009e73",
-		"#cc79a7" };
+		"#cc79a7", "#56b4e9" };
 	static const char *const cls_color[NR_TCLASSES] = {
 		"#009e73", "#d55e00", "#999999", "#cc0000", "#56b4e9" };
 	int panels = 0, cols, rows, p, s, st;

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 #
 # Tests for uffd-bench.  Usage: test_bench.sh PATH/TO/uffd-bench TEST
-# TEST is one of: args json corrupt small trace (or "all").
+# TEST is one of: args json corrupt small trace store (or "all").
 # Exit 0 pass, 1 fail, 77 skipped (no userfaultfd, or no python3 for json).
 set -u
 
@@ -189,13 +189,54 @@ t_trace() {
 	done
 }
 
+# Slow stores: the overlap table against its ideal (with the zero-latency
+# calibration rows), the prefetch comparison, both in the JSON; the
+# callback store too; the option's errors.
+t_store() {
+	need_uffd
+	expect_exit 0 --size 4M --store async --store-latency-us 100 \
+		--threads 4 --pattern rand --warm --readahead 0 \
+		--engine libuffd,naive,prefetch --quiet --json "$TMP/s.json"
+	grep -q "FAILED" "$TMP/out" && fail "a run failed"
+	grep -q "^Overlap: --store async, 100 us per request, 4 faulting" \
+		"$TMP/out" || fail "no overlap table"
+	grep -q "^rand  *warm *luffd@0 " "$TMP/out" || fail "no zero-latency row"
+	grep -q "^Prefetch: demand-fault p50" "$TMP/out" ||
+		fail "no prefetch table"
+	if command -v python3 >/dev/null; then
+		python3 - "$TMP/s.json" <<'PY' || fail "store JSON"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["config"]["libuffd"]["store"] == "async", d["config"]["libuffd"]
+assert d["config"]["libuffd"]["store_latency_us"] == 100
+o = d["overlap"][0]
+assert o["threads_over_latency"] == 40000, o
+assert 0 < o["ratio"] and o["ideal"] <= 40000, o
+assert o["served_delay_p50_ns"] >= 100000, o
+assert o["naive_ratio"] < o["ratio"], o
+assert any(r["calibration"] for r in d["runs"])
+pf = [r for r in d["runs"] if r["engine"] == "prefetch"][0]
+assert pf["libuffd"]["stats"]["prefetched"] > 0, pf["libuffd"]["stats"]
+assert d["prefetch"][0]["demand_p50_ns"] > 0, d["prefetch"]
+PY
+	fi
+	expect_exit 0 --size 2M --store callback --store-latency-us 50 \
+		--threads 4 --pattern rand --warm --engine libuffd --quiet
+	grep -q "^Overlap: --store callback" "$TMP/out" ||
+		fail "no callback overlap table"
+	expect_exit 2 --size 1M --store-latency-us 10
+	expect_exit 2 --size 1M --store async --store-latency-us x
+	expect_exit 2 --size 1M --engine prefetch,bogus
+}
+
 case "$TEST" in
 args) t_args ;;
 json) t_json ;;
 corrupt) t_corrupt ;;
 small) t_small ;;
 trace) t_trace ;;
-all) t_args; t_json; t_corrupt; t_small; t_trace ;;
+store) t_store ;;
+all) t_args; t_json; t_corrupt; t_small; t_trace; t_store ;;
 *) echo "unknown test $TEST" >&2; exit 2 ;;
 esac
 echo "PASS: $TEST"
