@@ -696,8 +696,8 @@ LUFFD_API ssize_t luffd_install(struct luffd_ctx *ctx, void *addr,
  * a store that serves requests by priority, such as a callback store's
  * workers; the file store reads cold data for prefetch with O_DIRECT at
  * the idle I/O priority).  Pages present are skipped, pages
- * in the cache go in at once, and pages another read is already bringing
- * in are left to it (they fault as minor faults later).  Holes are not
+ * in the cache go in at once, and pages another read is bringing in go in
+ * when it returns (unless it timed out).  Holes are not
  * installed (they fault as ZERO), nor are pages past the store's end.
  * stats.prefetched counts the pages installed.
  *

@@ -183,7 +183,7 @@ static bool step(struct luffd__loop *l, struct luffd__pjob *j)
 	uint64_t n = j->end - j->pg, m, got, addr;
 	unsigned char vec[1024];
 	struct luffd__cache *c = &l->cache;
-	uint32_t slot;
+	uint32_t slot, k;
 
 	if (n > (l->rd.busy > l->rd.prefetching ? PF_WINDOW_DEMAND
 						 : PF_WINDOW))
@@ -209,13 +209,30 @@ static bool step(struct luffd__loop *l, struct luffd__pjob *j)
 		return true;
 	}
 	slot = luffd__cache_find(c, r->store->id, j->pg);
+	if (slot != LUFFD__NIL &&
+	    luffd__cache_state(c, slot) != LUFFD__SLOT_READY) {
+		struct luffd__op *op = luffd__page_op(l, r->store->id, j->pg,
+						      slot, &k);
+
+		/* Being read by someone else: wait for that read (its
+		 * completion runs the loop again), unless it timed out and
+		 * may never end. */
+		if (op && !op->expired)
+			return false;
+		j->pg++;
+		return true;
+	}
 	if (slot != LUFFD__NIL) {
-		/* In the cache, or being read by someone else: install what
-		 * is ready, leave the rest to that read. */
-		for (m = 1; m < n && !(vec[m] & 1) &&
-		     luffd__cache_find(c, r->store->id, j->pg + m) !=
-			     LUFFD__NIL; m++)
-			;
+		/* Ready in the cache: in it goes, with the ready pages after
+		 * it. */
+		for (m = 1; m < n && !(vec[m] & 1); m++) {
+			uint32_t s2 = luffd__cache_find(c, r->store->id,
+							j->pg + m);
+
+			if (s2 == LUFFD__NIL ||
+			    luffd__cache_state(c, s2) != LUFFD__SLOT_READY)
+				break;
+		}
 		install_cached(l, r, j->pg, m);
 		j->pg += m;
 		return true;
