@@ -208,7 +208,7 @@ uint64_t luffd__install_ahead(struct luffd__loop *l, struct luffd__region *r,
 	/* A cache page's "installed" bit says where it went only while the
 	 * store has one mapping: with two, a page installed in one is still
 	 * missing in the other. */
-	trust_used = atomic_load_explicit(&r->store->nregions,
+	trust_used = atomic_load_explicit(r->store->nregions,
 					  memory_order_relaxed) <= 1;
 	for (uint64_t p = first; p < pg + n && p < end; p++) {
 		uint32_t slot;

@@ -34,7 +34,7 @@ void luffd__rtab_init(struct luffd__rtab *t, int uffd, struct luffd__cq *cq)
 
 static void region_free(struct luffd__region *r)
 {
-	atomic_fetch_sub(&r->store->nregions, 1);
+	atomic_fetch_sub(r->store->nregions, 1);
 	luffd_store_put(r->store);
 	free(r);
 }
@@ -203,7 +203,7 @@ static struct luffd__region *region_new(struct luffd__rtab *t, uint64_t start,
 	r->flags = flags;
 	r->tab = t;
 	r->store = luffd__store_get(store);
-	atomic_fetch_add(&store->nregions, 1);
+	atomic_fetch_add(store->nregions, 1);
 	return r;
 }
 

@@ -24,7 +24,8 @@ struct luffd_store *luffd__store_new(const struct luffd__store_ops *ops,
 	if (!s)
 		return NULL;
 	atomic_init(&s->refs, 1);
-	atomic_init(&s->nregions, 0);
+	atomic_init(&s->own_regions, 0);
+	s->nregions = &s->own_regions;
 	s->ops = ops;
 	s->caps = caps;
 	s->size = size;

@@ -72,9 +72,12 @@ struct luffd_store {
 	uint64_t size; /* bytes, as seen at creation */
 	const struct luffd__store_ops *ops;
 	void *priv;    /* the kind's own state */
-	/* Regions over this store in all contexts (install-ahead trusts a
-	 * cache page's "installed" bit only while there is one). */
-	atomic_uint nregions;
+	/* Regions over this store's cache key (id) in all contexts:
+	 * install-ahead trusts a cache page's "installed" bit only while
+	 * there is one.  Points at own_regions, or at the count the stores
+	 * sharing the id share. */
+	atomic_uint *nregions;
+	atomic_uint own_regions;
 };
 
 /* A store of the given kind with one reference (the caller's); NULL. */

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,8 @@
 struct file_store {
 	int fd;
 	int dfd;                 /* O_DIRECT reopen for cold chunks, or -1 */
+	struct file_key *key;    /* the cache key shared with other stores
+				    on the file, or NULL */
 	atomic_bool dfd_refused; /* cachestat or an O_DIRECT read failed */
 	bool direct_io;          /* fd itself is O_DIRECT */
 };
@@ -220,10 +223,73 @@ static int file_hole(struct luffd_store *s, uint64_t off, uint64_t len,
 	return 0;
 }
 
+/*
+ * Stores over one file share its pages in every cache: their cache key is
+ * the file's (device, inode), held in this registry while any of them
+ * lives, so a second store on a file that a first one has read finds
+ * those pages (minor faults) instead of reading them again.  They share
+ * the count of regions over the key too (see luffd__install_ahead()).
+ */
+struct file_key {
+	dev_t dev;
+	ino_t ino;
+	uint64_t id;
+	unsigned int stores;
+	atomic_uint nregions;
+	struct file_key *next;
+};
+
+static pthread_mutex_t keys_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct file_key *keys;
+
+/* The key of (dev, ino), with one more store on it; NULL when memory is
+ * short (the store then keeps a key of its own). */
+static struct file_key *key_get(dev_t dev, ino_t ino)
+{
+	struct file_key *k;
+
+	pthread_mutex_lock(&keys_lock);
+	for (k = keys; k; k = k->next)
+		if (k->dev == dev && k->ino == ino)
+			break;
+	if (!k) {
+		k = calloc(1, sizeof(*k));
+		if (k) {
+			k->dev = dev;
+			k->ino = ino;
+			k->id = luffd__store_new_id();
+			atomic_init(&k->nregions, 0);
+			k->next = keys;
+			keys = k;
+		}
+	}
+	if (k)
+		k->stores++;
+	pthread_mutex_unlock(&keys_lock);
+	return k;
+}
+
+static void key_put(struct file_key *k)
+{
+	struct file_key **pp;
+
+	if (!k)
+		return;
+	pthread_mutex_lock(&keys_lock);
+	if (--k->stores == 0) {
+		for (pp = &keys; *pp != k; pp = &(*pp)->next)
+			;
+		*pp = k->next;
+		free(k);
+	}
+	pthread_mutex_unlock(&keys_lock);
+}
+
 static void file_destroy(struct luffd_store *s)
 {
 	struct file_store *f = F(s);
 
+	key_put(f->key);
 	if (f->fd >= 0)
 		close(f->fd);
 	if (f->dfd >= 0)
@@ -310,6 +376,11 @@ int luffd_store_file(int fd, unsigned int flags, struct luffd_store **storep)
 	}
 	f->fd = nfd;
 	f->dfd = -1;
+	f->key = key_get(st.st_dev, st.st_ino);
+	if (f->key) {
+		s->id = f->key->id;
+		s->nregions = &f->key->nregions;
+	}
 	atomic_init(&f->dfd_refused, false);
 	f->direct_io = direct;
 	/* Cold chunks: a second description with O_DIRECT, if the file
