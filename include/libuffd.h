@@ -623,6 +623,13 @@ LUFFD_API int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
  */
 LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
 
+/* luffd_register(): when the range is unregistered (luffd_unregister(),
+ * luffd_ctx_destroy()), make its pages that were never served inaccessible
+ * first (PROT_NONE), so that a thread touching one afterwards, or woken
+ * from a fault that was still waiting, gets SIGSEGV rather than a page of
+ * zeroes. */
+#define LUFFD_REGISTER_SEAL_UNSERVED (1u << 0)
+
 /*
  * Register [addr, addr+length), memory the application already owns (an
  * anonymous private mapping, or shmem, whose pages are not yet populated:
@@ -631,8 +638,22 @@ LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
  * (-EINVAL); the range must not overlap a region of this context (-EEXIST)
  * and must not be registered with another userfaultfd (-EBUSY); offset must
  * lie inside the store (-ENXIO) and offset + length must not pass page 2^40
- * of the store (-EOVERFLOW).  Release with luffd_unregister(); the
- * memory itself stays the caller's.  Thread-safe.
+ * of the store (-EOVERFLOW); flags is 0 or LUFFD_REGISTER_SEAL_UNSERVED
+ * (-EINVAL otherwise).  Release with luffd_unregister(); the memory itself
+ * stays the caller's.  Thread-safe.
+ *
+ * After the range is unregistered its missing pages behave as the kernel
+ * makes them for that memory: an anonymous page that was never served
+ * reads as zeroes.  That is the default because the memory is the
+ * caller's, and a caller that unregisters to take it back (to fill the rest
+ * itself, say) expects ordinary memory, with its own protection.  A lazy
+ * allocator whose threads may still touch the range while it is torn down
+ * would read those zeroes as data: LUFFD_REGISTER_SEAL_UNSERVED makes the
+ * pages never served inaccessible instead (pages present, in swap or, for
+ * shmem, in its page cache keep their data and protection).  Sealing takes
+ * one mprotect() per run of unserved pages; should the kernel refuse one
+ * (too many mappings: vm.max_map_count), the rest of the range is made
+ * inaccessible whole, and the print callback says so.
  */
 LUFFD_API int luffd_register(struct luffd_ctx *ctx, void *addr, size_t length,
 			     struct luffd_store *store, uint64_t offset,

@@ -312,7 +312,7 @@ int luffd_register(struct luffd_ctx *ctx, void *addr, size_t length,
 {
 	int err;
 
-	if (!ctx || !addr || flags)
+	if (!ctx || !addr || (flags & ~LUFFD_REGISTER_SEAL_UNSERVED))
 		return -EINVAL;
 	if (((uintptr_t)addr | length) & (ctx->cfg.page_size - 1))
 		return -EINVAL;

@@ -12,10 +12,12 @@
  * unmapped or reused.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "compat.h"
 #include "region.h"
@@ -261,6 +263,67 @@ static void unlink_from(struct luffd__region **head, struct luffd__region *r)
 	r->next = NULL;
 }
 
+/*
+ * LUFFD_REGISTER_SEAL_UNSERVED: PROT_NONE over the pages of [start,
+ * start+len) that were never served.  Served means present or in swap
+ * (pagemap) or, for shmem, in its page cache (mincore): what a touch after
+ * the unregister would find.  Runs on the removing application thread,
+ * once per region, after the handler has let go of it.
+ */
+static void seal_unserved(uint64_t start, uint64_t len)
+{
+	size_t ps = (size_t)getpagesize(), batch = 4096;
+	uint64_t *pm = malloc(batch * sizeof(*pm));
+	unsigned char *vec = malloc(batch);
+	uint64_t run = 0, run_len = 0;
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	bool whole = !pm || !vec;
+
+	for (uint64_t at = start; !whole && at < start + len;) {
+		size_t n = (size_t)((start + len - at) / ps);
+
+		n = n < batch ? n : batch;
+		if (mincore((void *)(uintptr_t)at, n * ps, vec) ||
+		    (fd >= 0 && pread(fd, pm, n * sizeof(*pm),
+				      (off_t)(at / ps * sizeof(*pm))) !=
+				(ssize_t)(n * sizeof(*pm)))) {
+			whole = true;
+			break;
+		}
+		for (size_t i = 0; i < n; i++, at += ps) {
+			bool served = (vec[i] & 1) ||
+				      (fd >= 0 && (pm[i] >> 62) != 0);
+
+			if (!served) {
+				if (!run_len)
+					run = at;
+				run_len += ps;
+				continue;
+			}
+			if (run_len && mprotect((void *)(uintptr_t)run,
+						run_len, PROT_NONE)) {
+				whole = true;
+				break;
+			}
+			run_len = 0;
+		}
+	}
+	if (!whole && run_len &&
+	    mprotect((void *)(uintptr_t)run, run_len, PROT_NONE))
+		whole = true;
+	if (whole) {
+		pr_warn("sealing the unserved pages of [%#llx, +%llu): %s; "
+			"the whole range is made inaccessible\n",
+			(unsigned long long)start, (unsigned long long)len,
+			strerror(errno ? errno : ENOMEM));
+		mprotect((void *)(uintptr_t)start, len, PROT_NONE);
+	}
+	if (fd >= 0)
+		close(fd);
+	free(pm);
+	free(vec);
+}
+
 void luffd__region_remove(struct luffd__rtab *t, struct luffd__region *r)
 {
 	struct uffdio_range rg = { .start = r->start, .len = r->len };
@@ -288,6 +351,8 @@ void luffd__region_remove(struct luffd__rtab *t, struct luffd__region *r)
 	 * own unmap from raising an UNMAP event. */
 	if (mapped)
 		mprotect((void *)(uintptr_t)r->start, r->len, PROT_NONE);
+	else if (r->flags & LUFFD_REGISTER_SEAL_UNSERVED)
+		seal_unserved(r->start, r->len);
 	/*
 	 * UNREGISTER wakes the threads blocked on a fault in the range, but
 	 * it does so before it takes each VMA away, and a fault running

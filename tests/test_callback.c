@@ -258,6 +258,76 @@ START_TEST(destroy_with_fill_inside)
 }
 END_TEST
 
+/* LUFFD_REGISTER_SEAL_UNSERVED: after the unregister, pages never served
+ * are inaccessible (a blocked thread and a later touch get SIGSEGV),
+ * served ones keep their data; without it they read as zeroes. */
+static void unregister_with(unsigned int flags)
+{
+	const size_t len = 16 * t_ps;
+	LUFFD_OPTS(luffd_ctx_opts, o, .read_timeout_ms = LUFFD_NO_TIMEOUT,
+		   .readahead_bytes = LUFFD_NO_READAHEAD,
+		   .install_ahead_bytes = LUFFD_NO_INSTALL_AHEAD);
+	struct luffd_ctx *ctx = t_ctx(&o);
+	bool seal = flags & LUFFD_REGISTER_SEAL_UNSERVED;
+	struct t_reader r;
+	struct luffd_store *s;
+	struct cb c;
+	char *m = t_anon(len);
+
+	cb_init(&c, 0, 0);
+	c.block_off = 9 * t_ps;
+	s = cb_store(&c);
+	ck_assert_int_eq(luffd_register(ctx, m, len, s, 0, flags), 0);
+	t_assert_page(m, 2, 0, UINT64_MAX, SEED);
+	t_reader_start(&r, m + 9 * t_ps);
+	wait_started(&c, 2);
+	ck_assert_int_eq(luffd_unregister(ctx, m, len), 0);
+	t_reader_join(&r);
+	ck_assert_int_eq(r.sig, seal ? SIGSEGV : 0);
+	t_assert_page(m, 2, 0, UINT64_MAX, SEED);
+	m[2 * t_ps] = 1; /* still writable */
+	ck_assert_int_eq(t_touch_sig(m + 5 * t_ps, 0, NULL, NULL, NULL),
+			 seal ? SIGSEGV : 0);
+	if (!seal)
+		ck_assert_int_eq(m[5 * t_ps], 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	luffd_store_put(s);
+	do_release(&c);
+	for (int i = 0; i < 1000 && !atomic_load(&c.destroyed); i++)
+		usleep(10000);
+	ck_assert_int_eq(atomic_load(&c.destroyed), 1);
+	munmap(m, len);
+}
+
+START_TEST(unregister_seals_unserved)
+{
+	unregister_with(LUFFD_REGISTER_SEAL_UNSERVED);
+}
+END_TEST
+
+START_TEST(unregister_default_zeroes)
+{
+	unregister_with(0);
+}
+END_TEST
+
+START_TEST(register_flags_validated)
+{
+	struct luffd_ctx *ctx = t_ctx(NULL);
+	struct luffd_store *s;
+	struct cb c;
+	char *m = t_anon(4 * t_ps);
+
+	cb_init(&c, 0, 0);
+	s = cb_store(&c);
+	ck_assert_int_eq(luffd_register(ctx, m, 4 * t_ps, s, 0, 2), -EINVAL);
+	ck_assert_int_eq(luffd_register(ctx, m, 4 * t_ps, s, 0, ~0u), -EINVAL);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	luffd_store_put(s);
+	munmap(m, 4 * t_ps);
+}
+END_TEST
+
 START_TEST(callback_threads_validated)
 {
 	LUFFD_OPTS(luffd_ctx_opts, o, .callback_threads = 1025);
@@ -281,6 +351,9 @@ static Suite *make(void)
 	tcase_add_test(tc, hung_fill_times_out);
 	tcase_add_test(tc, destroy_with_fill_inside);
 	tcase_add_test(tc, callback_threads_validated);
+	tcase_add_test(tc, unregister_seals_unserved);
+	tcase_add_test(tc, unregister_default_zeroes);
+	tcase_add_test(tc, register_flags_validated);
 	return s;
 }
 
