@@ -196,7 +196,7 @@ START_TEST(register_bad_args)
 	EXPECT_NOCHANGE(luffd_register(ctx, base, t_ps, st,
 				       ((uint64_t)1 << 40) * t_ps, 0),
 			-EOVERFLOW);
-	EXPECT_NOCHANGE(luffd_register(ctx, base, t_ps, st, 0, 1), -EINVAL);
+	EXPECT_NOCHANGE(luffd_register(ctx, base, t_ps, st, 0, 2), -EINVAL);
 	EXPECT_NOCHANGE(luffd_register(ctx, base, t_ps, st, 0, 1u << 31),
 			-EINVAL);
 	EXPECT_NOCHANGE(luffd_register(NULL, base, t_ps, st, 0, 0), -EINVAL);
