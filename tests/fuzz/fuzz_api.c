@@ -334,7 +334,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 
 	while (in.n && nops++ < 64) {
-		uint8_t op = U8(&in) % 17;
+		uint8_t op = U8(&in) % 19;
 		uint8_t a = U8(&in);
 
 		if (getenv("FUZZ_VERBOSE"))
@@ -570,6 +570,38 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (s)
 				(void)luffd_store_size(s);
 			CHECK(luffd_store_size(NULL) == 0);
+			break;
+		}
+		case 17: { /* install into (or around) a region */
+			static char src[8 * 4096];
+			char *at = nrg ? rg[a % nrg].addr +
+					 (U16(&in) % 16) * ps :
+					 (char *)(uintptr_t)U64(&in);
+			size_t len = a & 0x80 ? (size_t)U32(&in) :
+				     (size_t)(U8(&in) % 9) * ps;
+			unsigned int fl = U8(&in) & 0x80 ? U32(&in) : 0;
+			ssize_t n;
+
+			if (len > sizeof(src) && !(a & 0x40))
+				len = sizeof(src);
+			n = luffd_install(a & 0x20 ? NULL : ctx, at,
+					  a & 0x10 ? NULL : src, len, fl);
+			rc_ok(n < 0 ? (int)n : 0);
+			if (n >= 0)
+				CHECK((size_t)n <= len && n % (ssize_t)ps == 0);
+			break;
+		}
+		case 18: { /* prefetch a region (or garbage) */
+			char *at = nrg ? rg[a % nrg].addr +
+					 (U16(&in) % 16) * ps :
+					 (char *)(uintptr_t)U64(&in);
+			size_t len = a & 0x80 ? (size_t)U64(&in) :
+				     (size_t)U16(&in) * 64;
+			unsigned int fl = U8(&in);
+
+			fl = fl & 0x80 ? U32(&in) : fl & 1;
+			rc_ok(luffd_prefetch(a & 0x20 ? NULL : ctx, at, len,
+					     fl));
 			break;
 		}
 		default: /* bad contexts */
