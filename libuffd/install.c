@@ -163,3 +163,13 @@ int luffd__pt_move(int uffd, uint64_t dst, uint64_t src, uint64_t len,
 	out->present = present;
 	return err;
 }
+
+void luffd__run_flush(struct luffd__run *run)
+{
+	if (run->len)
+		run->installed += luffd__pt_copy_missing(
+			run->uffd, run->dst,
+			(const void *)(uintptr_t)run->src, run->len, run->mode,
+			NULL);
+	run->len = 0;
+}

@@ -38,6 +38,36 @@ void luffd__pt_wake(int uffd, uint64_t dst, uint64_t len);
 uint64_t luffd__pt_copy_missing(int uffd, uint64_t dst, const void *src,
 				uint64_t len, unsigned int mode, int *err);
 
+/*
+ * Page copies gathered into runs: pages whose source and destination both
+ * follow the previous ones go in with one UFFDIO_COPY (through
+ * luffd__pt_copy_missing()).  Start with LUFFD__RUN(uffd, mode), add page
+ * by page, and flush at the end; installed counts the pages put in.
+ */
+struct luffd__run {
+	int uffd;
+	unsigned int mode;
+	uint64_t dst, src, len;
+	uint64_t installed;
+};
+#define LUFFD__RUN(fd, m) ((struct luffd__run){ .uffd = (fd), .mode = (m) })
+void luffd__run_flush(struct luffd__run *run);
+static inline void luffd__run_add(struct luffd__run *run, uint64_t dst,
+				  const void *src, uint64_t len)
+{
+	uint64_t s = (uint64_t)(uintptr_t)src;
+
+	if (run->len && run->dst + run->len == dst &&
+	    run->src + run->len == s) {
+		run->len += len;
+		return;
+	}
+	luffd__run_flush(run);
+	run->dst = dst;
+	run->src = s;
+	run->len = len;
+}
+
 /* The outcome of luffd__pt_move(). */
 struct luffd__moved {
 	uint64_t done;  /* pages from dst on in place now (moved or present)

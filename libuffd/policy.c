@@ -187,8 +187,8 @@ uint64_t luffd__install_ahead(struct luffd__loop *l, struct luffd__region *r,
 	unsigned int shift = l->cfg->page_shift;
 	size_t ps = l->cfg->page_size;
 	uint64_t end = (r->off + r->len) >> shift, n = l->cfg->ia_pages;
-	uint64_t first = pg + 1, run_dst = 0, run_src = 0, run_len = 0;
-	uint64_t installed = 0;
+	uint64_t first = pg + 1;
+	struct luffd__run run = LUFFD__RUN(l->uffd, LUFFD__PT_DONTWAKE);
 	bool around = false, trust_used;
 
 	/* Adaptive: as far as the stream has earned (its last window), at
@@ -212,7 +212,7 @@ uint64_t luffd__install_ahead(struct luffd__loop *l, struct luffd__region *r,
 					  memory_order_relaxed) <= 1;
 	for (uint64_t p = first; p < pg + n && p < end; p++) {
 		uint32_t slot;
-		uint64_t dst, src;
+		uint64_t dst;
 
 		if (p == pg)
 			continue;
@@ -232,28 +232,12 @@ uint64_t luffd__install_ahead(struct luffd__loop *l, struct luffd__region *r,
 		if (r->hp_on && !(dst & (LUFFD__HP_SIZE - 1)) &&
 		    luffd__chunk_find(l, r->store->id, p << shift) != LUFFD__NIL)
 			break;
-		src = (uint64_t)(uintptr_t)luffd__cache_data(c, slot);
-		if (run_len && run_dst + run_len == dst &&
-		    run_src + run_len == src) {
-			run_len += ps;
-		} else {
-			if (run_len)
-				installed += luffd__pt_copy_missing(
-					l->uffd, run_dst,
-					(const void *)(uintptr_t)run_src,
-					run_len, LUFFD__PT_DONTWAKE, NULL);
-			run_dst = dst;
-			run_src = src;
-			run_len = ps;
-		}
+		luffd__run_add(&run, dst, luffd__cache_data(c, slot), ps);
 		luffd__cache_used(c, slot);
 	}
-	if (run_len)
-		installed += luffd__pt_copy_missing(
-			l->uffd, run_dst, (const void *)(uintptr_t)run_src,
-			run_len, LUFFD__PT_DONTWAKE, NULL);
-	luffd__inc(l->stats.installed_ahead, installed);
-	return installed;
+	luffd__run_flush(&run);
+	luffd__inc(l->stats.installed_ahead, run.installed);
+	return run.installed;
 }
 
 uint64_t luffd__ra_hit(struct luffd__loop *l, struct luffd__region *r,

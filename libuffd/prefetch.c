@@ -141,38 +141,21 @@ static uint64_t install_cached(struct luffd__loop *l, struct luffd__region *r,
 	struct luffd__cache *c = &l->cache;
 	unsigned int shift = l->cfg->page_shift;
 	size_t ps = l->cfg->page_size;
-	uint64_t run_dst = 0, run_src = 0, run_len = 0, installed = 0;
+	struct luffd__run run = LUFFD__RUN(l->uffd, 0);
 
 	for (uint64_t p = pg; p < pg + n; p++) {
 		uint32_t slot = luffd__cache_find(c, r->store->id, p);
-		uint64_t dst, src;
 
 		if (slot == LUFFD__NIL ||
 		    luffd__cache_state(c, slot) != LUFFD__SLOT_READY)
 			continue;
-		dst = r->start + (p << shift) - r->off;
-		src = (uint64_t)(uintptr_t)luffd__cache_data(c, slot);
-		if (run_len && run_dst + run_len == dst &&
-		    run_src + run_len == src) {
-			run_len += ps;
-		} else {
-			if (run_len)
-				installed += luffd__pt_copy_missing(
-					l->uffd, run_dst,
-					(const void *)(uintptr_t)run_src,
-					run_len, 0, NULL);
-			run_dst = dst;
-			run_src = src;
-			run_len = ps;
-		}
+		luffd__run_add(&run, r->start + (p << shift) - r->off,
+			       luffd__cache_data(c, slot), ps);
 		luffd__cache_used(c, slot);
 	}
-	if (run_len)
-		installed += luffd__pt_copy_missing(
-			l->uffd, run_dst, (const void *)(uintptr_t)run_src,
-			run_len, 0, NULL);
-	luffd__inc(l->stats.prefetched, installed);
-	return installed;
+	luffd__run_flush(&run);
+	luffd__inc(l->stats.prefetched, run.installed);
+	return run.installed;
 }
 
 /* Start (or skip) one window of j.  False when no read can start now. */
