@@ -454,7 +454,8 @@ LUFFD_API int luffd_store_memory(const void *base, size_t len,
  *         short count means the rest of the window is not needed, pages it
  *         does not cover at all are asked for again when touched);
  *   0     the first page holds no data: it is installed as zeroes (ZERO);
- *   < 0   a negative errno: the faulting thread gets SIGBUS (ERROR).
+ *   < 0   a negative errno: the faulting thread gets SIGBUS (ERROR); a
+ *         value below -4095 is not an errno and counts as -EIO.
  *
  * Threads.  fill() runs on the context's worker threads, never on a handler
  * thread: up to luffd_ctx_opts.callback_threads (default 16) calls run at

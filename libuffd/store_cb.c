@@ -27,8 +27,9 @@ static int64_t cb_work(struct luffd__req *r)
 					 r->iov[i].iov_base, r->iov[i].iov_len);
 
 		if (n < 0) {
+			/* Not an errno (below -4095): an I/O error. */
 			if (res == 0)
-				res = n;
+				res = n < -4095 ? -EIO : n;
 			break;
 		}
 		if ((size_t)n > r->iov[i].iov_len)
