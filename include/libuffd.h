@@ -719,7 +719,10 @@ LUFFD_API ssize_t luffd_install(struct luffd_ctx *ctx, void *addr,
  * workers; the file store reads cold data for prefetch with O_DIRECT at
  * the idle I/O priority).  Pages present are skipped, pages
  * in the cache go in at once, and pages another read is bringing in go in
- * when it returns (unless it timed out).  Holes are not
+ * when it returns (unless it timed out).  A sequential reader that catches
+ * up with the prefetch (its faults keep joining prefetch reads) is left
+ * the next 32 MiB to read itself, faster, and the prefetch goes on past
+ * them; it comes back at its end for any page still missing.  Holes are not
  * installed (they fault as ZERO), nor are pages past the store's end.
  * stats.prefetched counts the pages installed.
  *

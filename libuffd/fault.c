@@ -186,6 +186,8 @@ void luffd__fault_serve(struct luffd__loop *l, uint32_t fi)
 		internal_error(l, fi, "a page in flight has no read");
 		return;
 	}
+	if (op->job)
+		luffd__prefetch_joined(l, op, pg);
 	luffd__read_join(l, fi, op, &op->waiters[k]);
 }
 

@@ -41,6 +41,10 @@
 #define PF_WINDOW 32
 #define PF_READS_DEMAND 1
 #define PF_WINDOW_DEMAND 16
+/* A demand stream that caught up with prefetch reads the next
+ * PF_HANDOFF pages itself (in 2 MiB chunks where the mapping allows, much
+ * faster than prefetch's small reads), and prefetch goes on past them. */
+#define PF_HANDOFF 8192
 /* Windows a turn may skip (present or cached) before it lets the loop
  * read its faults again. */
 #define PF_STEPS 64
@@ -48,6 +52,12 @@
 #define PF_MAX_JOBS 4096
 
 struct luffd__pjob {
+	uint64_t first;            /* its first store page */
+	uint64_t joined;           /* the page a demand fault last joined one
+				      of its reads at, or UINT64_MAX */
+	bool jumped;               /* it left pages to a demand stream: one
+				      more pass when it reaches its end */
+	bool second;               /* on that pass (it leaves nothing) */
 	struct luffd__pjob *next;  /* in the handler's list */
 	struct luffd__pjob *wnext; /* the caller's list (LUFFD_PREFETCH_WAIT) */
 	struct luffd__loop *l;
@@ -168,12 +178,15 @@ static bool step(struct luffd__loop *l, struct luffd__pjob *j)
 	struct luffd__cache *c = &l->cache;
 	uint32_t slot, k;
 
-	if (n > (l->rd.busy > l->rd.prefetching ? PF_WINDOW_DEMAND
-						 : PF_WINDOW))
-		n = l->rd.busy > l->rd.prefetching ? PF_WINDOW_DEMAND
-						   : PF_WINDOW;
-	if (n > l->cfg->ra_pages)
-		n = l->cfg->ra_pages;
+	uint64_t w = l->rd.busy > l->rd.prefetching ? PF_WINDOW_DEMAND
+						    : PF_WINDOW;
+
+	/* Up to 1024 pages are looked at (present ones are skipped that
+	 * many at a time), at most a window read. */
+	if (n > sizeof(vec))
+		n = sizeof(vec);
+	if (w > l->cfg->ra_pages)
+		w = l->cfg->ra_pages;
 	if ((j->pg << shift) >= r->store->size) {
 		let_go(j, 0); /* the store ends before the region does */
 		return true;
@@ -191,6 +204,7 @@ static bool step(struct luffd__loop *l, struct luffd__pjob *j)
 		j->pg += m;
 		return true;
 	}
+	n = n < w ? n : w;
 	slot = luffd__cache_find(c, r->store->id, j->pg);
 	if (slot != LUFFD__NIL &&
 	    luffd__cache_state(c, slot) != LUFFD__SLOT_READY) {
@@ -258,9 +272,36 @@ void luffd__prefetch_run(struct luffd__loop *l)
 			if (!step(l, j))
 				return;
 		}
+		/* What it left to a demand stream and the stream did not
+		 * take is read now (present pages cost a mincore()). */
+		if (j->jumped && j->r) {
+			j->jumped = false;
+			j->second = true;
+			j->pg = j->first;
+			next = j;
+			continue;
+		}
 		if (!j->out)
 			finish(l, j);
 	}
+}
+
+void luffd__prefetch_joined(struct luffd__loop *l, struct luffd__op *op,
+			    uint64_t pg)
+{
+	struct luffd__pjob *j = op->job;
+
+	(void)l;
+	/* Two joins in a row a window or so apart, going up: a sequential
+	 * reader at prefetch's heels, whose every fault would wait for a
+	 * small prefetch read.  Leave it the next stretch. */
+	if (!j->second && j->joined != UINT64_MAX && pg > j->joined &&
+	    pg - j->joined <= 4 * PF_WINDOW && j->pg < j->end &&
+	    j->pg < pg + PF_HANDOFF) {
+		j->pg = pg + PF_HANDOFF < j->end ? pg + PF_HANDOFF : j->end;
+		j->jumped = true;
+	}
+	j->joined = pg;
 }
 
 void luffd__prefetch_done(struct luffd__loop *l, struct luffd__op *op,
@@ -274,7 +315,7 @@ void luffd__prefetch_done(struct luffd__loop *l, struct luffd__op *op,
 		j->err = err;
 	if (!err && op->region && !luffd__region_dead(op->region))
 		install_cached(l, op->region, op->off >> shift, op->npages);
-	if (j->pg >= j->end && !j->out)
+	if (j->pg >= j->end && !j->out && !j->jumped)
 		finish(l, j);
 	else
 		l->pf.again = true; /* a read may start: no sleep before */
@@ -467,6 +508,8 @@ int luffd_prefetch(struct luffd_ctx *ctx, void *addr, size_t len,
 		j->r = r;
 		j->pg = (r->off + cur - r->start) >> ctx->cfg.page_shift;
 		j->end = j->pg + (n >> ctx->cfg.page_shift);
+		j->first = j->pg;
+		j->joined = UINT64_MAX;
 		atomic_init(&j->refs, wait ? 2u : 1u);
 		p = &l->pf;
 		pthread_mutex_lock(&p->lock);

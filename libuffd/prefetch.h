@@ -37,6 +37,9 @@ void luffd__prefetch_run(struct luffd__loop *l);
  * err): install what it read and account for it in its job. */
 void luffd__prefetch_done(struct luffd__loop *l, struct luffd__op *op,
 			  int err);
+/* Handler: a demand fault at store page pg joined prefetch read op. */
+void luffd__prefetch_joined(struct luffd__loop *l, struct luffd__op *op,
+			    uint64_t pg);
 /* Handler: regions died; their jobs end (-ECANCELED). */
 void luffd__prefetch_sweep(struct luffd__loop *l);
 /* The handler is gone: end every job (-ECANCELED). */

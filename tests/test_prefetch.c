@@ -379,6 +379,39 @@ START_TEST(prefetch_unregister_hung_store)
 }
 END_TEST
 
+/* A sequential reader at prefetch's heels takes stretches over (and
+ * prefetch goes on past them, then back for what is left): every page
+ * right, and the waiting prefetch returns with every page in. */
+START_TEST(prefetch_with_sequential_reader)
+{
+	const size_t npg = t_small() ? 4096 : 16384, len = npg * t_ps;
+	char *path = t_make_file(len, SEED);
+	struct luffd_ctx *ctx = t_ctx(NULL);
+	LUFFD_OPTS(luffd_stats, st);
+	struct waiter w = { .ctx = ctx, .len = len };
+	struct luffd_store *s;
+	pthread_t t;
+	void *addr;
+
+	ck_assert_int_eq(luffd_store_open(path, 0, &s), 0);
+	ck_assert_int_eq(luffd_map(ctx, s, 0, len, PROT_READ | PROT_WRITE, 0,
+				   &addr), 0);
+	w.m = addr;
+	ck_assert_int_eq(pthread_create(&t, NULL, wait_main, &w), 0);
+	for (size_t i = 0; i < npg; i++)
+		t_assert_page(addr, i, 0, len, SEED);
+	pthread_join(t, NULL);
+	ck_assert_int_eq(atomic_load(&w.rc), 0);
+	ck_assert_int_eq(resident(addr, npg), (int)npg);
+	t_stats(ctx, &st);
+	ck_assert_uint_gt(st.prefetched, 0);
+	ck_assert_int_eq(luffd_unmap(ctx, addr, len), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	luffd_store_put(s);
+	free(path);
+}
+END_TEST
+
 START_TEST(prefetch_validation)
 {
 	const size_t len = 8 * t_ps;
@@ -431,6 +464,7 @@ static Suite *make(void)
 	tcase_add_test(tc, prefetch_in_background);
 	tcase_add_test(tc, prefetch_demand_first);
 	tcase_add_test(tc, prefetch_unregister_hung_store);
+	tcase_add_test(tc, prefetch_with_sequential_reader);
 	tcase_add_test(tc, prefetch_validation);
 	return s;
 }
