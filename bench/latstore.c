@@ -28,18 +28,30 @@ struct lreq {
 	uint64_t id, off, due, since;
 	const struct iovec *iov;
 	int iovcnt;
+	bool cancel;      /* in the inbox: cancel request id */
 	bool cancelled;
 };
 
+/*
+ * The asynchronous side.  read() runs on a libuffd handler thread, so it
+ * must be cheap: it appends to the inbox under a lock held for a copy,
+ * and wakes the server only when it sleeps with nothing to do.  The server
+ * takes the whole inbox in one swap per wake-up, and keeps its requests in
+ * a FIFO of its own (every request has the same delay, so arrival order is
+ * due order).  Cancels travel through the inbox too.
+ */
 struct latstore {
 	const char *mem;
 	uint64_t size, lat_ns;
 	struct luffd_store *store; /* async: for luffd_request_complete() */
 	pthread_mutex_t lock;
 	pthread_cond_t cv;
-	struct lreq q[QCAP];
-	size_t head, n;
+	struct lreq *in, *spare;   /* the inbox (lock), the server's spare */
+	size_t nin;
+	bool idle;                 /* the server waits on cv (lock) */
 	bool stop;
+	struct lreq q[QCAP];       /* the server's FIFO */
+	size_t head, n;
 	pthread_t thread;
 	bool started;
 	/* Each request's delay as served (arrival to answer): a timer
@@ -105,71 +117,102 @@ static ssize_t answer(const struct latstore *s, const struct lreq *r)
 	return total ? (ssize_t)total : -ENXIO;
 }
 
+/* Move the inbox into the FIFO (server thread). */
+static void take_inbox(struct latstore *s, struct lreq *in, size_t nin)
+{
+	for (size_t i = 0; i < nin; i++) {
+		if (!in[i].cancel) {
+			if (s->n < QCAP)
+				s->q[(s->head + s->n++) % QCAP] = in[i];
+			continue;
+		}
+		for (size_t k = 0; k < s->n; k++) {
+			struct lreq *r = &s->q[(s->head + k) % QCAP];
+
+			if (r->id == in[i].id)
+				r->cancelled = true;
+		}
+	}
+}
+
 static void *server(void *arg)
 {
 	struct latstore *s = arg;
 
-	pthread_mutex_lock(&s->lock);
 	for (;;) {
-		struct lreq r;
+		struct lreq *in;
+		size_t nin;
 
-		while (!s->n && !s->stop)
-			pthread_cond_wait(&s->cv, &s->lock);
-		if (!s->n)
-			break;
-		r = s->q[s->head];
-		if (!r.cancelled && r.due > now_ns()) {
-			pthread_mutex_unlock(&s->lock);
-			sleep_until(r.due);
-			pthread_mutex_lock(&s->lock);
-			continue; /* the head may have been cancelled */
-		}
-		s->head = (s->head + 1) % QCAP;
-		s->n--;
-		if (r.cancelled)
-			continue;
-		pthread_mutex_unlock(&s->lock);
-		note_delay(s, r.since);
-		luffd_request_complete(s->store, r.id, answer(s, &r));
 		pthread_mutex_lock(&s->lock);
+		while (!s->nin && !s->n && !s->stop) {
+			s->idle = true;
+			pthread_cond_wait(&s->cv, &s->lock);
+			s->idle = false;
+		}
+		in = s->in;
+		nin = s->nin;
+		s->in = s->spare;
+		s->nin = 0;
+		pthread_mutex_unlock(&s->lock);
+		take_inbox(s, in, nin);
+		s->spare = in; /* only the server swaps it back in */
+		if (!s->n) {
+			if (s->stop)
+				break;
+			continue;
+		}
+		while (s->n) {
+			struct lreq *r = &s->q[s->head];
+
+			if (!r->cancelled && r->due > now_ns()) {
+				sleep_until(r->due);
+				break; /* look at the inbox again first */
+			}
+			s->head = (s->head + 1) % QCAP;
+			s->n--;
+			if (r->cancelled)
+				continue;
+			note_delay(s, r->since);
+			luffd_request_complete(s->store, r->id, answer(s, r));
+		}
 	}
-	pthread_mutex_unlock(&s->lock);
 	return NULL;
 }
 
 static int async_read(void *arg, const struct luffd_request *req)
 {
 	struct latstore *s = arg;
-	struct lreq *r;
+	struct lreq r = { .id = req->id, .off = req->offset,
+			  .since = now_ns(), .iov = req->iov,
+			  .iovcnt = req->iovcnt };
+	bool wake;
 
+	r.due = r.since + s->lat_ns;
 	pthread_mutex_lock(&s->lock);
-	if (s->n == QCAP) {
+	if (s->nin == QCAP) {
 		pthread_mutex_unlock(&s->lock);
 		return -EAGAIN;
 	}
-	r = &s->q[(s->head + s->n++) % QCAP];
-	*r = (struct lreq){ .id = req->id, .off = req->offset,
-			    .since = now_ns(), .iov = req->iov,
-			    .iovcnt = req->iovcnt };
-	r->due = r->since + s->lat_ns;
-	if (s->n == 1)
-		pthread_cond_signal(&s->cv);
+	s->in[s->nin++] = r;
+	wake = s->idle;
 	pthread_mutex_unlock(&s->lock);
+	if (wake)
+		pthread_cond_signal(&s->cv);
 	return 0;
 }
 
 static void async_cancel(void *arg, const struct luffd_request *req)
 {
 	struct latstore *s = arg;
+	bool wake;
 
 	pthread_mutex_lock(&s->lock);
-	for (size_t i = 0; i < s->n; i++) {
-		struct lreq *r = &s->q[(s->head + i) % QCAP];
-
-		if (r->id == req->id)
-			r->cancelled = true;
-	}
+	if (s->nin < QCAP)
+		s->in[s->nin++] = (struct lreq){ .id = req->id, .cancel = true };
+	wake = s->idle;
 	pthread_mutex_unlock(&s->lock);
+	if (wake)
+		pthread_cond_signal(&s->cv);
 }
 
 static ssize_t cb_fill(void *arg, uint64_t off, void *buf, size_t len)
@@ -201,7 +244,12 @@ int latstore_new(enum store_kind kind, const char *mem, uint64_t size,
 	s->lat_ns = lat_us * 1000;
 	s->cap = (size_t)(size / 4096) + 4096;
 	s->delays = malloc(s->cap * sizeof(*s->delays));
-	if (!s->delays) {
+	s->in = malloc(QCAP * sizeof(*s->in));
+	s->spare = malloc(QCAP * sizeof(*s->spare));
+	if (!s->delays || !s->in || !s->spare) {
+		free(s->delays);
+		free(s->in);
+		free(s->spare);
 		free(s);
 		return -ENOMEM;
 	}
@@ -269,5 +317,7 @@ void latstore_free(struct latstore *s)
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->cv);
 	free(s->delays);
+	free(s->in);
+	free(s->spare);
 	free(s);
 }
