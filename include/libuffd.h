@@ -443,6 +443,32 @@ LUFFD_API int luffd_store_memory(const void *base, size_t len,
 				 struct luffd_store **storep);
 
 /*
+ * NBD store: the export at uri, read through libnbd.  uri is an NBD URI
+ * (`nbd://host[:port]/export`, `nbd+unix:///export?socket=PATH`, and the
+ * other forms libnbd takes); flags must be 0.  Connects at once, blocking
+ * for the handshake on the calling thread.  Returns 0, -EINVAL (NULL
+ * arguments, flags, a malformed URI), the errno of a failed connection
+ * (-ECONNREFUSED, -ENOENT for a missing socket, ...) or of a refused
+ * handshake, with libnbd's message through the print callback; and
+ * -EOPNOTSUPP when libuffd was built without libnbd.
+ *
+ * Reads are asynchronous: each fetch is sent at once from the handler
+ * thread, which polls the connection's socket from its own io_uring, so
+ * any number are in flight on the one connection and no thread waits per
+ * request.  Holes in structured replies read as zeroes (a fetch that was
+ * hole end to end gives a ZERO fault); a server error fails that fetch's
+ * pages only (SIGBUS, each page retried alone first); pages past the
+ * export's size give SIGBUS.  A server that stops answering is covered by
+ * read_timeout_ms (SIGBUS, teardown returns); NBD cannot cancel a
+ * command, so its buffers stay the connection's until the reply.  A server
+ * that dies fails everything in flight, and every later fetch, with
+ * SIGBUS.  Release with luffd_store_put(); the connection closes with the
+ * last reference.
+ */
+LUFFD_API int luffd_store_nbd(const char *uri, unsigned int flags,
+			      struct luffd_store **storep);
+
+/*
  * Callback store: fill() is asked for the data.
  *
  * fill(arg, offset, buf, len) is called with a page-aligned offset into the

@@ -91,6 +91,10 @@ static void ring_done(struct luffd__loop *l, uint64_t tag, int res,
 		r->store->ops->ring_done(r->store, r, res);
 		return;
 	}
+	if (luffd__tag_poller(tag)) {
+		luffd__cq_poll_done(luffd__tag_poller(tag), res);
+		return;
+	}
 	if (tag >= LUFFD__TAG_POPULATE) {
 		luffd__chunk_populated(l, (uint32_t)((tag - LUFFD__TAG_POPULATE)
 						     / 2), res);
@@ -194,8 +198,10 @@ static int ring_setup(struct luffd__loop *l)
 		memset(&p, 0, sizeof(p));
 		p.flags = flag_sets[i];
 		/* Room for every read in flight (and its cancel), the two
-		 * polls and a populate per staging chunk. */
-		err = io_uring_queue_init_params(2 * qd + 4 + l->cfg->hp_chunks,
+		 * polls, a populate per staging chunk and a few stores'
+		 * polls. */
+		err = io_uring_queue_init_params(2 * qd + 12 +
+							 l->cfg->hp_chunks,
 						 &l->ring, &p);
 	}
 	if (err) {
@@ -478,6 +484,10 @@ void luffd__loop_fini(struct luffd__loop *l)
 		ring_unmapped();
 	}
 	l->ring_ok = false;
+	if (l->cq) {
+		l->cq->ring = NULL;
+		luffd__cq_drop_polls(l->cq);
+	}
 	if (l->cq) {
 		leak = abandon_ring_reads(l) || l->ch.populating;
 		if (leak) {

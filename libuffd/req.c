@@ -247,6 +247,58 @@ struct io_uring_sqe *luffd__req_sqe(struct luffd__req *r)
 	return sqe;
 }
 
+bool luffd__cq_poll(struct luffd__poller *p, unsigned int events)
+{
+	struct luffd__cq *cq = p->cq;
+	struct io_uring_sqe *sqe;
+
+	if (p->armed || !cq->ring)
+		return false;
+	sqe = luffd__sqe(cq->ring);
+	if (!sqe)
+		return false;
+	io_uring_prep_poll_add(sqe, p->fd, events);
+	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)p | LUFFD__TAG_POLL);
+	luffd__store_get(p->store);
+	p->armed = true;
+	p->next = cq->polls;
+	cq->polls = p;
+	return true;
+}
+
+static void poll_unlink(struct luffd__poller *p)
+{
+	struct luffd__poller **pp;
+
+	for (pp = &p->cq->polls; *pp && *pp != p; pp = &(*pp)->next)
+		;
+	if (*pp)
+		*pp = p->next;
+	p->next = NULL;
+	p->armed = false;
+}
+
+void luffd__cq_poll_done(struct luffd__poller *p, int res)
+{
+	struct luffd_store *s = p->store;
+
+	poll_unlink(p);
+	/* The store may arm it again inside; its reference covers the call. */
+	s->ops->poll_done(s, p, res);
+	luffd_store_put(s);
+}
+
+void luffd__cq_drop_polls(struct luffd__cq *cq)
+{
+	while (cq->polls) {
+		struct luffd__poller *p = cq->polls;
+		struct luffd_store *s = p->store;
+
+		poll_unlink(p);
+		luffd_store_put(s);
+	}
+}
+
 /* ------------------------------------------------------------------------
  * Queues
  * ---------------------------------------------------------------------- */

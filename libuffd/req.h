@@ -79,6 +79,11 @@ struct luffd__req {
 	/* The store's own, while it works on the request. */
 	uint64_t done;
 	void *priv;
+	/* A request a store splits into parts answered on any thread
+	 * (store_nbd.c): parts still out, bytes of data, the first error. */
+	atomic_uint parts;
+	_Atomic uint64_t part_data;
+	atomic_int part_err;
 	int64_t (*work)(struct luffd__req *r); /* the worker pool's */
 	bool queued;                           /* in the pool's queue */
 };
@@ -122,6 +127,39 @@ int luffd__req_complete_id(struct luffd_store *s, uint64_t id, int64_t res);
 struct io_uring_sqe *luffd__req_sqe(struct luffd__req *r);
 
 /* ------------------------------------------------------------------------
+ * Store polls: a store that talks over a socket of its own (store_nbd.c)
+ * has its descriptor polled from the handler's ring, one poll per store
+ * and handler at a time.  The poller lives in the store; an armed poll
+ * holds a reference to the store, given back when its completion comes
+ * (the store's poll_done()) or when the handler goes away.
+ * ---------------------------------------------------------------------- */
+struct luffd__poller {
+	struct luffd_store *store;
+	struct luffd__cq *cq;      /* the handler it polls from */
+	int fd;
+	bool armed;                /* a poll is in that ring (handler) */
+	struct luffd__poller *next; /* armed on cq (handler) */
+};
+
+/* Handler thread of p->cq: poll p->fd for events (POLLIN, POLLOUT) once;
+ * the result goes to p->store->ops->poll_done().  False if p is armed
+ * already (its completion comes first) or the ring is full. */
+bool luffd__cq_poll(struct luffd__poller *p, unsigned int events);
+/* The loop's: the completion of p's poll (armed no more). */
+void luffd__cq_poll_done(struct luffd__poller *p, int res);
+/* The loop's, its ring gone: polls still armed never complete. */
+void luffd__cq_drop_polls(struct luffd__cq *cq);
+/* A poll's user_data: p | LUFFD__TAG_POLL (p is 8-aligned, above every
+ * small tag). */
+#define LUFFD__TAG_POLL 2ull
+static inline struct luffd__poller *luffd__tag_poller(uint64_t tag)
+{
+	return tag > 4096 && (tag & 7) == LUFFD__TAG_POLL ?
+		       (struct luffd__poller *)(uintptr_t)(tag & ~7ull) :
+		       NULL;
+}
+
+/* ------------------------------------------------------------------------
  * Completion queues: one per handler thread.
  * ---------------------------------------------------------------------- */
 struct luffd__cq {
@@ -134,6 +172,7 @@ struct luffd__cq {
 	struct luffd__req *local_head, *local_tail;
 	struct io_uring *ring;
 	struct luffd__pool *pool; /* the context's workers */
+	struct luffd__poller *polls; /* armed store polls (handler) */
 	/* After the handler has gone (see luffd__cq_close()). */
 	pthread_mutex_t lock;
 	uint32_t pending;

@@ -21,6 +21,7 @@
 
 struct luffd__req;
 struct luffd__pool;
+struct luffd__poller;
 
 /* Capabilities the fault path acts on. */
 #define LUFFD__CAP_DIRECT (1u << 0)      /* bytes addressable in memory
@@ -59,6 +60,10 @@ struct luffd__store_ops {
 	 * *data_end = where the data run starting at off ends. */
 	int (*hole)(struct luffd_store *s, uint64_t off, uint64_t len,
 		    uint64_t *data_end);
+	/* The completion of a poll the store armed with luffd__cq_poll()
+	 * (handler thread of p->cq): res is the poll's revents or -errno. */
+	void (*poll_done)(struct luffd_store *s, struct luffd__poller *p,
+			  int res);
 	/* The last reference went (any thread). */
 	void (*destroy)(struct luffd_store *s);
 };

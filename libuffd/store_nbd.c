@@ -1,0 +1,307 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * NBD store: pages from an NBD server through libnbd.
+ *
+ * One connection per store, made at creation (nbd_connect_uri(), which
+ * blocks for the handshake).  A request becomes one nbd_aio_pread_structured()
+ * per iovec, issued on the handler thread and returning at once; its
+ * completion callbacks run on whichever thread drives the connection next,
+ * under the handle's lock, and the last one completes the request.  The
+ * connection is driven from the handlers' rings: the handler that issued a
+ * command polls the socket (luffd__cq_poll()), and the poll's completion
+ * hands the socket's readiness to libnbd (nbd_aio_notify_read/write),
+ * which reads the replies in and runs their callbacks.  No thread blocks
+ * per request, and none of libuffd's is spent on the socket while nothing
+ * is in flight.
+ *
+ * Structured replies: a hole reads as zeroes, and a request that was hole
+ * from end to end answers 0 (its fault is ZERO).  A server error fails
+ * the request (its pages are read again alone, and fail alone).  A server
+ * that stops answering is the timeout's business (read_timeout_ms): libnbd
+ * cannot cancel a command, so a cancelled request's buffers stay the
+ * connection's until the reply, as for any store; a server that dies
+ * retires every command in flight with an error (ENOTCONN).
+ */
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "req.h"
+#include "store.h"
+
+#ifdef LUFFD_HAVE_NBD
+#include <libnbd.h>
+
+/* One poller per handler that issued on this store (kept until the store
+ * goes: a few dozen bytes per context). */
+struct nbd_poller {
+	struct luffd__poller p;
+	struct nbd_poller *next;
+};
+
+struct nbd_store {
+	struct nbd_handle *h;
+	int fd;
+	pthread_mutex_t lock;   /* pollers */
+	struct nbd_poller *pollers;
+};
+
+static struct nbd_store *N(struct luffd_store *s)
+{
+	return s->priv;
+}
+
+/* The last part of r is in: answer it. */
+static void part_done(struct luffd__req *r, int err)
+{
+	if (err) {
+		int zero = 0;
+
+		atomic_compare_exchange_strong(&r->part_err, &zero, err);
+	}
+	if (atomic_fetch_sub(&r->parts, 1) != 1)
+		return;
+	err = atomic_load(&r->part_err);
+	if (err)
+		luffd__req_complete(r, -err);
+	else if (!atomic_load(&r->part_data))
+		luffd__req_complete(r, 0); /* a hole end to end: ZERO */
+	else
+		luffd__req_complete(r, (int64_t)r->done);
+}
+
+static int chunk_cb(void *arg, const void *subbuf, size_t count,
+		    uint64_t offset, unsigned int status, int *error)
+{
+	struct luffd__req *r = arg;
+
+	(void)offset;
+	(void)error;
+	if (status == LIBNBD_READ_DATA)
+		atomic_fetch_add(&r->part_data, count);
+	else if (status == LIBNBD_READ_HOLE)
+		memset((void *)(uintptr_t)subbuf, 0, count); /* in r's buffer */
+	return 0;
+}
+
+static int done_cb(void *arg, int *error)
+{
+	part_done(arg, *error);
+	return 1; /* retire the command */
+}
+
+static struct luffd__poller *poller_of(struct luffd_store *s,
+				       struct luffd__cq *cq)
+{
+	struct nbd_store *n = N(s);
+	struct nbd_poller *np;
+
+	pthread_mutex_lock(&n->lock);
+	for (np = n->pollers; np && np->p.cq != cq; np = np->next)
+		;
+	if (!np) {
+		np = calloc(1, sizeof(*np));
+		if (np) {
+			np->p.store = s;
+			np->p.cq = cq;
+			np->p.fd = n->fd;
+			np->next = n->pollers;
+			n->pollers = np;
+		}
+	}
+	pthread_mutex_unlock(&n->lock);
+	return np ? &np->p : NULL;
+}
+
+/* Handler thread of p: poll the socket while commands are out. */
+static void arm(struct luffd_store *s, struct luffd__poller *p)
+{
+	struct nbd_store *n = N(s);
+	unsigned int dir;
+
+	if (!p || p->armed || nbd_aio_in_flight(n->h) <= 0)
+		return;
+	dir = nbd_aio_get_direction(n->h);
+	luffd__cq_poll(p, POLLIN |
+		       (dir & LIBNBD_AIO_DIRECTION_WRITE ? POLLOUT : 0));
+}
+
+static int nbd_read(struct luffd_store *s, struct luffd__req *r)
+{
+	struct nbd_store *n = N(s);
+	uint64_t off = r->pub.offset, want = 0;
+	int issued = 0;
+
+	/* Not past the export: the rest of the last page reads as zeroes
+	 * (a short count). */
+	for (int i = 0; i < r->pub.iovcnt; i++)
+		want += r->iov[i].iov_len;
+	if (off >= s->size) {
+		luffd__req_complete(r, -ENXIO); /* past the export */
+		return 0;
+	}
+	if (want > s->size - off)
+		want = s->size - off;
+	r->done = want;
+	atomic_store(&r->part_data, 0);
+	atomic_store(&r->part_err, 0);
+	/* One part more than issued until all are: a reply that comes
+	 * before the last is issued must not answer the request. */
+	atomic_store(&r->parts, 1);
+	for (int i = 0; i < r->pub.iovcnt && want; i++) {
+		size_t len = r->iov[i].iov_len < want ? r->iov[i].iov_len
+						       : (size_t)want;
+
+		if (len < r->iov[i].iov_len)
+			memset((char *)r->iov[i].iov_base + len, 0,
+			       r->iov[i].iov_len - len);
+		atomic_fetch_add(&r->parts, 1);
+		if (nbd_aio_pread_structured(
+			    n->h, r->iov[i].iov_base, len, off,
+			    (nbd_chunk_callback){ .callback = chunk_cb,
+						  .user_data = r },
+			    (nbd_completion_callback){ .callback = done_cb,
+						       .user_data = r },
+			    0) < 0) {
+			int err = nbd_get_errno();
+
+			/* Not issued: its part is ours to end. */
+			part_done(r, err ? err : EIO);
+			pr_debug("nbd: pread %llu+%zu: %s\n",
+				 (unsigned long long)off, len,
+				 nbd_get_error());
+			break;
+		}
+		issued++;
+		off += len;
+		want -= len;
+	}
+	part_done(r, 0);
+	if (issued)
+		arm(s, poller_of(s, r->cq));
+	return 0;
+}
+
+static void nbd_poll_done(struct luffd_store *s, struct luffd__poller *p,
+			  int res)
+{
+	struct nbd_store *n = N(s);
+
+	if (res < 0 && res != -ECANCELED)
+		pr_debug("nbd: poll: %s\n", luffd_strerror(res));
+	/* Replies in, and their callbacks run (a dead connection retires
+	 * every command with an error); then what is left to send. */
+	if (res & (POLLIN | POLLHUP | POLLERR) || res < 0)
+		nbd_aio_notify_read(n->h);
+	if ((res > 0 && (res & POLLOUT)) ||
+	    (nbd_aio_get_direction(n->h) & LIBNBD_AIO_DIRECTION_WRITE))
+		nbd_aio_notify_write(n->h);
+	arm(s, p);
+}
+
+static void nbd_cancel(struct luffd_store *s, struct luffd__req *r)
+{
+	/* NBD has no cancel: the reply, if it comes, is dropped. */
+	(void)s;
+	(void)r;
+}
+
+static void nbd_destroy(struct luffd_store *s)
+{
+	struct nbd_store *n = N(s);
+
+	/* No poll is armed (each holds a reference), so nothing of ours
+	 * waits on the socket. */
+	nbd_close(n->h);
+	while (n->pollers) {
+		struct nbd_poller *np = n->pollers;
+
+		n->pollers = np->next;
+		free(np);
+	}
+	pthread_mutex_destroy(&n->lock);
+	free(n);
+}
+
+static const struct luffd__store_ops nbd_ops = {
+	.read = nbd_read,
+	.cancel = nbd_cancel,
+	.poll_done = nbd_poll_done,
+	.destroy = nbd_destroy,
+};
+
+/* libnbd's errno for its last error, as a negative errno (EINVAL when it
+ * gave none), and its message through the print callback. */
+static int nbd_fail(const char *what, const char *uri)
+{
+	int err = nbd_get_errno();
+
+	pr_warn("nbd %s: %s: %s\n", uri, what, nbd_get_error());
+	return err > 0 ? -err : -EINVAL;
+}
+
+int luffd_store_nbd(const char *uri, unsigned int flags,
+		    struct luffd_store **storep)
+{
+	struct nbd_handle *h;
+	struct nbd_store *n;
+	struct luffd_store *s;
+	int64_t size;
+	int err;
+
+	if (storep)
+		*storep = NULL;
+	if (!uri || !storep || flags)
+		return -EINVAL;
+	h = nbd_create();
+	if (!h)
+		return nbd_fail("nbd_create", uri);
+	if (!nbd_supports_uri(h)) {
+		nbd_close(h);
+		pr_warn("nbd %s: this libnbd was built without URI support\n",
+			uri);
+		return -EOPNOTSUPP;
+	}
+	if (nbd_connect_uri(h, uri) < 0) {
+		err = nbd_fail("connect", uri);
+		nbd_close(h);
+		return err;
+	}
+	size = nbd_get_size(h);
+	if (size < 0) {
+		err = nbd_fail("size", uri);
+		nbd_close(h);
+		return err;
+	}
+	n = calloc(1, sizeof(*n));
+	s = n ? luffd__store_new(&nbd_ops, LUFFD__CAP_EMPTY_ZERO |
+					   LUFFD__CAP_READ_AROUND,
+				 (uint64_t)size, n) : NULL;
+	if (!s) {
+		free(n);
+		nbd_close(h);
+		return -ENOMEM;
+	}
+	n->h = h;
+	n->fd = nbd_aio_get_fd(h);
+	pthread_mutex_init(&n->lock, NULL);
+	*storep = s;
+	return 0;
+}
+
+#else /* !LUFFD_HAVE_NBD */
+
+int luffd_store_nbd(const char *uri, unsigned int flags,
+		    struct luffd_store **storep)
+{
+	if (storep)
+		*storep = NULL;
+	if (!uri || !storep || flags)
+		return -EINVAL;
+	pr_warn("nbd %s: libuffd was built without libnbd\n", uri);
+	return -EOPNOTSUPP;
+}
+
+#endif
