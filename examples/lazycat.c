@@ -79,7 +79,14 @@ static int cat_one(const char *path, const struct luffd_ctx_opts *opts,
 	char *map = NULL;
 	int err;
 
-	err = luffd_store_open(path, sflags, &store);
+	/* An NBD URI is an export to read; anything else, a file. */
+	if (!strncmp(path, "nbd://", 6) || !strncmp(path, "nbds://", 7) ||
+	    !strncmp(path, "nbd+unix://", 11) ||
+	    !strncmp(path, "nbds+unix://", 12) ||
+	    !strncmp(path, "nbd+vsock://", 12))
+		err = luffd_store_nbd(path, 0, &store);
+	else
+		err = luffd_store_open(path, sflags, &store);
 	if (err) {
 		fprintf(stderr, "lazycat: %s: %s\n", path, luffd_strerror(err));
 		return 1;
@@ -131,7 +138,7 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: lazycat [-s] [-d] [-f] [-r READAHEAD] "
 		"[-i INSTALL_AHEAD] [-c CACHE] [-p SPIN_US] [-t TRACEFILE] "
-		"FILE...\n");
+		"FILE|NBD-URI...\n");
 	exit(2);
 }
 
