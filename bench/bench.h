@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include <libuffd.h>
 
@@ -45,6 +46,9 @@ enum engine {
 	 * the first touch: what prefetch costs demand faults.  Only on
 	 * request (--engine ...,prefetch). */
 	ENG_PREFETCH = 6,
+	/* Not a fault engine: nbdcopy of the export to null: (--store nbd),
+	 * libnbd's own copy tool, the ceiling over NBD.  Only on request. */
+	ENG_NBDCOPY = 7,
 	NR_ENGINES
 };
 
@@ -61,6 +65,7 @@ enum store_kind {
 	STORE_ASYNC,    /* latstore.c: answered by another thread after
 			   --store-latency-us */
 	STORE_CALLBACK, /* latstore.c: a fill() that sleeps that long */
+	STORE_NBD,      /* nbd.c: luffd_store_nbd() to an nbdkit of ours */
 };
 #define NR_FAULT_ENGINES 3
 
@@ -120,7 +125,10 @@ struct config {
 	bool no_memory_warm;  /* --no-memory-warm */
 	bool store_mem;       /* --store memory */
 	enum store_kind store;
-	uint64_t store_lat_us; /* --store-latency-us (async, callback) */
+	uint64_t store_lat_us; /* --store-latency-us (async, callback, nbd) */
+	char nbd_uri[4300];    /* --store nbd: the export (behind the delay
+				  filter with a latency) */
+	char nbd_uri0[4300];   /* the same without delay (calibration) */
 	uint64_t handler_cpus; /* --handler-cpus: libuffd, naive, bare */
 	uint64_t thread_cpus;  /* --thread-cpus: the faulting threads */
 	uint64_t stripe_bytes; /* --stripe-bytes */
@@ -220,6 +228,15 @@ int latstore_new(enum store_kind kind, const char *mem, uint64_t size,
 void latstore_delay(struct latstore *s, uint64_t *p50_ns, double *mean_ns);
 /* After the context that used it is destroyed. */
 void latstore_free(struct latstore *s);
+
+/* nbd.c: start the nbdkit servers (sockets in dir) and fill in
+ * cfg->nbd_uri*; stopped at exit.  0 or -errno. */
+int nbd_servers_start(struct config *cfg, const char *dir);
+/* A synchronous libnbd connection (naive's), NULL on failure (said). */
+void *nbd_sync_open(const char *uri);
+ssize_t nbd_sync_pread(void *h, void *buf, size_t len, uint64_t off);
+void nbd_sync_close(void *h);
+int run_nbdcopy(const struct config *cfg, struct run *r);
 
 uint64_t expected_word(uint64_t off);
 void expected_page(const struct config *cfg, uint64_t pg, void *buf);

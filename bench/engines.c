@@ -440,6 +440,7 @@ struct naive {
 	const char *mem;      /* bare, slow: the file's bytes */
 	uint64_t lat_ns;      /* slow: each fault waits this long first (the
 				 textbook handler on a remote source) */
+	void *nbd;            /* --store nbd: fetch with nbd_pread() */
 	uint64_t cpus;        /* --handler-cpus */
 	uint32_t *svc;        /* service latency per fault */
 	uint64_t nsvc, cap;
@@ -510,7 +511,20 @@ static void *naive_handler(void *arg)
 			}
 			goto install;
 		}
-		while (done < n->page) {
+		if (n->nbd) {
+			/* One synchronous NBD request per fault, up to the
+			 * export's end. */
+			size_t want = off >= n->size ? 0 :
+				      n->size - off < n->page ?
+					      (size_t)(n->size - off) : n->page;
+
+			got = want ? nbd_sync_pread(n->nbd, n->buf, want, off)
+				   : 0;
+			if (got < 0)
+				errno = (int)-got;
+			done = got > 0 ? (size_t)got : 0;
+		}
+		while (!n->nbd && done < n->page) {
 			got = pread(n->fd, n->buf + done, n->page - done,
 				    (off_t)(off + done));
 			if (got < 0 && errno == EINTR)
@@ -619,6 +633,13 @@ static int run_naive(struct bench_ctx *b, struct run *r, bool bare)
 	if (!bare && (cfg->store == STORE_ASYNC ||
 		      cfg->store == STORE_CALLBACK))
 		n.lat_ns = cfg->store_lat_us * 1000;
+	if (!bare && cfg->store == STORE_NBD) {
+		n.nbd = nbd_sync_open(cfg->nbd_uri);
+		if (!n.nbd) {
+			set_err(r, "naive: cannot connect to %s", cfg->nbd_uri);
+			goto out;
+		}
+	}
 	if (bare || n.lat_ns) {
 		mem = load_file(b, r);
 		if (!mem)
@@ -675,6 +696,7 @@ out:
 	if (m != MAP_FAILED)
 		munmap(m, map_len(cfg) + cfg->page);
 	close(n.uffd);
+	nbd_sync_close(n.nbd);
 	free(n.svc);
 	free(n.buf);
 	free(mem);
@@ -881,7 +903,10 @@ static int run_libuffd(struct bench_ctx *b, struct run *r)
 		set_err(r, "luffd_ctx_create: %s", luffd_strerror(err));
 		goto out;
 	}
-	if (cfg->store != STORE_FILE && cfg->corrupt_page < 0) {
+	if (cfg->store == STORE_NBD) {
+		err = luffd_store_nbd(r->calib ? cfg->nbd_uri0 : cfg->nbd_uri,
+				      0, &store);
+	} else if (cfg->store != STORE_FILE && cfg->corrupt_page < 0) {
 		/* Freed after the context: it serves from these bytes. */
 		mem = load_file(b, r);
 		if (!mem)
@@ -1105,6 +1130,14 @@ int run_engine(struct bench_ctx *b, struct run *r)
 	case ENG_PREAD:
 	case ENG_FILL:
 		ret = run_pread(b, r, r->eng == ENG_FILL);
+		break;
+	case ENG_NBDCOPY:
+		r->bytes = cfg->size;
+		memset(b->lat, 0, b->n * sizeof(*b->lat)); /* no touches */
+		ret = run_nbdcopy(cfg, r);
+		if (ret)
+			set_err(r, "nbdcopy %s: %s", cfg->nbd_uri,
+				strerror(-ret));
 		break;
 	default:
 		ret = run_libuffd(b, r);

@@ -222,7 +222,7 @@ static void parse_engines(struct config *cfg, const char *arg)
 		if (e == NR_ENGINES)
 			bad_arg("--engine: unknown engine '%s' (libuffd, "
 				"mmap, naive, pread, fill, bare, prefetch, "
-				"all)", tok);
+				"nbdcopy, all)", tok);
 		if (!seen[e]) {
 			seen[e] = true;
 			cfg->engines[cfg->nengines++] = (enum engine)e;
@@ -414,9 +414,11 @@ static void parse_args(struct config *cfg, int argc, char **argv)
 				cfg->store = STORE_ASYNC;
 			else if (!strcmp(optarg, "callback"))
 				cfg->store = STORE_CALLBACK;
+			else if (!strcmp(optarg, "nbd"))
+				cfg->store = STORE_NBD;
 			else
-				bad_arg("--store: file, memory, async or "
-					"callback, not '%s'", optarg);
+				bad_arg("--store: file, memory, async, "
+					"callback or nbd, not '%s'", optarg);
 			cfg->store_mem = cfg->store == STORE_MEM;
 			break;
 		case OPT_STORELAT:
@@ -521,8 +523,14 @@ static void parse_args(struct config *cfg, int argc, char **argv)
 		bad_arg("--corrupt-page needs --store file (it is a callback "
 			"store over the file)");
 	if (lat_set && cfg->store != STORE_ASYNC &&
-	    cfg->store != STORE_CALLBACK)
-		bad_arg("--store-latency-us needs --store async or callback");
+	    cfg->store != STORE_CALLBACK && cfg->store != STORE_NBD)
+		bad_arg("--store-latency-us needs --store async, callback or "
+			"nbd");
+	if (cfg->store == STORE_NBD && cfg->store_lat_us % 1000)
+		bad_arg("--store nbd: --store-latency-us in whole "
+			"milliseconds (nbdkit's delay filter)");
+	if (has_engine(cfg, ENG_NBDCOPY) && cfg->store != STORE_NBD)
+		bad_arg("--engine nbdcopy needs --store nbd");
 	if (cfg->thread_cpus) {
 		cpu_set_t set;
 		uint64_t online = 0;
@@ -685,6 +693,26 @@ int main(int argc, char **argv)
 		fprintf(stderr, "uffd-bench: %s: %s\n", cfg.path,
 			strerror(errno));
 		return EXIT_RUN_FAILED;
+	}
+	if (cfg.store == STORE_NBD) {
+		char sdir[] = "/tmp/uffd-bench-nbd.XXXXXX";
+
+		/* The sockets' directory (a short path: sun_path is 108
+		 * bytes), removed with the servers at exit. */
+		if (!mkdtemp(sdir)) {
+			fprintf(stderr, "uffd-bench: mkdtemp: %s\n",
+				strerror(errno));
+			return EXIT_RUN_FAILED;
+		}
+		err = nbd_servers_start(&cfg, sdir);
+		if (err) {
+			fprintf(stderr, "uffd-bench: starting nbdkit: %s\n",
+				strerror(-err));
+			return EXIT_RUN_FAILED;
+		}
+		if (!cfg.quiet)
+			fprintf(stderr, "uffd-bench: serving %s over %s\n",
+				cfg.path, cfg.nbd_uri);
 	}
 
 	for (p = 0; p < cfg.npats; p++) {

@@ -20,7 +20,7 @@ const char *engine_name(enum engine e)
 {
 	static const char *const names[] = { "libuffd", "mmap", "naive",
 					     "pread", "fill", "bare",
-					     "prefetch" };
+					     "prefetch", "nbdcopy" };
 
 	return (unsigned int)e < NR_ENGINES ? names[e] : "?";
 }
@@ -196,7 +196,7 @@ static double div_or_nan(double a, double b)
 }
 
 static const enum engine dens[] = { ENG_MMAP, ENG_NAIVE, ENG_PREAD,
-				    ENG_FILL, ENG_BARE };
+				    ENG_FILL, ENG_BARE, ENG_NBDCOPY };
 #define NR_DENS (sizeof(dens) / sizeof(dens[0]))
 /* Room for every ratio: each pattern, warm and cold, each denominator. */
 #define MAX_RATIOS (MAX_PATTERNS * 2 * NR_DENS)
@@ -275,6 +275,9 @@ size_t compute_overlap(const struct config *cfg, const struct run *runs,
 			o->ratio = div_or_nan(o->fps, o->ideal);
 			o->delay_p50 = median_of(cfg, runs, nruns, ENG_LIBUFFD,
 						 p, cold, M_DELAY);
+			/* No served delay known (nbd): NaN. */
+			if (!(o->delay_p50 > 0))
+				o->delay_p50 = NAN;
 			o->per_rtt_served = div_or_nan((double)cfg->threads *
 						       1e9, o->delay_p50);
 			o->ideal_served = isnan(o->zero_fps) ||
@@ -332,7 +335,7 @@ static const char *cache_name(bool cold)
 static const char *store_name(enum store_kind k)
 {
 	static const char *const n[] = { "file", "memory", "async",
-					 "callback" };
+					 "callback", "nbd" };
 
 	return n[k];
 }
@@ -948,7 +951,7 @@ int write_plot(const struct config *cfg, const struct run *runs, size_t nruns,
 {
 	static const char *const eng_color[NR_ENGINES] = {
 		"#7b1fa2", "#e69f00", "#0072b2", "#333333", "#009e73",
-		"#cc79a7", "#56b4e9" };
+		"#cc79a7", "#56b4e9", "#f0e442" };
 	static const char *const cls_color[NR_TCLASSES] = {
 		"#009e73", "#d55e00", "#999999", "#cc0000", "#56b4e9" };
 	int panels = 0, cols, rows, p, s, st;

@@ -24,11 +24,12 @@ if ! command -v nbdkit >/dev/null; then
 	echo "PASS (files; no nbdkit for the NBD part)"; exit 0
 fi
 sock="$TMP/nbd.sock"
-nbdkit -r -f -U "$sock" file "$TMP/a" 2>"$TMP/nbdkit.err" &
+# -P: the pid file appears once nbdkit accepts connections.
+nbdkit -r -f -U "$sock" -P "$TMP/nbd.pid" file "$TMP/a" 2>"$TMP/nbdkit.err" &
 pid=$!
 i=0
-while [ ! -S "$sock" ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
-[ -S "$sock" ] || fail "nbdkit did not listen: $(cat "$TMP/nbdkit.err")"
+while [ ! -s "$TMP/nbd.pid" ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
+[ -s "$TMP/nbd.pid" ] || fail "nbdkit did not listen: $(cat "$TMP/nbdkit.err")"
 if ! "$LAZYCAT" -s "nbd+unix:///?socket=$sock" >"$TMP/nbd.out" 2>"$TMP/nbd.err"; then
 	grep -q "without libnbd" "$TMP/nbd.err" && { echo "PASS (files; libuffd without libnbd)"; exit 0; }
 	fail "lazycat NBD: $(cat "$TMP/nbd.err")"

@@ -276,8 +276,11 @@ int luffd_store_nbd(const char *uri, unsigned int flags,
 		return err;
 	}
 	n = calloc(1, sizeof(*n));
+	/* Chunks: a sequential stream reads 2 MiB per request, several
+	 * ahead, which a connection with a round trip per request needs. */
 	s = n ? luffd__store_new(&nbd_ops, LUFFD__CAP_EMPTY_ZERO |
-					   LUFFD__CAP_READ_AROUND,
+					   LUFFD__CAP_READ_AROUND |
+					   LUFFD__CAP_CHUNKS,
 				 (uint64_t)size, n) : NULL;
 	if (!s) {
 		free(n);

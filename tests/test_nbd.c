@@ -24,7 +24,7 @@
 
 struct server {
 	pid_t pid;
-	char sock[256], uri[320];
+	char sock[256], pidf[256], uri[320];
 };
 
 /* nbdkit -U SOCK -f [args...] (read-only), ready once its socket is. */
@@ -36,8 +36,15 @@ static void start(struct server *sv, const char *const *args)
 	int k = 5;
 
 	snprintf(sv->sock, sizeof(sv->sock), "%s/nbd%d-%d.sock", t_dir,
+		 (int)getpid(), n);
+	snprintf(sv->pidf, sizeof(sv->pidf), "%s/nbd%d-%d.pid", t_dir,
 		 (int)getpid(), n++);
+	unlink(sv->pidf);
 	argv[k++] = sv->sock;
+	/* Written once it accepts connections (the socket exists a moment
+	 * before). */
+	argv[k++] = "-P";
+	argv[k++] = sv->pidf;
 	for (int i = 0; args[i] && k < 31; i++)
 		argv[k++] = args[i];
 	argv[k] = NULL;
@@ -57,7 +64,7 @@ static void start(struct server *sv, const char *const *args)
 		struct stat st;
 		int status;
 
-		if (!stat(sv->sock, &st))
+		if (!stat(sv->pidf, &st) && st.st_size > 0)
 			break;
 		ck_assert_msg(waitpid(sv->pid, &status, WNOHANG) == 0,
 			      "nbdkit exited before it listened");
@@ -76,6 +83,7 @@ static void stop(struct server *sv)
 	}
 	sv->pid = 0;
 	unlink(sv->sock);
+	unlink(sv->pidf);
 }
 
 /* SIGSTOP sv and wait until it is stopped (the signal is asynchronous). */
