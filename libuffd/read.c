@@ -428,8 +428,8 @@ uint64_t luffd__reads_expire(struct luffd__loop *l)
 		 * the loop acts on it before it waits again. */
 		if (luffd__req_state(op->req) != LUFFD__REQ_ISSUED)
 			return 0;
+		op_cancel(l, op); /* before the region is let go, as below */
 		op_let_go(l, op);
-		op_cancel(l, op);
 		luffd__inc(l->stats.timeouts, 1);
 		for (uint32_t k = 0; k < n; k++)
 			fail_waiters(l, &op->waiters[k], -ETIMEDOUT);
@@ -481,8 +481,11 @@ void luffd__reads_sweep(struct luffd__loop *l)
 			op->region = NULL;
 			continue;
 		}
-		op_let_go(l, op);
+		/* The store is told before the region is let go: once its
+		 * last hold goes, the removal returns, and its caller may
+		 * count on the cancel having been delivered. */
 		op_cancel(l, op);
+		op_let_go(l, op);
 	}
 }
 

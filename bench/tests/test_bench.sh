@@ -227,6 +227,24 @@ PY
 	expect_exit 2 --size 1M --store-latency-us 10
 	expect_exit 2 --size 1M --store async --store-latency-us x
 	expect_exit 2 --size 1M --engine prefetch,bogus
+	expect_exit 2 --size 1M --store nbd --store-latency-us 500
+	expect_exit 2 --size 1M --engine libuffd,nbdcopy
+	# An NBD export of the bench file, served by an nbdkit the bench
+	# starts: every engine verified, the nbdcopy ratio printed, and the
+	# overlap table against a delayed server.
+	if command -v nbdkit >/dev/null && command -v nbdcopy >/dev/null &&
+		! grep -q "without libnbd" "$TMP/err"; then
+		expect_exit 0 --size 4M --store nbd --pattern seq,rand --warm \
+			--engine libuffd,naive,nbdcopy --quiet
+		grep -q "FAILED" "$TMP/out" && fail "an NBD run failed"
+		grep -q "^seq  *warm *nbdcopy " "$TMP/out" || fail "no nbdcopy row"
+		grep -q "libuffd/nbdcopy" "$TMP/out" || fail "no nbdcopy ratio"
+		expect_exit 0 --size 2M --store nbd --store-latency-us 1000 \
+			--threads 4 --pattern rand --warm --readahead 0 \
+			--engine libuffd --quiet
+		grep -q "^Overlap: --store nbd, 1000 us" "$TMP/out" ||
+			fail "no NBD overlap table"
+	fi
 }
 
 case "$TEST" in
