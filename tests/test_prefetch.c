@@ -32,6 +32,7 @@ struct cb {
 	int nlog;
 	struct luffd_ctx *ctx; /* for calls from inside fill() */
 	void *m;
+	atomic_int active;     /* fill() calls under way */
 	_Atomic int inner_rc;  /* what luffd_prefetch(WAIT) said there */
 };
 
@@ -40,6 +41,7 @@ static ssize_t fill(void *arg, uint64_t off, void *buf, size_t len)
 	struct cb *c = arg;
 	struct luffd_ctx *ctx;
 
+	atomic_fetch_add(&c->active, 1);
 	pthread_mutex_lock(&c->lock);
 	if (c->nlog < MAXLOG)
 		c->log[c->nlog++] = off;
@@ -56,8 +58,10 @@ static ssize_t fill(void *arg, uint64_t off, void *buf, size_t len)
 			     luffd_prefetch(ctx, c->m, t_ps,
 					    LUFFD_PREFETCH_WAIT));
 	t_pattern(buf, off, len, SEED);
+	atomic_fetch_sub(&c->active, 1);
 	return (ssize_t)len;
 }
+
 
 static struct luffd_store *cb_store(struct cb *c)
 {
@@ -90,6 +94,17 @@ static void do_release(struct cb *c)
 	c->release = true;
 	pthread_cond_broadcast(&c->cv);
 	pthread_mutex_unlock(&c->lock);
+}
+
+/* Let a held fill() go and wait until no fill() runs: c lives on the
+ * test's stack, and a worker left inside fill() must be out of it before
+ * the test returns. */
+static void release_and_drain(struct cb *c)
+{
+	do_release(c);
+	for (int i = 0; i < 1000 && atomic_load(&c->active); i++)
+		usleep(10000);
+	ck_assert_int_eq(atomic_load(&c->active), 0);
 }
 
 static int resident(const char *m, size_t npg)
@@ -145,7 +160,7 @@ START_TEST(install_wakes_and_skips_present)
 			 0);
 	/* The held read answers late: its install finds the page present
 	 * and the installed data stays. */
-	do_release(&c);
+	release_and_drain(&c);
 	t_stats(ctx, &st);
 	for (int i = 0; i < 500 && st.faults[LUFFD_MAJOR] < 2; i++) {
 		usleep(10000);
@@ -373,7 +388,7 @@ START_TEST(prefetch_unregister_hung_store)
 		      "unregister");
 	ck_assert_int_eq(atomic_load(&w.rc), -ECANCELED);
 	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
-	do_release(&c);
+	release_and_drain(&c);
 	luffd_store_put(s);
 	munmap(m, len);
 }
