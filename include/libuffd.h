@@ -643,8 +643,10 @@ LUFFD_API int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
  * region).  Reads in flight for the region are cancelled, not waited for
  * (the store's cancel is asked for; an answer that comes later is dropped,
  * and its buffer stays valid until then), unless a fault of another region
- * over the same store waits for the same read.  Threads blocked on its
- * faults are woken (they then fault on unmapped memory: SIGSEGV).  So it
+ * over the same store waits for the same read; such a read keeps a
+ * reference to its store (its descriptor, its connection) until it comes
+ * back.  Threads blocked on its faults are woken (they then fault on
+ * unmapped memory: SIGSEGV).  So it
  * returns promptly even over a store that has stopped answering.  Thread-safe;
  * from a callback on the context's handler thread it returns -EDEADLK.
  */
