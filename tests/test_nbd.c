@@ -378,6 +378,83 @@ START_TEST(server_stopped)
 }
 END_TEST
 
+/* ---- holes (qemu-nbd sends them as structured-reply hole chunks) ---- */
+
+START_TEST(holes_read_as_zero)
+{
+	const size_t npg = 16, len = npg * t_ps;
+	char *path = t_make_file(len, SEED), pidf[300], sock[300], uri[400];
+	LUFFD_OPTS(luffd_ctx_opts, o, .readahead_bytes = LUFFD_NO_READAHEAD,
+		   .install_ahead_bytes = LUFFD_NO_INSTALL_AHEAD);
+	struct luffd_ctx *ctx;
+	LUFFD_OPTS(luffd_stats, st);
+	struct luffd_store *s;
+	char *m;
+	pid_t pid;
+	int fd;
+
+	if (system("qemu-nbd --version >/dev/null 2>&1") != 0) {
+		printf("qemu-nbd not found: holes not tested\n");
+		free(path);
+		return;
+	}
+	fd = open(path, O_RDWR);
+	ck_assert_int_ge(fd, 0);
+	if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		      (off_t)(4 * t_ps), (off_t)(8 * t_ps))) {
+		printf("no hole punching in %s: holes not tested\n", t_dir);
+		close(fd);
+		free(path);
+		return;
+	}
+	close(fd);
+	snprintf(pidf, sizeof(pidf), "%s/qnbd-%d.pid", t_dir, (int)getpid());
+	snprintf(sock, sizeof(sock), "%s/qnbd-%d.sock", t_dir, (int)getpid());
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (!pid) {
+		char pf[320];
+		int null = open("/dev/null", O_WRONLY);
+
+		if (null >= 0) {
+			dup2(null, 1);
+			dup2(null, 2);
+		}
+		snprintf(pf, sizeof(pf), "--pid-file=%s", pidf);
+		execlp("qemu-nbd", "qemu-nbd", "-r", "-f", "raw", "-k", sock,
+		       pf, path, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 500; i++) {
+		struct stat sb;
+
+		if (!stat(pidf, &sb) && sb.st_size > 0 && !stat(sock, &sb))
+			break;
+		usleep(10000);
+	}
+	snprintf(uri, sizeof(uri), "nbd+unix:///?socket=%s", sock);
+	ctx = t_ctx(&o);
+	ck_assert_int_eq(luffd_store_nbd(uri, 0, &s), 0);
+	m = t_anon(len);
+	ck_assert_int_eq(luffd_register(ctx, m, len, s, 0, 0), 0);
+	for (size_t i = 4; i < 12; i++)
+		for (size_t b = 0; b < t_ps; b += 512)
+			ck_assert_int_eq(m[i * t_ps + b], 0);
+	t_assert_page(m, 0, 0, len, SEED);
+	t_assert_page(m, 12, 0, len, SEED);
+	t_stats(ctx, &st);
+	ck_assert_uint_eq(st.faults[LUFFD_ZERO], 8);
+	ck_assert_uint_eq(st.faults[LUFFD_MAJOR], 2);
+	ck_assert_int_eq(luffd_unregister(ctx, m, len), 0);
+	luffd_store_put(s);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	munmap(m, len);
+	free(path);
+}
+END_TEST
+
 /* ---- refusals --------------------------------------------------------- */
 
 START_TEST(refused)
@@ -418,6 +495,7 @@ static Suite *make(void)
 	tcase_add_test(tc, server_errors);
 	tcase_add_test(tc, server_killed);
 	tcase_add_test(tc, server_stopped);
+	tcase_add_test(tc, holes_read_as_zero);
 	tcase_add_test(tc, refused);
 	return s;
 }
