@@ -168,6 +168,32 @@ static uint64_t install_cached(struct luffd__loop *l, struct luffd__region *r,
 	return run.installed;
 }
 
+/* A store whose bytes are in memory (CAP_DIRECT) has no reads: its m
+ * missing pages from j->pg go in straight from it.  A last page the store
+ * only partly covers is left to its fault (which pads it). */
+static bool step_direct(struct luffd__loop *l, struct luffd__pjob *j,
+			uint64_t m)
+{
+	struct luffd__region *r = j->r;
+	struct luffd_store *st = r->store;
+	unsigned int shift = l->cfg->page_shift;
+	uint64_t off = j->pg << shift, whole = 0, got;
+	const void *src = st->ops->direct(st, off);
+
+	if (st->size > off)
+		whole = (st->size - off) >> shift;
+	m = m < whole ? m : whole;
+	if (!src || !m) {
+		let_go(j, 0);
+		return true;
+	}
+	got = luffd__pt_copy_missing(l->uffd, r->start + off - r->off, src,
+				     m << shift, 0, NULL);
+	luffd__inc(l->stats.prefetched, got);
+	j->pg += m;
+	return true;
+}
+
 /* Start (or skip) one window of j.  False when no read can start now. */
 static bool step(struct luffd__loop *l, struct luffd__pjob *j)
 {
@@ -236,6 +262,8 @@ static bool step(struct luffd__loop *l, struct luffd__pjob *j)
 	}
 	for (m = 1; m < n && !(vec[m] & 1); m++)
 		;
+	if (r->store->caps & LUFFD__CAP_DIRECT)
+		return step_direct(l, j, m);
 	got = luffd__read_prefetch(l, r, j->pg, m, j);
 	if (!got)
 		return false;

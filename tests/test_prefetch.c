@@ -427,6 +427,36 @@ START_TEST(prefetch_with_sequential_reader)
 }
 END_TEST
 
+/* A memory store has no reads: prefetch installs straight from it, up to
+ * its last whole page (the partial one is left to its fault). */
+START_TEST(prefetch_memory_store)
+{
+	const size_t npg = 64, len = npg * t_ps;
+	const size_t slen = len - t_ps + 100;
+	struct luffd_ctx *ctx = t_ctx(NULL);
+	LUFFD_OPTS(luffd_stats, st);
+	struct luffd_store *s;
+	char *src = malloc(len), *m = t_anon(len);
+
+	t_pattern(src, 0, len, SEED);
+	ck_assert_int_eq(luffd_store_memory(src, slen, &s), 0);
+	ck_assert_int_eq(luffd_register(ctx, m, len, s, 0, 0), 0);
+	ck_assert_int_eq(luffd_prefetch(ctx, m, len, LUFFD_PREFETCH_WAIT), 0);
+	t_stats(ctx, &st);
+	ck_assert_uint_eq(st.prefetched, npg - 1);
+	ck_assert_int_eq(resident(m, npg), (int)npg - 1);
+	for (size_t i = 0; i < npg; i++)
+		t_assert_page(m, i, 0, slen, SEED);
+	t_stats(ctx, &st);
+	ck_assert_uint_eq(t_total_faults(&st), 1);
+	ck_assert_int_eq(luffd_unregister(ctx, m, len), 0);
+	luffd_store_put(s);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	free(src);
+	munmap(m, len);
+}
+END_TEST
+
 START_TEST(prefetch_validation)
 {
 	const size_t len = 8 * t_ps;
@@ -480,6 +510,7 @@ static Suite *make(void)
 	tcase_add_test(tc, prefetch_demand_first);
 	tcase_add_test(tc, prefetch_unregister_hung_store);
 	tcase_add_test(tc, prefetch_with_sequential_reader);
+	tcase_add_test(tc, prefetch_memory_store);
 	tcase_add_test(tc, prefetch_validation);
 	return s;
 }

@@ -110,14 +110,23 @@ static void on_sig(int sig, siginfo_t *si, void *uc)
 		jb = NULL;
 		siglongjmp(*j, 1);
 	}
-	/* Not ours: let libFuzzer / the sanitizer report it. */
-	if (old->sa_flags & SA_SIGINFO)
+	/* Not ours: let libFuzzer / the sanitizer report it.  With no
+	 * handler to pass it to, say where it hit and abort(), which
+	 * libFuzzer reports (and saves the input for); re-raising it with
+	 * the default action would kill the process without a word. */
+	if (old->sa_flags & SA_SIGINFO) {
 		old->sa_sigaction(sig, si, uc);
-	else if (old->sa_handler != SIG_IGN && old->sa_handler != SIG_DFL)
+	} else if (old->sa_handler != SIG_IGN && old->sa_handler != SIG_DFL) {
 		old->sa_handler(sig);
-	else {
-		signal(sig, SIG_DFL);
-		raise(sig);
+	} else {
+		char msg[128];
+		int n = snprintf(msg, sizeof(msg), "fuzz_api: stray signal %d "
+				 "at %p (code %d)\n", sig, si->si_addr,
+				 si->si_code);
+
+		if (write(2, msg, n > 0 ? (size_t)n : 0) < 0)
+			n = 0;
+		abort();
 	}
 }
 
