@@ -751,8 +751,10 @@ LUFFD_API ssize_t luffd_install(struct luffd_ctx *ctx, void *addr,
  * up with the prefetch (its faults keep joining prefetch reads) is left
  * the next 32 MiB to read itself, faster, and the prefetch goes on past
  * them; it comes back at its end for any page still missing.  Holes are not
- * installed (they fault as ZERO), nor are pages past the store's end.
- * stats.prefetched counts the pages installed.
+ * installed (they fault as ZERO), nor are pages past the store's end; a
+ * memory store's pages go in straight from its memory (a last page it
+ * covers only in part is left to its fault).  stats.prefetched counts the
+ * pages installed.
  *
  * Without LUFFD_PREFETCH_WAIT it returns once the range is queued (-EAGAIN
  * when 4096 jobs already wait on a handler).  With it, it returns when

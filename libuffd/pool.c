@@ -200,6 +200,9 @@ void luffd__pool_submit(struct luffd__pool *p, struct luffd__req *r,
 		q = LUFFD_PRIO_PREFETCH;
 	r->work = fn;
 	r->next = NULL;
+	/* One lock per callback request, on the handler's fault path: the
+	 * queues are shared with the workers, and a fill() that waits on a
+	 * round trip dwarfs it.  Contended only by workers taking work. */
 	pthread_mutex_lock(&p->lock);
 	if (p->stop) {
 		pthread_mutex_unlock(&p->lock);
