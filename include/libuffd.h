@@ -618,8 +618,8 @@ LUFFD_API void luffd_store_put(struct luffd_store *store);
 /*
  * Map length bytes of store, starting at offset, lazily, like
  * mmap(MAP_PRIVATE) of a file: writes stay private, nothing is written back.
- * prot is PROT_READ, optionally with PROT_WRITE and PROT_EXEC.  flags must be
- * 0 (reserved).  offset must be a multiple of the page size and length
+ * prot is PROT_READ, optionally with PROT_WRITE and PROT_EXEC.  flags is 0
+ * or LUFFD_MAP_PUSH (-EINVAL otherwise).  offset must be a multiple of the page size and length
  * non-zero (-EINVAL); like mmap(), any length is taken and rounded up to
  * whole pages (luffd_unmap() takes the same length, or the rounded one).
  * offset must lie inside the store (-ENXIO), and
@@ -660,6 +660,33 @@ LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
 #define LUFFD_REGISTER_SEAL_UNSERVED (1u << 0)
 
 /*
+ * luffd_register() and luffd_map(): push the whole region in the
+ * background once its first demand fault comes (post-copy: pull what is
+ * touched, push the rest).  From that fault on, the region's handler
+ * streams the region from its store in order, at LUFFD_PRIO_PREFETCH and
+ * behind every demand fault (as luffd_prefetch() does), installing each
+ * page that is still missing:
+ *  - every demand fault in the region moves the stream to just past the
+ *    faulting page (as QEMU's post-copy does) and halves its window;
+ *  - the window (the push's pages in flight) starts at 64 KiB and doubles
+ *    each time a push read ends with no demand fault since, up to 4 MiB,
+ *    in reads of at most readahead_bytes;
+ *  - holes are installed as zero pages, pages past the store's end are
+ *    left (they raise SIGBUS when touched);
+ *  - it goes round until one pass finds every page present, and then it
+ *    ends: luffd_push_wait() returns 0, and from then on the region costs
+ *    nothing (no job, no scan; a page dropped later with MADV_DONTNEED
+ *    faults and is served from the store as before);
+ *  - a store error or read timeout ends it early (luffd_push_wait()
+ *    returns the error; the pages not pushed are left to their faults).
+ * Pages the push installs are counted in stats.pushed.  With stripe_bytes,
+ * each stripe has its own push on its own handler.
+ */
+#define LUFFD_REGISTER_PUSH (1u << 1)
+/* luffd_map(): the same, for a mapped region. */
+#define LUFFD_MAP_PUSH LUFFD_REGISTER_PUSH
+
+/*
  * Register [addr, addr+length), memory the application already owns (an
  * anonymous private mapping, or shmem, whose pages are not yet populated:
  * populated pages never fault), so its missing pages are served from store
@@ -667,8 +694,8 @@ LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
  * (-EINVAL); the range must not overlap a region of this context (-EEXIST)
  * and must not be registered with another userfaultfd (-EBUSY); offset must
  * lie inside the store (-ENXIO) and offset + length must not pass page 2^40
- * of the store (-EOVERFLOW); flags is 0 or LUFFD_REGISTER_SEAL_UNSERVED
- * (-EINVAL otherwise).  Release with luffd_unregister(); the memory itself
+ * of the store (-EOVERFLOW); flags is 0 or LUFFD_REGISTER_SEAL_UNSERVED and
+ * LUFFD_REGISTER_PUSH (-EINVAL otherwise).  Release with luffd_unregister(); the memory itself
  * stays the caller's.  Thread-safe.
  *
  * After the range is unregistered its missing pages behave as the kernel
@@ -769,6 +796,23 @@ LUFFD_API ssize_t luffd_install(struct luffd_ctx *ctx, void *addr,
 LUFFD_API int luffd_prefetch(struct luffd_ctx *ctx, void *addr, size_t len,
 			     unsigned int flags);
 
+/*
+ * Wait until the background push (LUFFD_REGISTER_PUSH) of every region in
+ * [addr, addr+len) is complete: every page of them was found present.
+ * addr page-aligned and len non-zero (-EINVAL), every page in regions of
+ * ctx (-ENOENT), each created with LUFFD_REGISTER_PUSH / LUFFD_MAP_PUSH
+ * (-EINVAL).  timeout_ms: -1 waits as long as it takes, 0 only looks,
+ * otherwise at most that many milliseconds (-ETIMEDOUT when a push is not
+ * complete by then, or has not started: a push starts at its region's
+ * first demand fault).  Returns 0, the error that ended a push early (a
+ * store error, -ETIMEDOUT for a read past read_timeout_ms, -ECANCELED),
+ * -ECANCELED when a region was removed while waiting, or -EDEADLK from one
+ * of ctx's own threads (a callback) with a non-zero timeout.  Thread-safe;
+ * any number of threads may wait.
+ */
+LUFFD_API int luffd_push_wait(struct luffd_ctx *ctx, void *addr, size_t len,
+			      int timeout_ms);
+
 /* ------------------------------------------------------------------------
  * Statistics
  * ---------------------------------------------------------------------- */
@@ -818,6 +862,8 @@ struct luffd_stats {
 					the print callback was told */
 	uint64_t prefetched;      /* pages luffd_prefetch() installed */
 	uint64_t app_installed;   /* pages luffd_install() installed */
+	uint64_t pushed;          /* pages a background push installed
+				     (LUFFD_REGISTER_PUSH) */
 };
 
 /*

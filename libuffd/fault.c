@@ -166,6 +166,8 @@ void luffd__fault_serve(struct luffd__loop *l, uint32_t fi)
 
 	if (luffd__fault_drop_if_dead(&l->rs, fi))
 		return;
+	if (r->flags & LUFFD_REGISTER_PUSH)
+		luffd__push_fault(l, r, pg);
 	if (s->caps & LUFFD__CAP_DIRECT) {
 		serve_direct(l, fi, off);
 		return;
@@ -300,7 +302,7 @@ static void complete(struct luffd__loop *l, struct luffd__op *op, int64_t res)
 		 * were failed or dropped then; drop the data. */
 		luffd__inc(l->stats.late, 1);
 		if (op->job)
-			luffd__prefetch_done(l, op, -ECANCELED);
+			luffd__prefetch_done(l, op, -ECANCELED, 0);
 		if (op->chunk != LUFFD__NIL)
 			luffd__chunk_late(l, op);
 		else
@@ -337,7 +339,7 @@ static void complete(struct luffd__loop *l, struct luffd__op *op, int64_t res)
 	}
 	settle_pages(l, op, caps, total, err);
 	if (op->job)
-		luffd__prefetch_done(l, op, err);
+		luffd__prefetch_done(l, op, err, total);
 	luffd__req_finish(r);
 	luffd__op_free(l, op);
 }

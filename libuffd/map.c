@@ -268,7 +268,7 @@ int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
 
 	if (addrp)
 		*addrp = NULL;
-	if (!ctx || !addrp || flags)
+	if (!ctx || !addrp || (flags & ~(unsigned int)LUFFD_MAP_PUSH))
 		return -EINVAL;
 	if (!(prot & PROT_READ) ||
 	    (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)))
@@ -290,7 +290,7 @@ int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
 	 * the range gets SIGSEGV instead of wrong data. */
 	madvise(addr, length, MADV_DONTFORK);
 	err = add_region(ctx, (uint64_t)(uintptr_t)addr, length, store, offset,
-			 true, huge, 0);
+			 true, huge, flags & LUFFD_MAP_PUSH);
 	if (err) {
 		munmap(addr, length);
 		return err;
@@ -312,7 +312,8 @@ int luffd_register(struct luffd_ctx *ctx, void *addr, size_t length,
 {
 	int err;
 
-	if (!ctx || !addr || (flags & ~LUFFD_REGISTER_SEAL_UNSERVED))
+	if (!ctx || !addr ||
+	    (flags & ~(LUFFD_REGISTER_SEAL_UNSERVED | LUFFD_REGISTER_PUSH)))
 		return -EINVAL;
 	if (((uintptr_t)addr | length) & (ctx->cfg.page_size - 1))
 		return -EINVAL;

@@ -19,6 +19,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "cache.h"
 #include "context.h"
@@ -50,6 +51,15 @@
 #define PF_STEPS 64
 /* Jobs queued per handler, at most (-EAGAIN past it). */
 #define PF_MAX_JOBS 4096
+/* Background push (LUFFD_REGISTER_PUSH): the pages it may have in
+ * flight, from 64 KiB up to 4 MiB (CRIU's lazy-pages bounds), in reads of
+ * at most readahead_bytes.  It doubles each time a push read ends with no
+ * demand fault in the region since the last one, and halves on a demand
+ * fault, which also moves the stream to just past the faulting page
+ * (QEMU's post-copy does the same): what a thread touched, its neighbours
+ * soon want. */
+#define PUSH_MIN 16
+#define PUSH_MAX 1024
 
 struct luffd__pjob {
 	uint64_t first;            /* its first store page */
@@ -65,6 +75,13 @@ struct luffd__pjob {
 	uint64_t pg, end;          /* store pages not yet started: [pg, end) */
 	uint32_t out;              /* its reads in flight */
 	int err;                   /* the first error */
+	/* A region's background push: [first, end) is the whole region,
+	 * streamed from pg on, wrapping round, until a pass finds every page
+	 * present (clean counts the pages found present in a row). */
+	bool push;
+	bool hit;                  /* a demand fault since a push read ended */
+	uint32_t win, out_pages;   /* push: its window, its pages in flight */
+	uint64_t clean;
 	bool done;                 /* ended (l->lock) */
 	atomic_uint refs;          /* the handler's, and a waiting caller's */
 };
@@ -110,6 +127,16 @@ static void take(struct luffd__loop *l)
 
 static void let_go(struct luffd__pjob *j, int err)
 {
+	if (j->push && j->r) {
+		struct luffd__region *r = j->r;
+
+		r->pushj = NULL; /* from now on the region costs nothing */
+		r->push_err = err;
+		atomic_store_explicit(&r->push_state,
+				      err ? LUFFD__PUSH_FAILED
+					  : LUFFD__PUSH_DONE,
+				      memory_order_release);
+	}
 	if (j->r)
 		luffd__region_put(j->r);
 	j->r = NULL;
@@ -146,7 +173,7 @@ static void finish(struct luffd__loop *l, struct luffd__pjob *j)
 /* Install the ready cache pages of r among store pages [pg, pg+n), in
  * runs, waking whoever waits on them; the pages installed. */
 static uint64_t install_cached(struct luffd__loop *l, struct luffd__region *r,
-			       uint64_t pg, uint64_t n)
+			       uint64_t pg, uint64_t n, bool push)
 {
 	struct luffd__cache *c = &l->cache;
 	unsigned int shift = l->cfg->page_shift;
@@ -164,7 +191,10 @@ static uint64_t install_cached(struct luffd__loop *l, struct luffd__region *r,
 		luffd__cache_used(c, slot);
 	}
 	luffd__run_flush(&run);
-	luffd__inc(l->stats.prefetched, run.installed);
+	if (push)
+		luffd__inc(l->stats.pushed, run.installed);
+	else
+		luffd__inc(l->stats.prefetched, run.installed);
 	return run.installed;
 }
 
@@ -183,19 +213,32 @@ static bool step_direct(struct luffd__loop *l, struct luffd__pjob *j,
 	if (st->size > off)
 		whole = (st->size - off) >> shift;
 	m = m < whole ? m : whole;
+	if (j->push && src && !m) {
+		/* Only the store's partial last page is left: its fault
+		 * pads it; the push is done with it. */
+		j->clean += j->end - j->pg;
+		j->pg = j->end;
+		return true;
+	}
 	if (!src || !m) {
-		let_go(j, 0);
+		let_go(j, j->push ? -EIO : 0);
 		return true;
 	}
 	got = luffd__pt_copy_missing(l->uffd, r->start + off - r->off, src,
 				     m << shift, 0, NULL);
-	luffd__inc(l->stats.prefetched, got);
+	if (j->push) {
+		luffd__inc(l->stats.pushed, got);
+		j->clean += m;
+	} else {
+		luffd__inc(l->stats.prefetched, got);
+	}
 	j->pg += m;
 	return true;
 }
 
-/* Start (or skip) one window of j.  False when no read can start now. */
-static bool step(struct luffd__loop *l, struct luffd__pjob *j)
+/* Start (or skip) one window of j, of at most w pages.  False when no
+ * read can start now. */
+static bool step(struct luffd__loop *l, struct luffd__pjob *j, uint64_t w)
 {
 	struct luffd__region *r = j->r;
 	unsigned int shift = l->cfg->page_shift;
@@ -204,9 +247,6 @@ static bool step(struct luffd__loop *l, struct luffd__pjob *j)
 	struct luffd__cache *c = &l->cache;
 	uint32_t slot, k;
 
-	uint64_t w = l->rd.busy > l->rd.prefetching ? PF_WINDOW_DEMAND
-						    : PF_WINDOW;
-
 	/* Up to 1024 pages are looked at (present ones are skipped that
 	 * many at a time), at most a window read. */
 	if (n > sizeof(vec))
@@ -214,7 +254,14 @@ static bool step(struct luffd__loop *l, struct luffd__pjob *j)
 	if (w > l->cfg->ra_pages)
 		w = l->cfg->ra_pages;
 	if ((j->pg << shift) >= r->store->size) {
-		let_go(j, 0); /* the store ends before the region does */
+		/* The store ends before the region does: the pages past it
+		 * fault (SIGBUS), and a push is done with them. */
+		if (j->push) {
+			j->clean += j->end - j->pg;
+			j->pg = j->end;
+		} else {
+			let_go(j, 0);
+		}
 		return true;
 	}
 	addr = r->start + (j->pg << shift) - r->off;
@@ -228,6 +275,7 @@ static bool step(struct luffd__loop *l, struct luffd__pjob *j)
 		;
 	if (m) {
 		j->pg += m;
+		j->clean += m;
 		return true;
 	}
 	n = n < w ? n : w;
@@ -243,6 +291,7 @@ static bool step(struct luffd__loop *l, struct luffd__pjob *j)
 		if (op && !op->expired)
 			return false;
 		j->pg++;
+		j->clean = 0;
 		return true;
 	}
 	if (slot != LUFFD__NIL) {
@@ -256,8 +305,9 @@ static bool step(struct luffd__loop *l, struct luffd__pjob *j)
 			    luffd__cache_state(c, s2) != LUFFD__SLOT_READY)
 				break;
 		}
-		install_cached(l, r, j->pg, m);
+		install_cached(l, r, j->pg, m, j->push);
 		j->pg += m;
+		j->clean += m;
 		return true;
 	}
 	for (m = 1; m < n && !(vec[m] & 1); m++)
@@ -268,7 +318,42 @@ static bool step(struct luffd__loop *l, struct luffd__pjob *j)
 	if (!got)
 		return false;
 	j->out++;
+	j->out_pages += got;
 	j->pg += got;
+	j->clean = 0;
+	return true;
+}
+
+/* One turn of a push: false when nothing more may start now. */
+static bool push_turn(struct luffd__loop *l, struct luffd__pjob *j,
+		      unsigned int *steps)
+{
+	uint64_t total = j->end - j->first;
+
+	while (j->r && j->clean < total) {
+		uint64_t w;
+
+		if (l->pending.head != LUFFD__NIL || l->rd.free == LUFFD__NIL)
+			return false;
+		if (j->pg >= j->end) {
+			j->pg = j->first; /* round again */
+			continue;
+		}
+		/* Its window full: jobs behind it may go. */
+		if (j->out_pages >= j->win)
+			return true;
+		if (++*steps > PF_STEPS) {
+			l->pf.again = true;
+			return false;
+		}
+		w = j->win - j->out_pages;
+		if (!step(l, j, w))
+			return false;
+	}
+	if (!j->out) {
+		let_go(j, 0); /* a clean pass: every page is present */
+		finish(l, j);
+	}
 	return true;
 }
 
@@ -284,6 +369,11 @@ void luffd__prefetch_run(struct luffd__loop *l)
 		next = j->next;
 		if (j->r && luffd__region_dead(j->r))
 			let_go(j, -ECANCELED);
+		if (j->push) {
+			if (!push_turn(l, j, &steps))
+				return;
+			continue;
+		}
 		while (j->pg < j->end) {
 			/* Demand first: a fault waiting for a read or a cache
 			 * slot gets it before prefetch does. */
@@ -297,7 +387,9 @@ void luffd__prefetch_run(struct luffd__loop *l)
 				p->again = true;
 				return;
 			}
-			if (!step(l, j))
+			if (!step(l, j, l->rd.busy > l->rd.prefetching
+						? PF_WINDOW_DEMAND
+						: PF_WINDOW))
 				return;
 		}
 		/* What it left to a demand stream and the stream did not
@@ -320,6 +412,8 @@ void luffd__prefetch_joined(struct luffd__loop *l, struct luffd__op *op,
 	struct luffd__pjob *j = op->job;
 
 	(void)l;
+	if (j->push)
+		return; /* luffd__push_fault() moved it already */
 	/* Two joins in a row a window or so apart, going up: a sequential
 	 * reader at prefetch's heels, whose every fault would wait for a
 	 * small prefetch read.  Leave it the next stretch. */
@@ -332,21 +426,110 @@ void luffd__prefetch_joined(struct luffd__loop *l, struct luffd__op *op,
 	j->joined = pg;
 }
 
+/* A push read of op's range answered "hole": zero pages there (a push
+ * leaves no page to fault).  One page at a time past a present one. */
+static void push_zero(struct luffd__loop *l, struct luffd__op *op)
+{
+	struct luffd__region *r = op->region;
+	size_t ps = l->cfg->page_size;
+	uint64_t dst = r->start + op->off - r->off;
+	uint64_t len = (uint64_t)op->npages * ps;
+
+	if (luffd__pt_zero(l->uffd, dst, len, 0) != -EEXIST)
+		return;
+	for (uint64_t at = 0; at < len; at += ps)
+		luffd__pt_zero(l->uffd, dst + at, ps, 0);
+}
+
 void luffd__prefetch_done(struct luffd__loop *l, struct luffd__op *op,
-			  int err)
+			  int err, uint64_t total)
 {
 	struct luffd__pjob *j = op->job;
 	unsigned int shift = l->cfg->page_shift;
+	bool live = op->region && !luffd__region_dead(op->region);
 
 	j->out--;
 	if (err && !j->err)
 		j->err = err;
-	if (!err && op->region && !luffd__region_dead(op->region))
-		install_cached(l, op->region, op->off >> shift, op->npages);
+	if (!err && live)
+		install_cached(l, op->region, op->off >> shift, op->npages,
+			       j->push);
+	if (j->push) {
+		j->out_pages -= op->npages;
+		if (!err && !total && live &&
+		    (op->region->store->caps & LUFFD__CAP_EMPTY_ZERO))
+			push_zero(l, op);
+		/* A store error ends the push: its pages are left to their
+		 * faults (which get SIGBUS if the store still fails). */
+		if (err && j->r)
+			let_go(j, err);
+		if (!j->hit && j->win < PUSH_MAX)
+			j->win *= 2;
+		j->hit = false;
+		if (!j->r && !j->out)
+			finish(l, j);
+		else
+			l->pf.again = true;
+		return;
+	}
 	if (j->pg >= j->end && !j->out && !j->jumped)
 		finish(l, j);
 	else
 		l->pf.again = true; /* a read may start: no sleep before */
+}
+
+void luffd__push_fault(struct luffd__loop *l, struct luffd__region *r,
+		       uint64_t pg)
+{
+	struct luffd__prefetch *p = &l->pf;
+	struct luffd__pjob *j = r->pushj;
+
+	if (!j) {
+		if (atomic_load_explicit(&r->push_state,
+					 memory_order_relaxed) !=
+		    LUFFD__PUSH_IDLE)
+			return;
+		/* The region's first demand fault starts its push: one
+		 * allocation per region, here rather than at registration
+		 * so that a region nobody touches costs nothing. */
+		j = calloc(1, sizeof(*j));
+		if (!j) {
+			r->push_err = -ENOMEM;
+			atomic_store_explicit(&r->push_state,
+					      LUFFD__PUSH_FAILED,
+					      memory_order_release);
+			pthread_mutex_lock(&l->lock);
+			pthread_cond_broadcast(&l->cv);
+			pthread_mutex_unlock(&l->lock);
+			return;
+		}
+		luffd__region_hold_again(r);
+		j->l = l;
+		j->r = r;
+		j->push = true;
+		j->first = r->off >> l->cfg->page_shift;
+		j->end = j->first + (r->len >> l->cfg->page_shift);
+		j->joined = UINT64_MAX;
+		j->win = PUSH_MIN;
+		atomic_init(&j->refs, 1u);
+		pthread_mutex_lock(&p->lock);
+		p->njobs++;
+		pthread_mutex_unlock(&p->lock);
+		if (p->tail)
+			p->tail->next = j;
+		else
+			p->head = j;
+		p->tail = j;
+		r->pushj = j;
+		atomic_store_explicit(&r->push_state, LUFFD__PUSH_RUNNING,
+				      memory_order_release);
+	} else if (j->win > PUSH_MIN) {
+		j->win /= 2;
+	}
+	j->pg = pg + 1 < j->end ? pg + 1 : j->first;
+	j->clean = 0;
+	j->hit = true;
+	p->again = true;
 }
 
 void luffd__prefetch_sweep(struct luffd__loop *l)
@@ -368,6 +551,11 @@ void luffd__prefetch_sweep(struct luffd__loop *l)
 		j->out = 0;
 		finish(l, j);
 	}
+	/* luffd_push_wait() callers on a region whose push never started
+	 * look again (and find it gone). */
+	pthread_mutex_lock(&l->lock);
+	pthread_cond_broadcast(&l->cv);
+	pthread_mutex_unlock(&l->lock);
 }
 
 void luffd__prefetch_fini(struct luffd__loop *l)
@@ -570,4 +758,92 @@ int luffd_prefetch(struct luffd_ctx *ctx, void *addr, size_t len,
 			err = werr;
 	}
 	return err;
+}
+
+/* Wait on l->cv (l->lock held) until the deadline (NULL: none); false
+ * once it has passed. */
+static bool wait_until(struct luffd__loop *l, const struct timespec *dl)
+{
+	if (!dl) {
+		pthread_cond_wait(&l->cv, &l->lock);
+		return true;
+	}
+	return pthread_cond_timedwait(&l->cv, &l->lock, dl) != ETIMEDOUT;
+}
+
+int luffd_push_wait(struct luffd_ctx *ctx, void *addr, size_t len,
+		    int timeout_ms)
+{
+	uint64_t cur = (uint64_t)(uintptr_t)addr, end;
+	struct timespec dl, *dlp = NULL;
+	int err;
+
+	if (timeout_ms < -1)
+		return -EINVAL;
+	err = check_range(ctx, addr, len, &end);
+	if (err)
+		return err;
+	if (timeout_ms && luffd__on_library_thread(ctx))
+		return -EDEADLK; /* its handler would wait for itself */
+	if (timeout_ms > 0) {
+		clock_gettime(CLOCK_REALTIME, &dl);
+		dl.tv_sec += timeout_ms / 1000;
+		dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+		if (dl.tv_nsec >= 1000000000L) {
+			dl.tv_sec++;
+			dl.tv_nsec -= 1000000000L;
+		}
+		dlp = &dl;
+	}
+	/* Every region pushes, or none is waited for. */
+	for (uint64_t a = cur; a < end;) {
+		struct luffd__loop *l;
+		struct luffd__region *r = hold_at(ctx, a, &l);
+		bool push;
+
+		if (!r)
+			return -ECANCELED; /* removed since the check */
+		push = r->flags & LUFFD_REGISTER_PUSH;
+		a = r->start + r->len;
+		luffd__region_put(r);
+		if (!push)
+			return -EINVAL;
+	}
+	while (cur < end) {
+		struct luffd__loop *l;
+		struct luffd__region *r = hold_at(ctx, cur, &l);
+		uint64_t next;
+		int state;
+
+		if (!r)
+			return -ECANCELED; /* removed since the check */
+		next = r->start + r->len;
+		luffd__region_put(r);
+		/* The state is read under l->lock, which the handler takes to
+		 * broadcast after it changes it: no wake-up is lost. */
+		pthread_mutex_lock(&l->lock);
+		for (;;) {
+			r = hold_at(ctx, cur, &l);
+			if (!r) {
+				err = -ECANCELED;
+				break;
+			}
+			state = atomic_load_explicit(&r->push_state,
+						     memory_order_acquire);
+			err = state == LUFFD__PUSH_FAILED ? r->push_err : 0;
+			luffd__region_put(r);
+			if (state == LUFFD__PUSH_DONE ||
+			    state == LUFFD__PUSH_FAILED)
+				break;
+			if (!timeout_ms || !wait_until(l, dlp)) {
+				err = -ETIMEDOUT;
+				break;
+			}
+		}
+		pthread_mutex_unlock(&l->lock);
+		if (err)
+			return err;
+		cur = next;
+	}
+	return 0;
 }

@@ -16,6 +16,7 @@
 struct luffd__loop;
 struct luffd__op;
 struct luffd__pjob;
+struct luffd__region;
 
 /* One handler's prefetch jobs. */
 struct luffd__prefetch {
@@ -36,7 +37,11 @@ void luffd__prefetch_run(struct luffd__loop *l);
 /* Handler: prefetch read op finished (its pages are in the cache now, or
  * err): install what it read and account for it in its job. */
 void luffd__prefetch_done(struct luffd__loop *l, struct luffd__op *op,
-			  int err);
+			  int err, uint64_t total);
+/* Handler: a demand fault at store page pg of a LUFFD_REGISTER_PUSH
+ * region: the region's push starts (the first one) or moves there. */
+void luffd__push_fault(struct luffd__loop *l, struct luffd__region *r,
+		       uint64_t pg);
 /* Handler: a demand fault at store page pg joined prefetch read op. */
 void luffd__prefetch_joined(struct luffd__loop *l, struct luffd__op *op,
 			    uint64_t pg);

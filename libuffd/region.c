@@ -198,6 +198,7 @@ static struct luffd__region *region_new(struct luffd__rtab *t, uint64_t start,
 	r->mapped = mapped;
 	atomic_init(&r->dead, false);
 	atomic_init(&r->inflight, 0);
+	atomic_init(&r->push_state, LUFFD__PUSH_IDLE);
 	r->ra_mark = UINT64_MAX;
 	r->huge = huge;
 	r->hp_last = UINT64_MAX;

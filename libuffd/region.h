@@ -54,6 +54,13 @@ struct luffd__region {
 	bool hp_on;            /* a sequential stream moved to chunks */
 	uint64_t hp_next;      /* store offset of the next chunk to read */
 	uint64_t hp_last;      /* store offset of the last chunk faulted */
+	/* Background push (LUFFD_REGISTER_PUSH, prefetch.c): the job that
+	 * streams the region in (handler thread only), and how it stands,
+	 * for luffd_push_wait() (LUFFD__PUSH_*; push_err is written before
+	 * push_state turns FAILED, with release). */
+	struct luffd__pjob *pushj;
+	_Atomic int push_state;
+	int push_err;
 	struct luffd__region *next; /* on dying or zombies */
 };
 
@@ -72,6 +79,13 @@ struct luffd__rtab {
 	/* Regions died since the handler last looked (it then lets go of
 	 * what it holds in them: see read.c). */
 	atomic_bool died;
+};
+
+enum luffd__push_state {
+	LUFFD__PUSH_IDLE,    /* no demand fault yet */
+	LUFFD__PUSH_RUNNING,
+	LUFFD__PUSH_DONE,    /* every page was found present */
+	LUFFD__PUSH_FAILED,  /* ended early: push_err */
 };
 
 enum luffd__lookup { LUFFD__FOUND, LUFFD__DYING, LUFFD__UNKNOWN };

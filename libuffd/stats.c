@@ -176,6 +176,7 @@ int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
 		st.internal_errors += LD(s->internal_errors);
 		st.prefetched += LD(s->prefetched);
 		st.app_installed += LD(s->app_installed);
+		st.pushed += LD(s->pushed);
 	}
 	for (int c = 0; c < LUFFD_NR_CLASSES; c++) {
 		struct luffd_latency *lat = &st.latency[c];

@@ -320,7 +320,7 @@ START_TEST(register_flags_validated)
 
 	cb_init(&c, 0, 0);
 	s = cb_store(&c);
-	ck_assert_int_eq(luffd_register(ctx, m, 4 * t_ps, s, 0, 2), -EINVAL);
+	ck_assert_int_eq(luffd_register(ctx, m, 4 * t_ps, s, 0, 1u << 6), -EINVAL);
 	ck_assert_int_eq(luffd_register(ctx, m, 4 * t_ps, s, 0, ~0u), -EINVAL);
 	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
 	luffd_store_put(s);

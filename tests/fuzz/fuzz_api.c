@@ -343,7 +343,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 
 	while (in.n && nops++ < 64) {
-		uint8_t op = U8(&in) % 19;
+		uint8_t op = U8(&in) % 20;
 		uint8_t a = U8(&in);
 
 		if (getenv("FUZZ_VERBOSE"))
@@ -427,7 +427,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			uint64_t off = size_arg(&in), len = size_arg(&in);
 			int prot = U8(&in) & 0x80 ? (int)U32(&in) :
 				   (int)(U8(&in) & 7);
-			unsigned int fl = U8(&in) & 0x80 ? U32(&in) : 0;
+			uint8_t f8 = U8(&in);
+			unsigned int fl = f8 & 0x80 ? U32(&in) :
+					  f8 & 0x40 ? LUFFD_MAP_PUSH : 0;
 			void *addr = NULL;
 
 			rc = luffd_map(ctx, a & 0x80 ? NULL : s, off,
@@ -451,7 +453,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 6: { /* register inside the arena */
 			uint64_t at = size_arg(&in) % (ARENA_PAGES * ps);
 			uint64_t len = size_arg(&in), off = size_arg(&in);
-			unsigned int fl = U8(&in) & 0x80 ? U32(&in) : 0;
+			uint8_t f8 = U8(&in);
+			unsigned int fl = f8 & 0x80 ? U32(&in) :
+					  f8 & 0x40 ? LUFFD_REGISTER_PUSH : 0;
 
 			if (at + len > ARENA_PAGES * ps)
 				len = ARENA_PAGES * ps - at;
@@ -598,6 +602,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			rc_ok(n < 0 ? (int)n : 0);
 			if (n >= 0)
 				CHECK((size_t)n <= len && n % (ssize_t)ps == 0);
+			break;
+		}
+		case 19: { /* wait for a push (or garbage), never long */
+			char *at = nrg ? rg[a % nrg].addr +
+					 (U16(&in) % 16) * ps :
+					 (char *)(uintptr_t)U64(&in);
+			size_t len = a & 0x80 ? (size_t)U64(&in) :
+				     (size_t)U16(&in) * 64;
+			int tmo = a & 0x40 ? (int)(int8_t)U8(&in) % 3 : 0;
+
+			rc_ok(luffd_push_wait(a & 0x20 ? NULL : ctx, at, len,
+					      tmo));
 			break;
 		}
 		case 18: { /* prefetch a region (or garbage) */
