@@ -2,9 +2,14 @@
 /*
  * NBD store: pages from an NBD server through libnbd.
  *
- * One connection per store, made at creation (nbd_connect_uri(), which
- * blocks for the handshake).  A request becomes one nbd_aio_pread_structured()
- * per iovec, issued on the handler thread and returning at once; its
+ * Connections are made at creation (nbd_connect_uri(), which blocks for
+ * the handshake): one, or NBD_CONNS where the server offers multi-conn (its
+ * connections then see one another's writes, so any may serve any
+ * request).  Demand faults get the first connection to themselves and
+ * read-ahead, prefetch and push share the others, so that a thread's
+ * page never waits in the socket behind megabytes of background replies
+ * (QEMU's post-copy preempt channel, for the same reason).  A request
+ * becomes one nbd_aio_pread_structured() per iovec, issued on the handler thread and returning at once; its
  * completion callbacks run on whichever thread drives the connection next,
  * under the handle's lock, and the last one completes the request.  The
  * connection is driven from the handlers' rings: the handler that issued a
@@ -25,6 +30,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,18 +40,30 @@
 #ifdef LUFFD_HAVE_NBD
 #include <libnbd.h>
 
-/* One poller per handler that issued on this store (kept until the store
- * goes: a few dozen bytes per context). */
+/* Connections at most (where the server offers multi-conn). */
+#define NBD_CONNS 4
+
+struct nbd_conn;
+
+/* One poller per handler that issued on a connection (kept until the
+ * store goes: a few dozen bytes per context). */
 struct nbd_poller {
-	struct luffd__poller p;
+	struct luffd__poller p;    /* first: poll_done() gets &p */
+	struct nbd_conn *c;
 	struct nbd_poller *next;
 };
 
-struct nbd_store {
+struct nbd_conn {
 	struct nbd_handle *h;
 	int fd;
+	struct nbd_poller *pollers; /* the store's lock */
+};
+
+struct nbd_store {
 	pthread_mutex_t lock;   /* pollers */
-	struct nbd_poller *pollers;
+	int nconn;
+	atomic_uint next;       /* background connection, round-robin */
+	struct nbd_conn conn[NBD_CONNS];
 };
 
 static struct nbd_store *N(struct luffd_store *s)
@@ -92,45 +110,57 @@ static int done_cb(void *arg, int *error)
 	return 1; /* retire the command */
 }
 
-static struct luffd__poller *poller_of(struct luffd_store *s,
-				       struct luffd__cq *cq)
+static struct nbd_poller *poller_of(struct luffd_store *s,
+				    struct nbd_conn *c, struct luffd__cq *cq)
 {
 	struct nbd_store *n = N(s);
 	struct nbd_poller *np;
 
 	pthread_mutex_lock(&n->lock);
-	for (np = n->pollers; np && np->p.cq != cq; np = np->next)
+	for (np = c->pollers; np && np->p.cq != cq; np = np->next)
 		;
 	if (!np) {
 		np = calloc(1, sizeof(*np));
 		if (np) {
 			np->p.store = s;
 			np->p.cq = cq;
-			np->p.fd = n->fd;
-			np->next = n->pollers;
-			n->pollers = np;
+			np->p.fd = c->fd;
+			np->c = c;
+			np->next = c->pollers;
+			c->pollers = np;
 		}
 	}
 	pthread_mutex_unlock(&n->lock);
-	return np ? &np->p : NULL;
+	return np;
 }
 
-/* Handler thread of p: poll the socket while commands are out. */
-static void arm(struct luffd_store *s, struct luffd__poller *p)
+/* Handler thread of np: poll its socket while commands are out. */
+static void arm(struct nbd_poller *np)
 {
-	struct nbd_store *n = N(s);
 	unsigned int dir;
 
-	if (!p || p->armed || nbd_aio_in_flight(n->h) <= 0)
+	if (!np || np->p.armed || nbd_aio_in_flight(np->c->h) <= 0)
 		return;
-	dir = nbd_aio_get_direction(n->h);
-	luffd__cq_poll(p, POLLIN |
+	dir = nbd_aio_get_direction(np->c->h);
+	luffd__cq_poll(&np->p, POLLIN |
 		       (dir & LIBNBD_AIO_DIRECTION_WRITE ? POLLOUT : 0));
+}
+
+/* Demand on the first connection, the rest spread over the others. */
+static struct nbd_conn *conn_for(struct nbd_store *n,
+				 const struct luffd__req *r)
+{
+	if (n->nconn == 1 || r->pub.priority == LUFFD_PRIO_DEMAND)
+		return &n->conn[0];
+	return &n->conn[1 + atomic_fetch_add_explicit(&n->next, 1,
+						      memory_order_relaxed) %
+				    (unsigned int)(n->nconn - 1)];
 }
 
 static int nbd_read(struct luffd_store *s, struct luffd__req *r)
 {
 	struct nbd_store *n = N(s);
+	struct nbd_conn *c = conn_for(n, r);
 	uint64_t off = r->pub.offset, want = 0;
 	int issued = 0;
 
@@ -159,7 +189,7 @@ static int nbd_read(struct luffd_store *s, struct luffd__req *r)
 			       r->iov[i].iov_len - len);
 		atomic_fetch_add(&r->parts, 1);
 		if (nbd_aio_pread_structured(
-			    n->h, r->iov[i].iov_base, len, off,
+			    c->h, r->iov[i].iov_base, len, off,
 			    (nbd_chunk_callback){ .callback = chunk_cb,
 						  .user_data = r },
 			    (nbd_completion_callback){ .callback = done_cb,
@@ -180,25 +210,27 @@ static int nbd_read(struct luffd_store *s, struct luffd__req *r)
 	}
 	part_done(r, 0);
 	if (issued)
-		arm(s, poller_of(s, r->cq));
+		arm(poller_of(s, c, r->cq));
 	return 0;
 }
 
 static void nbd_poll_done(struct luffd_store *s, struct luffd__poller *p,
 			  int res)
 {
-	struct nbd_store *n = N(s);
+	struct nbd_poller *np = (struct nbd_poller *)p;
+	struct nbd_handle *h = np->c->h;
 
 	if (res < 0 && res != -ECANCELED)
 		pr_debug("nbd: poll: %s\n", luffd_strerror(res));
 	/* Replies in, and their callbacks run (a dead connection retires
 	 * every command with an error); then what is left to send. */
 	if (res & (POLLIN | POLLHUP | POLLERR) || res < 0)
-		nbd_aio_notify_read(n->h);
+		nbd_aio_notify_read(h);
 	if ((res > 0 && (res & POLLOUT)) ||
-	    (nbd_aio_get_direction(n->h) & LIBNBD_AIO_DIRECTION_WRITE))
-		nbd_aio_notify_write(n->h);
-	arm(s, p);
+	    (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE))
+		nbd_aio_notify_write(h);
+	(void)s;
+	arm(np);
 }
 
 static void nbd_cancel(struct luffd_store *s, struct luffd__req *r)
@@ -213,13 +245,17 @@ static void nbd_destroy(struct luffd_store *s)
 	struct nbd_store *n = N(s);
 
 	/* No poll is armed (each holds a reference), so nothing of ours
-	 * waits on the socket. */
-	nbd_close(n->h);
-	while (n->pollers) {
-		struct nbd_poller *np = n->pollers;
+	 * waits on the sockets. */
+	for (int i = 0; i < n->nconn; i++) {
+		struct nbd_conn *c = &n->conn[i];
 
-		n->pollers = np->next;
-		free(np);
+		nbd_close(c->h);
+		while (c->pollers) {
+			struct nbd_poller *np = c->pollers;
+
+			c->pollers = np->next;
+			free(np);
+		}
 	}
 	pthread_mutex_destroy(&n->lock);
 	free(n);
@@ -276,19 +312,40 @@ int luffd_store_nbd(const char *uri, unsigned int flags,
 		return err;
 	}
 	n = calloc(1, sizeof(*n));
-	/* Chunks: a sequential stream reads 2 MiB per request, several
-	 * ahead, which a connection with a round trip per request needs. */
-	s = n ? luffd__store_new(&nbd_ops, LUFFD__CAP_EMPTY_ZERO |
-					   LUFFD__CAP_READ_AROUND |
-					   LUFFD__CAP_CHUNKS,
-				 (uint64_t)size, n) : NULL;
-	if (!s) {
-		free(n);
+	if (!n) {
 		nbd_close(h);
 		return -ENOMEM;
 	}
-	n->h = h;
-	n->fd = nbd_aio_get_fd(h);
+	n->conn[0].h = h;
+	n->nconn = 1;
+	/* More connections where the server says they are coherent; one
+	 * that fails is done without (the first one works). */
+	if (nbd_can_multi_conn(h) == 1)
+		while (n->nconn < NBD_CONNS) {
+			struct nbd_handle *h2 = nbd_create();
+
+			if (!h2 || nbd_connect_uri(h2, uri) < 0) {
+				pr_debug("nbd %s: connection %d: %s\n", uri,
+					 n->nconn, nbd_get_error());
+				nbd_close(h2);
+				break;
+			}
+			n->conn[n->nconn++].h = h2;
+		}
+	/* Chunks: a sequential stream reads 2 MiB per request, several
+	 * ahead, which a connection with a round trip per request needs. */
+	s = luffd__store_new(&nbd_ops, LUFFD__CAP_EMPTY_ZERO |
+					       LUFFD__CAP_READ_AROUND |
+					       LUFFD__CAP_CHUNKS,
+			     (uint64_t)size, n);
+	if (!s) {
+		for (int i = 0; i < n->nconn; i++)
+			nbd_close(n->conn[i].h);
+		free(n);
+		return -ENOMEM;
+	}
+	for (int i = 0; i < n->nconn; i++)
+		n->conn[i].fd = nbd_aio_get_fd(n->conn[i].h);
 	pthread_mutex_init(&n->lock, NULL);
 	*storep = s;
 	return 0;

@@ -5,7 +5,8 @@
  * injected errors).  Data identical to the export, 16 faulting threads,
  * pages past the end, errors while a trigger file exists, a server killed
  * and a server stopped (SIGSTOP), teardown with requests in flight, and
- * every refused URI.  Skipped (77) without nbdkit or libnbd.
+ * every refused URI, a push over holes (qemu-nbd) and over one or four
+ * connections.  Skipped (77) without nbdkit or libnbd.
  */
 #define _GNU_SOURCE
 #include "common.h"
@@ -13,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -446,12 +448,121 @@ START_TEST(holes_read_as_zero)
 	ck_assert_uint_eq(st.faults[LUFFD_ZERO], 8);
 	ck_assert_uint_eq(st.faults[LUFFD_MAJOR], 2);
 	ck_assert_int_eq(luffd_unregister(ctx, m, len), 0);
+	/* A push installs the holes as zero pages: the region completes. */
+	munmap(m, len);
+	m = t_anon(len);
+	ck_assert_int_eq(luffd_register(ctx, m, len, s, 0,
+					LUFFD_REGISTER_PUSH), 0);
+	t_assert_page(m, 0, 0, len, SEED);
+	ck_assert_int_eq(luffd_push_wait(ctx, m, len, 20000), 0);
+	{
+		unsigned char v[16];
+
+		ck_assert_int_eq(mincore(m, len, v), 0);
+		for (size_t i = 0; i < npg; i++)
+			ck_assert_msg(v[i] & 1, "page %zu not pushed", i);
+	}
+	for (size_t i = 4; i < 12; i++)
+		for (size_t b = 0; b < t_ps; b += 512)
+			ck_assert_int_eq(m[i * t_ps + b], 0);
+	for (size_t i = 12; i < npg; i++)
+		t_assert_page(m, i, 0, len, SEED);
+	ck_assert_int_eq(luffd_unregister(ctx, m, len), 0);
 	luffd_store_put(s);
 	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
 	munmap(m, len);
 	free(path);
+}
+END_TEST
+
+/* ---- connections and push -------------------------------------------- */
+
+/* " Connect" lines in an nbdkit log filter's file. */
+static int connects(const char *log)
+{
+	char line[512];
+	int n = 0;
+	FILE *f = fopen(log, "r");
+
+	ck_assert_ptr_nonnull(f);
+	while (fgets(line, sizeof(line), f))
+		n += strstr(line, " Connect ") != NULL;
+	fclose(f);
+	return n;
+}
+
+/* A region pushed over NBD while 4 threads fault at random: every page
+ * right and present in the end; with a server that offers multi-conn the
+ * store makes 4 connections (demand on its own), with one that does not,
+ * one. */
+static void push_over(bool multi)
+{
+	const size_t npg = t_size(16384, 2048), len = npg * t_ps;
+	char *path = t_make_file(len, SEED), log[300], lf[320];
+	const char *args[] = { "--filter=log", "--filter=multi-conn", "file",
+			       path, lf, "multi-conn-mode=disable", NULL };
+	struct luffd_ctx *ctx = t_ctx(NULL);
+	LUFFD_OPTS(luffd_stats, st);
+	struct toucher w[4];
+	struct server sv;
+	struct luffd_store *s;
+	unsigned char *v = malloc(npg);
+	char *m = t_anon(len);
+
+	snprintf(log, sizeof(log), "%s/nbdlog-%d-%d", t_dir, (int)getpid(),
+		 multi);
+	snprintf(lf, sizeof(lf), "logfile=%s", log);
+	if (multi) { /* no multi-conn filter */
+		args[1] = "file";
+		args[2] = path;
+		args[3] = lf;
+		args[4] = NULL;
+	}
+	start(&sv, args);
+	s = open_store(&sv);
+	ck_assert_int_eq(luffd_register(ctx, m, len, s, 0,
+					LUFFD_REGISTER_PUSH), 0);
+	luffd_store_put(s);
+	for (int i = 0; i < 4; i++) {
+		w[i] = (struct toucher){ .m = m, .npg = npg, .first = (size_t)i,
+					 .len = len };
+		ck_assert_int_eq(pthread_create(&w[i].t, NULL, touch_main,
+						&w[i]), 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(w[i].t, NULL);
+		ck_assert_int_eq(w[i].bad, 0);
+	}
+	ck_assert_int_eq(luffd_push_wait(ctx, m, len, 60000), 0);
+	ck_assert_int_eq(mincore(m, len, v), 0);
+	for (size_t i = 0; i < npg; i++) {
+		ck_assert_msg(v[i] & 1, "page %zu not pushed", i);
+		t_assert_page(m, i, 0, len, SEED);
+	}
+	t_stats(ctx, &st);
+	ck_assert_uint_gt(st.pushed, 0);
+	ck_assert_uint_eq(st.faults[LUFFD_ERROR], 0);
+	ck_assert_int_eq(connects(log), multi ? 4 : 1);
+	ck_assert_int_eq(luffd_unregister(ctx, m, len), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	stop(&sv);
+	unlink(log);
+	munmap(m, len);
+	free(v);
+	free(path);
+}
+
+START_TEST(push_multi_conn)
+{
+	push_over(true);
+}
+END_TEST
+
+START_TEST(push_one_conn)
+{
+	push_over(false);
 }
 END_TEST
 
@@ -496,6 +607,8 @@ static Suite *make(void)
 	tcase_add_test(tc, server_killed);
 	tcase_add_test(tc, server_stopped);
 	tcase_add_test(tc, holes_read_as_zero);
+	tcase_add_test(tc, push_multi_conn);
+	tcase_add_test(tc, push_one_conn);
 	tcase_add_test(tc, refused);
 	return s;
 }
