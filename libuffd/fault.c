@@ -69,7 +69,10 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 		luffd__serve_zero(&l->rs, fi);
 		return;
 	}
-	n = f->alone ? 1 : luffd__ra_window(l, r, pg);
+	/* A region being pushed reads just the faulting page: the push
+	 * goes on from the next one, and the thread waits for one page's
+	 * round trip, not a window's. */
+	n = f->alone || r->pushj ? 1 : luffd__ra_window(l, r, pg);
 	if (r->huge && !f->nochunk && l->cfg->ra_adaptive &&
 	    n >= l->cfg->ra_pages && pg == r->ra_next) {
 		/* A stream that fills whole windows goes on in chunks; if
@@ -88,7 +91,8 @@ static void start_read(struct luffd__loop *l, uint32_t fi, uint64_t off)
 	}
 	/* Read-around only where a read past the faulting page cannot
 	 * change its answer. */
-	around = n == 1 && l->cfg->ra_adaptive && luffd__ra_around_pays(r) &&
+	around = n == 1 && !r->pushj && l->cfg->ra_adaptive &&
+		 luffd__ra_around_pays(r) &&
 		 data_end == UINT64_MAX && !f->alone &&
 		 (s->caps & LUFFD__CAP_READ_AROUND);
 	if (n == 1)

@@ -8,7 +8,12 @@
  * request).  Demand faults get the first connection to themselves and
  * read-ahead, prefetch and push share the others, so that a thread's
  * page never waits in the socket behind megabytes of background replies
- * (QEMU's post-copy preempt channel, for the same reason).  A request
+ * (QEMU's post-copy preempt channel, for the same reason).  The others are
+ * driven by a thread of the store's own, not by the handlers: the
+ * handler issues a background command and goes on, and the store thread
+ * reads the replies in (the copy from the socket, which would otherwise
+ * take the handler from its demand faults) and completes the requests
+ * through the completion queue, as an asynchronous store does.  A request
  * becomes one nbd_aio_pread_structured() per iovec, issued on the handler thread and returning at once; its
  * completion callbacks run on whichever thread drives the connection next,
  * under the handle's lock, and the last one completes the request.  The
@@ -33,9 +38,12 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "req.h"
 #include "store.h"
+#include "util.h"
 
 #ifdef LUFFD_HAVE_NBD
 #include <libnbd.h>
@@ -64,6 +72,11 @@ struct nbd_store {
 	int nconn;
 	atomic_uint next;       /* background connection, round-robin */
 	struct nbd_conn conn[NBD_CONNS];
+	/* The thread driving connections 1.. (nconn > 1): woken through
+	 * evfd when a command was issued or the store goes. */
+	pthread_t bg;
+	int evfd;
+	atomic_bool stop;
 };
 
 static struct nbd_store *N(struct luffd_store *s)
@@ -157,6 +170,66 @@ static struct nbd_conn *conn_for(struct nbd_store *n,
 				    (unsigned int)(n->nconn - 1)];
 }
 
+/* Wake the background thread: a command to send, or time to go. */
+static void bg_kick(struct nbd_store *n)
+{
+	uint64_t one = 1;
+
+	if (write(n->evfd, &one, sizeof(one)) < 0)
+		pr_debug("nbd: eventfd: %s\n", strerror(errno));
+}
+
+/* The background connections' thread: poll every connection with
+ * commands out, hand libnbd what is ready (its callbacks complete the
+ * requests, from this thread). */
+static void *bg_main(void *arg)
+{
+	struct nbd_store *n = arg;
+	struct pollfd pfd[NBD_CONNS];
+	int idx[NBD_CONNS];
+
+	while (!atomic_load(&n->stop)) {
+		int k = 1;
+
+		pfd[0] = (struct pollfd){ .fd = n->evfd, .events = POLLIN };
+		for (int i = 1; i < n->nconn; i++) {
+			struct nbd_handle *h = n->conn[i].h;
+			unsigned int dir;
+
+			/* A dead connection (its commands retired with
+			 * errors) has nothing to wait for. */
+			if (nbd_aio_in_flight(h) <= 0)
+				continue;
+			dir = nbd_aio_get_direction(h);
+			pfd[k] = (struct pollfd){
+				.fd = n->conn[i].fd,
+				.events = POLLIN |
+					  (dir & LIBNBD_AIO_DIRECTION_WRITE ?
+						   POLLOUT : 0) };
+			idx[k++] = i;
+		}
+		if (poll(pfd, (nfds_t)k, -1) < 0)
+			continue; /* EINTR */
+		if (pfd[0].revents) {
+			uint64_t v;
+
+			if (read(n->evfd, &v, sizeof(v)) < 0)
+				v = 0;
+		}
+		for (int j = 1; j < k; j++) {
+			struct nbd_handle *h = n->conn[idx[j]].h;
+
+			if (pfd[j].revents & (POLLIN | POLLHUP | POLLERR))
+				nbd_aio_notify_read(h);
+			if ((pfd[j].revents & POLLOUT) ||
+			    (nbd_aio_get_direction(h) &
+			     LIBNBD_AIO_DIRECTION_WRITE))
+				nbd_aio_notify_write(h);
+		}
+	}
+	return NULL;
+}
+
 static int nbd_read(struct luffd_store *s, struct luffd__req *r)
 {
 	struct nbd_store *n = N(s);
@@ -209,7 +282,9 @@ static int nbd_read(struct luffd_store *s, struct luffd__req *r)
 		want -= len;
 	}
 	part_done(r, 0);
-	if (issued)
+	if (issued && c != &n->conn[0])
+		bg_kick(n); /* an eventfd write per background request */
+	else if (issued)
 		arm(poller_of(s, c, r->cq));
 	return 0;
 }
@@ -245,7 +320,13 @@ static void nbd_destroy(struct luffd_store *s)
 	struct nbd_store *n = N(s);
 
 	/* No poll is armed (each holds a reference), so nothing of ours
-	 * waits on the sockets. */
+	 * waits on the sockets but the background thread. */
+	if (n->nconn > 1) {
+		atomic_store(&n->stop, true);
+		bg_kick(n);
+		pthread_join(n->bg, NULL);
+		close(n->evfd);
+	}
 	for (int i = 0; i < n->nconn; i++) {
 		struct nbd_conn *c = &n->conn[i];
 
@@ -347,6 +428,18 @@ int luffd_store_nbd(const char *uri, unsigned int flags,
 	for (int i = 0; i < n->nconn; i++)
 		n->conn[i].fd = nbd_aio_get_fd(n->conn[i].h);
 	pthread_mutex_init(&n->lock, NULL);
+	if (n->nconn > 1) {
+		n->evfd = eventfd(0, EFD_CLOEXEC);
+		if (n->evfd < 0 ||
+		    luffd__thread_create(&n->bg, bg_main, n)) {
+			/* Without it, the first connection does it all. */
+			if (n->evfd >= 0)
+				close(n->evfd);
+			for (int i = 1; i < n->nconn; i++)
+				nbd_close(n->conn[i].h);
+			n->nconn = 1;
+		}
+	}
 	*storep = s;
 	return 0;
 }
