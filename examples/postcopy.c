@@ -436,6 +436,9 @@ int main(int argc, char **argv)
 	       (unsigned long long)st.pushed,
 	       (unsigned long long)st.prefetched,
 	       (unsigned long long)(st.readahead_pages + st.installed_ahead));
+	printf("  demand faults that  joined a read in flight %llu, waited for "
+	       "a read or cache slot %llu\n",
+	       (unsigned long long)st.coalesced, (unsigned long long)st.waits);
 	printf("  demand faults       major p50 %.1f us, p99 %.1f us "
 	       "(%.1fx the delay); workers done %.1f ms after the start, "
 	       "%u random pages each\n",

@@ -9,6 +9,7 @@
  * whose chunk could not serve it, is served again from here.
  */
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 
 #include "cache.h"
@@ -158,6 +159,26 @@ static void serve_direct(struct luffd__loop *l, uint32_t fi, uint64_t off)
 	luffd__serve_copy(&l->rs, fi, src, LUFFD_MINOR);
 }
 
+/* Fault fi's page is in a background read, which may wait behind
+ * megabytes of others: where the store has a lane for demand, read the
+ * page alone on it (or join such a read).  False: join the background
+ * read after all (no slot free). */
+static bool overtake(struct luffd__loop *l, uint32_t fi, uint64_t pg)
+{
+	struct luffd__region *r = F(l, fi)->region;
+	uint64_t id = r->store->id | LUFFD__ID_OVERTAKE;
+	uint32_t slot = luffd__cache_find(&l->cache, id, pg), k;
+	struct luffd__op *op;
+
+	if (slot == LUFFD__NIL)
+		return luffd__read_overtake(l, r, pg, fi) != 0;
+	op = luffd__page_op(l, id, pg, slot, &k);
+	if (!op || op->expired)
+		return false;
+	luffd__read_join(l, fi, op, &op->waiters[k]);
+	return true;
+}
+
 void luffd__fault_serve(struct luffd__loop *l, uint32_t fi)
 {
 	struct luffd__fault *f = F(l, fi);
@@ -194,6 +215,9 @@ void luffd__fault_serve(struct luffd__loop *l, uint32_t fi)
 	}
 	if (op->job)
 		luffd__prefetch_joined(l, op, pg);
+	if (op->job && !op->expired && (s->caps & LUFFD__CAP_DEMAND_LANE) &&
+	    overtake(l, fi, pg))
+		return;
 	luffd__read_join(l, fi, op, &op->waiters[k]);
 }
 
@@ -209,17 +233,18 @@ static void settle_page(struct luffd__loop *l, struct luffd__op *op,
 {
 	struct luffd__cache *c = &l->cache;
 	uint32_t slot = op->slot[k], w = op->waiters[k], next;
+	bool once = op->store_id & LUFFD__ID_OVERTAKE;
 
 	/* The page is no longer this read's: the waiters served below may
 	 * read it again into the same slot (re-read alone after an error),
 	 * and luffd__page_op() must then find that read, not this one. */
 	op->slot[k] = LUFFD__NIL;
 	op->waiters[k] = LUFFD__NIL;
-	if (fate == PAGE_READY) {
+	if (fate == PAGE_READY && !once) {
 		luffd__cache_ready(c, slot);
 		if (w != LUFFD__NIL)
 			luffd__cache_used(c, slot);
-	} else {
+	} else if (fate != PAGE_READY) {
 		luffd__cache_release(c, slot);
 	}
 	for (; w != LUFFD__NIL; w = next) {
@@ -249,6 +274,10 @@ static void settle_page(struct luffd__loop *l, struct luffd__op *op,
 			break;
 		}
 	}
+	/* An overtaking read's page is its waiters' alone: the background
+	 * read brings the page to the cache under the store's key. */
+	if (fate == PAGE_READY && once)
+		luffd__cache_release(c, slot);
 }
 
 /* The pages of op, total bytes read (or err). */
@@ -348,12 +377,24 @@ static void complete(struct luffd__loop *l, struct luffd__op *op, int64_t res)
 	luffd__op_free(l, op);
 }
 
-void luffd__fault_completions(struct luffd__loop *l)
+bool luffd__fault_completions_some(struct luffd__loop *l,
+				   unsigned int background)
 {
 	struct luffd__req *r;
 
-	while ((r = luffd__cq_pop(l->cq)))
+	while ((r = luffd__cq_pop(l->cq))) {
+		bool bg = ((struct luffd__op *)r->owner)->job != NULL;
+
 		complete(l, r->owner, r->res);
+		if (bg && !--background)
+			return true;
+	}
+	return false;
+}
+
+void luffd__fault_completions(struct luffd__loop *l)
+{
+	luffd__fault_completions_some(l, UINT_MAX);
 }
 
 /* ------------------------------------------------------------------------

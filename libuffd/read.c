@@ -221,7 +221,8 @@ void luffd__op_release_pages(struct luffd__loop *l, struct luffd__op *op)
 
 static uint32_t read_window(struct luffd__loop *l, struct luffd__region *r,
 			    uint64_t pg, uint64_t n, uint32_t fi,
-			    uint32_t widx, struct luffd__pjob *job)
+			    uint32_t widx, struct luffd__pjob *job,
+			    uint64_t id)
 {
 	struct luffd_store *s = r->store;
 	struct luffd__cache *c = &l->cache;
@@ -255,13 +256,14 @@ static uint32_t read_window(struct luffd__loop *l, struct luffd__region *r,
 	 * cache's table, which only fails when memory is short (then the
 	 * fault waits for a read to finish, as when every slot is busy).
 	 * The other pages then cannot fail (avail, and the store is in). */
-	first = luffd__cache_alloc(c, s->id, pg);
+	first = luffd__cache_alloc(c, id, pg);
 	if (first == LUFFD__NIL)
 		return 0;
 	op = luffd__op_begin(l, r, pg << shift, (uint32_t)n);
+	op->store_id = id;
 	op->widx = widx;
 	for (uint32_t k = 0; k < n; k++) {
-		uint32_t slot = k ? luffd__cache_alloc(c, s->id, pg + k) : first;
+		uint32_t slot = k ? luffd__cache_alloc(c, id, pg + k) : first;
 		char *data = luffd__cache_data(c, slot);
 		struct iovec *last = op->niov ? &op->iov_mem[op->niov - 1]
 					      : NULL;
@@ -322,13 +324,20 @@ uint32_t luffd__read_pages(struct luffd__loop *l, struct luffd__region *r,
 			   uint64_t pg, uint64_t n, uint32_t fi,
 			   uint32_t widx)
 {
-	return read_window(l, r, pg, n, fi, widx, NULL);
+	return read_window(l, r, pg, n, fi, widx, NULL, r->store->id);
 }
 
 uint32_t luffd__read_prefetch(struct luffd__loop *l, struct luffd__region *r,
 			      uint64_t pg, uint64_t n, struct luffd__pjob *job)
 {
-	return read_window(l, r, pg, n, LUFFD__NIL, 0, job);
+	return read_window(l, r, pg, n, LUFFD__NIL, 0, job, r->store->id);
+}
+
+uint32_t luffd__read_overtake(struct luffd__loop *l, struct luffd__region *r,
+			      uint64_t pg, uint32_t fi)
+{
+	return read_window(l, r, pg, 1, fi, 0, NULL,
+			   r->store->id | LUFFD__ID_OVERTAKE);
 }
 
 /*

@@ -93,6 +93,11 @@ uint32_t luffd__read_pages(struct luffd__loop *l, struct luffd__region *r,
 			   uint64_t pg, uint64_t n, uint32_t fi,
 			   uint32_t widx);
 
+/* Demand read of page pg alone for fault fi, whose page a background
+ * read is bringing in already, under the key LUFFD__ID_OVERTAKE: its
+ * page is handed to its waiters and dropped.  0 when no slot is free. */
+uint32_t luffd__read_overtake(struct luffd__loop *l, struct luffd__region *r,
+			      uint64_t pg, uint32_t fi);
 /* The same for prefetch job (fault fi none), at LUFFD_PRIO_PREFETCH. */
 uint32_t luffd__read_prefetch(struct luffd__loop *l, struct luffd__region *r,
 			      uint64_t pg, uint64_t n, struct luffd__pjob *job);

@@ -41,6 +41,13 @@ struct luffd__poller;
 					    chunks pay (see chunk.c) */
 #define LUFFD__CAP_APP_CODE (1u << 6)    /* read() runs application code
 					    on the handler thread: guard it */
+#define LUFFD__CAP_DEMAND_LANE (1u << 7) /* demand reads have a way of
+					    their own, past background
+					    ones: a fault overtakes a
+					    prefetch read of its page */
+/* Cache key of a read that overtakes a background one (its page is the
+ * background read's under the store's own key). */
+#define LUFFD__ID_OVERTAKE (1ull << 63)
 
 struct luffd_store;
 

@@ -417,7 +417,10 @@ int luffd_store_nbd(const char *uri, unsigned int flags,
 	 * ahead, which a connection with a round trip per request needs. */
 	s = luffd__store_new(&nbd_ops, LUFFD__CAP_EMPTY_ZERO |
 					       LUFFD__CAP_READ_AROUND |
-					       LUFFD__CAP_CHUNKS,
+					       LUFFD__CAP_CHUNKS |
+					       (n->nconn > 1 ?
+							LUFFD__CAP_DEMAND_LANE
+							: 0),
 			     (uint64_t)size, n);
 	if (!s) {
 		for (int i = 0; i < n->nconn; i++)
@@ -438,6 +441,7 @@ int luffd_store_nbd(const char *uri, unsigned int flags,
 			for (int i = 1; i < n->nconn; i++)
 				nbd_close(n->conn[i].h);
 			n->nconn = 1;
+			s->caps &= ~LUFFD__CAP_DEMAND_LANE;
 		}
 	}
 	*storep = s;
