@@ -566,6 +566,85 @@ START_TEST(push_one_conn)
 }
 END_TEST
 
+/* Is there a read of count bytes at off in an nbdkit log filter's file? */
+static bool logged_read(const char *log, uint64_t off, uint64_t count)
+{
+	char line[512], want[96];
+	bool found = false;
+	FILE *f = fopen(log, "r");
+
+	ck_assert_ptr_nonnull(f);
+	snprintf(want, sizeof(want), " offset=0x%llx count=0x%llx ",
+		 (unsigned long long)off, (unsigned long long)count);
+	while (!found && fgets(line, sizeof(line), f))
+		found = strstr(line, " Read ") && strstr(line, want);
+	fclose(f);
+	return found;
+}
+
+/* A fault on a page that a push read is bringing in (each read takes
+ * 300 ms at the server): with a lane for demand (multi-conn) the fault
+ * reads its page alone on it; with one connection it joins the push read
+ * (no read of its page alone).  Either way the data is right. */
+static void overtake(bool multi)
+{
+	const size_t npg = 64, len = npg * t_ps;
+	char *path = t_make_file(len, SEED), log[300], lf[320];
+	const char *args[] = { "--filter=log", "--filter=delay",
+			       "--filter=multi-conn", "file", path, lf,
+			       "delay-read=300ms", "multi-conn-mode=disable",
+			       NULL };
+	struct luffd_ctx *ctx = t_ctx(NULL);
+	struct server sv;
+	struct luffd_store *s;
+	char *m = t_anon(len);
+
+	snprintf(log, sizeof(log), "%s/nbdlog-ot-%d-%d", t_dir,
+		 (int)getpid(), multi);
+	snprintf(lf, sizeof(lf), "logfile=%s", log);
+	if (multi) { /* no multi-conn filter */
+		args[2] = "file";
+		args[3] = path;
+		args[4] = lf;
+		args[5] = "delay-read=300ms";
+		args[6] = NULL;
+	}
+	start(&sv, args);
+	s = open_store(&sv);
+	ck_assert_int_eq(luffd_register(ctx, m, len, s, 0,
+					LUFFD_REGISTER_PUSH), 0);
+	luffd_store_put(s);
+	/* Page 0 starts the push at page 1: its first read (pages 1-16)
+	 * goes out with page 0's and comes back with it; the next one
+	 * (pages 17-32) is out for the next 300 ms. */
+	t_assert_page(m, 0, 0, len, SEED);
+	usleep(50000);
+	t_assert_page(m, 20, 0, len, SEED);
+	ck_assert_int_eq(luffd_push_wait(ctx, m, len, 20000), 0);
+	for (size_t i = 0; i < npg; i++)
+		t_assert_page(m, i, 0, len, SEED);
+	ck_assert_int_eq(luffd_unregister(ctx, m, len), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	stop(&sv);
+	ck_assert_int_eq(logged_read(log, 0, t_ps), true);
+	ck_assert_int_eq(logged_read(log, 20 * t_ps, t_ps), multi);
+	unlink(log);
+	munmap(m, len);
+	free(path);
+}
+
+START_TEST(overtake_multi_conn)
+{
+	overtake(true);
+}
+END_TEST
+
+START_TEST(no_overtake_one_conn)
+{
+	overtake(false);
+}
+END_TEST
+
 /* ---- refusals --------------------------------------------------------- */
 
 START_TEST(refused)
@@ -609,6 +688,8 @@ static Suite *make(void)
 	tcase_add_test(tc, holes_read_as_zero);
 	tcase_add_test(tc, push_multi_conn);
 	tcase_add_test(tc, push_one_conn);
+	tcase_add_test(tc, overtake_multi_conn);
+	tcase_add_test(tc, no_overtake_one_conn);
 	tcase_add_test(tc, refused);
 	return s;
 }
