@@ -232,6 +232,11 @@ void latstore_free(struct latstore *s);
 /* nbd.c: start the nbdkit servers (sockets in dir) and fill in
  * cfg->nbd_uri*; stopped at exit.  0 or -errno. */
 int nbd_servers_start(struct config *cfg, const char *dir);
+/* The absolute path of nbdkit-delayus-filter.so (next to this program or
+ * installed relative to it), or NULL: not built (no nbdkit-filter.h) or
+ * not found, so delays are whole milliseconds through nbdkit's delay
+ * filter.  Looked up once. */
+const char *nbd_delayus_filter(void);
 /* A synchronous libnbd connection (naive's), NULL on failure (said). */
 void *nbd_sync_open(const char *uri);
 ssize_t nbd_sync_pread(void *h, void *buf, size_t len, uint64_t off);

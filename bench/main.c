@@ -68,7 +68,10 @@ static void usage(FILE *f)
 "                         asynchronous store) or by a fill() that sleeps\n"
 "                         (a callback store on libuffd's workers), as a\n"
 "                         remote source would; naive then sleeps as long\n"
-"                         per fault\n"
+"                         per fault; nbd: the file exported by an nbdkit\n"
+"                         the bench starts (its reads delayed by\n"
+"                         nbdkit-delayus-filter.so, found next to\n"
+"                         uffd-bench; without it, whole ms only)\n"
 "  --store-latency-us N   the delay of each request (default 0); with a\n"
 "                         non-zero N libuffd also runs once at 0 and the\n"
 "                         report gives its faults/s against the ideal,\n"
@@ -526,9 +529,11 @@ static void parse_args(struct config *cfg, int argc, char **argv)
 	    cfg->store != STORE_CALLBACK && cfg->store != STORE_NBD)
 		bad_arg("--store-latency-us needs --store async, callback or "
 			"nbd");
-	if (cfg->store == STORE_NBD && cfg->store_lat_us % 1000)
+	if (cfg->store == STORE_NBD && cfg->store_lat_us % 1000 &&
+	    !nbd_delayus_filter())
 		bad_arg("--store nbd: --store-latency-us in whole "
-			"milliseconds (nbdkit's delay filter)");
+			"milliseconds: no nbdkit-delayus-filter.so next to "
+			"uffd-bench, so nbdkit's delay filter");
 	if (has_engine(cfg, ENG_NBDCOPY) && cfg->store != STORE_NBD)
 		bad_arg("--engine nbdcopy needs --store nbd");
 	if (cfg->thread_cpus) {
@@ -713,6 +718,15 @@ int main(int argc, char **argv)
 		if (!cfg.quiet)
 			fprintf(stderr, "uffd-bench: serving %s over %s\n",
 				cfg.path, cfg.nbd_uri);
+		if (cfg.store_lat_us && nbd_delayus_filter() && !cfg.quiet)
+			fprintf(stderr, "uffd-bench: %" PRIu64 " us per read "
+				"by %s\n", cfg.store_lat_us,
+				nbd_delayus_filter());
+		else if (cfg.store_lat_us && !nbd_delayus_filter())
+			fprintf(stderr, "uffd-bench: no nbdkit-delayus-filter"
+				".so next to uffd-bench: %" PRIu64 " ms per "
+				"read by nbdkit's delay filter\n",
+				cfg.store_lat_us / 1000);
 	}
 
 	for (p = 0; p < cfg.npats; p++) {

@@ -1,14 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * --store nbd: the bench file exported by nbdkit servers this process
- * starts itself on Unix sockets (the file plugin, read-only), one behind
- * nbdkit's delay filter when --store-latency-us is set (whole
- * milliseconds: the filter's resolution) and one without (the zero-latency
- * calibration).  Also the textbook handler's fetch over NBD (libnbd's
+ * starts itself on Unix sockets (the file plugin, read-only), one delayed
+ * by --store-latency-us N when it is set and one without (the
+ * zero-latency calibration).  The delay is our own filter,
+ * nbdkit-delayus-filter.so (nbdkit-delayus-filter.c), with N microseconds
+ * exactly: nbdkit 1.32's delay filter counts in whole milliseconds.  The
+ * filter is looked for next to this program (the build tree) and at
+ * LIBDIR/libuffd relative to it (an install); without it the bench falls
+ * back to nbdkit's delay filter, says so, and takes whole milliseconds
+ * only.  Also the textbook handler's fetch over NBD (libnbd's
  * synchronous nbd_pread(), one at a time) and the nbdcopy engine.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,10 +53,50 @@ static void stop_servers(void)
 	sock_dir[0] = 0;
 }
 
-static int start_server(struct nbd_server *sv, const char *file,
-			const char *sock, unsigned int delay_ms)
+#ifdef BENCH_HAVE_DELAYUS
+/* realpath() of DIR/REL/NAME into out if that file exists, else false. */
+static bool filter_at(char *out, const char *dir, const char *rel,
+		      const char *name)
 {
-	char delay[64];
+	char p[PATH_MAX + 64];
+
+	snprintf(p, sizeof(p), "%s/%s%s%s", dir, rel, *rel ? "/" : "", name);
+	return realpath(p, out) && !access(out, R_OK);
+}
+
+const char *nbd_delayus_filter(void)
+{
+	static char path[PATH_MAX];
+	static bool looked;
+	char dir[PATH_MAX];
+	ssize_t n;
+
+	if (looked)
+		return path[0] ? path : NULL;
+	looked = true;
+	n = readlink("/proc/self/exe", dir, sizeof(dir) - 1);
+	if (n <= 0)
+		return NULL;
+	dir[n] = 0;
+	*strrchr(dir, '/') = 0; /* an absolute path: there is one */
+	if (filter_at(path, dir, "", BENCH_DELAYUS_NAME) ||
+	    filter_at(path, dir, BENCH_DELAYUS_REL, BENCH_DELAYUS_NAME))
+		return path;
+	path[0] = 0;
+	return NULL;
+}
+#else
+const char *nbd_delayus_filter(void)
+{
+	return NULL;
+}
+#endif
+
+static int start_server(struct nbd_server *sv, const char *file,
+			const char *sock, unsigned int delay_us)
+{
+	const char *filter = delay_us ? nbd_delayus_filter() : NULL;
+	char delay[64], filter_arg[PATH_MAX + 16];
 	const char *argv[20];
 	int k = 0;
 
@@ -64,13 +110,18 @@ static int start_server(struct nbd_server *sv, const char *file,
 	argv[k++] = sv->sock;
 	argv[k++] = "-P"; /* written once it accepts connections */
 	argv[k++] = sv->pidf;
-	if (delay_ms) {
-		snprintf(delay, sizeof(delay), "rdelay=%ums", delay_ms);
+	if (filter) {
+		snprintf(filter_arg, sizeof(filter_arg), "--filter=%s", filter);
+		snprintf(delay, sizeof(delay), "delay-read-us=%u", delay_us);
+		argv[k++] = filter_arg;
+	} else if (delay_us) {
+		/* main() let through whole milliseconds only. */
+		snprintf(delay, sizeof(delay), "rdelay=%ums", delay_us / 1000);
 		argv[k++] = "--filter=delay";
 	}
 	argv[k++] = "file";
 	argv[k++] = file;
-	if (delay_ms)
+	if (delay_us)
 		argv[k++] = delay;
 	argv[k] = NULL;
 	sv->pid = fork();
@@ -111,7 +162,7 @@ int nbd_servers_start(struct config *cfg, const char *dir)
 	if (!err && cfg->store_lat_us) {
 		snprintf(sock, sizeof(sock), "%s/nbd1.sock", dir);
 		err = start_server(&servers[1], cfg->path, sock,
-				   (unsigned int)(cfg->store_lat_us / 1000));
+				   (unsigned int)cfg->store_lat_us);
 	}
 	if (err) {
 		stop_servers();
