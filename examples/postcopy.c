@@ -24,12 +24,13 @@
  * over NBD) and prints the ratio.
  *
  *   postcopy [--size 256M] [--threads 4] [--delay-us 200] [--no-push]
- *            [--touches N] [--nbdcopy] [--filter PATH]
+ *            [--touches N] [--nbdcopy] [--filter PATH] [--trace CSV]
  *
  * Exit status 0 when every page is right, 1 otherwise, 77 when nbdkit or
  * the NBD store is not available.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -252,6 +253,40 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
+/* Time on a CPU and time waiting for one (runnable), per thread of this
+ * process that ran during the migration (the workers are gone): on a
+ * small machine the wait says how much the CPUs were the limit. */
+static void cpu_report(uint64_t wall)
+{
+	char path[300], line[128];
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+
+	printf("  threads on CPU      ms ran/ms waited for a CPU, over %.0f ms:",
+	       (double)wall / 1e6);
+	while (d && (e = readdir(d))) {
+		unsigned long long run, wait;
+		FILE *f;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/schedstat",
+			 e->d_name);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(line, sizeof(line), f) &&
+		    sscanf(line, "%llu %llu", &run, &wait) == 2 &&
+		    run > 10000000)
+			printf(" %.0f/%.0f", (double)run / 1e6,
+			       (double)wait / 1e6);
+		fclose(f);
+	}
+	if (d)
+		closedir(d);
+	printf(" (handler, NBD store thread)\n");
+}
+
 static size_t parse_size(const char *s)
 {
 	char *end;
@@ -271,7 +306,7 @@ int main(int argc, char **argv)
 	size_t size = 256u << 20, ps = (size_t)sysconf(_SC_PAGESIZE);
 	unsigned int threads = 4, delay_us = 200, touches = 1024;
 	bool push = true, nbdcopy = false;
-	const char *filter = POSTCOPY_DELAYUS_FILTER;
+	const char *filter = POSTCOPY_DELAYUS_FILTER, *trace = NULL;
 	static const struct option lo[] = {
 		{ "size", required_argument, NULL, 's' },
 		{ "threads", required_argument, NULL, 't' },
@@ -280,9 +315,17 @@ int main(int argc, char **argv)
 		{ "nbdcopy", no_argument, NULL, 'c' },
 		{ "filter", required_argument, NULL, 'f' },
 		{ "touches", required_argument, NULL, 'k' },
+		{ "trace", required_argument, NULL, 'r' },
 		{ 0 }
 	};
 	LUFFD_OPTS(luffd_ctx_opts, opts, .read_timeout_ms = 30000);
+	if (trace) {
+		opts.trace_format = LUFFD_TRACE_CSV;
+		opts.trace_fd = open(trace, O_WRONLY | O_CREAT | O_TRUNC |
+					    O_CLOEXEC, 0644);
+		if (opts.trace_fd < 0)
+			die(trace, errno);
+	}
 	LUFFD_OPTS(luffd_stats, st);
 	struct worker *w;
 	struct server sv = { 0 };
@@ -304,10 +347,11 @@ int main(int argc, char **argv)
 		case 'c': nbdcopy = true; break;
 		case 'f': filter = optarg; break;
 		case 'k': touches = (unsigned int)atoi(optarg); break;
+		case 'r': trace = optarg; break;
 		default:
 			fprintf(stderr, "usage: %s [--size N] [--threads N] "
 				"[--delay-us N] [--no-push] [--nbdcopy] "
-				"[--touches N] [--filter PATH]\n", argv[0]);
+				"[--touches N] [--filter PATH] [--trace CSV]\n", argv[0]);
 			return 2;
 		}
 	}
@@ -397,6 +441,7 @@ int main(int argc, char **argv)
 		bad += w[i].bad;
 	}
 	t_workers = now_ns();
+	cpu_report(t_done - t0);
 	luffd_ctx_sync(ctx);
 	luffd_stats_get(ctx, &st);
 	luffd_latency_percentile(ctx, LUFFD_MAJOR, 50, &p50);

@@ -669,8 +669,13 @@ LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
  *  - every demand fault in the region moves the stream to just past the
  *    faulting page (as QEMU's post-copy does) and halves its window;
  *  - the window (the push's pages in flight) starts at 64 KiB and doubles
- *    each time a push read ends with no demand fault since, up to 4 MiB,
- *    in reads of at most readahead_bytes;
+ *    each time a push read ends with no demand fault since, up to 16 MiB,
+ *    in reads of at most readahead_bytes, using at most half of
+ *    queue_depth's read slots (demand faults always find one);
+ *  - a demand fault reads its page alone (the push goes on from the next
+ *    one), and where the store has a lane for demand (NBD with several
+ *    connections) a fault on a page that a push read is bringing in reads
+ *    it alone on that lane rather than wait behind the push;
  *  - holes are installed as zero pages, pages past the store's end are
  *    left (they raise SIGBUS when touched);
  *  - it goes round until one pass finds every page present, and then it

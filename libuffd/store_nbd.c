@@ -10,10 +10,13 @@
  * page never waits in the socket behind megabytes of background replies
  * (QEMU's post-copy preempt channel, for the same reason).  The others are
  * driven by a thread of the store's own, not by the handlers: the
- * handler issues a background command and goes on, and the store thread
- * reads the replies in (the copy from the socket, which would otherwise
- * take the handler from its demand faults) and completes the requests
- * through the completion queue, as an asynchronous store does.  A request
+ * handler queues a background request to it and goes on, and the store
+ * thread issues it, reads the replies in (the copy from the socket, which
+ * would otherwise take the handler from its demand faults) and completes
+ * the requests through the completion queue, as an asynchronous store
+ * does.  The handler never touches those connections: libnbd holds a
+ * handle's lock while it reads replies in, and a stream of background
+ * replies kept a handler issuing on one waiting for 10 ms at a time.  A request
  * becomes one nbd_aio_pread_structured() per iovec, issued on the handler thread and returning at once; its
  * completion callbacks run on whichever thread drives the connection next,
  * under the handle's lock, and the last one completes the request.  The
@@ -39,6 +42,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "req.h"
@@ -70,13 +75,15 @@ struct nbd_conn {
 struct nbd_store {
 	pthread_mutex_t lock;   /* pollers */
 	int nconn;
-	atomic_uint next;       /* background connection, round-robin */
 	struct nbd_conn conn[NBD_CONNS];
 	/* The thread driving connections 1.. (nconn > 1): woken through
-	 * evfd when a command was issued or the store goes. */
+	 * evfd when a request was queued for it or the store goes. */
 	pthread_t bg;
 	int evfd;
 	atomic_bool stop;
+	pthread_mutex_t qlock;  /* requests for it, linked by priv */
+	struct luffd__req *qhead, *qtail;
+	unsigned int rr;        /* its connection for the next (its own) */
 };
 
 static struct nbd_store *N(struct luffd_store *s)
@@ -159,16 +166,8 @@ static void arm(struct nbd_poller *np)
 		       (dir & LIBNBD_AIO_DIRECTION_WRITE ? POLLOUT : 0));
 }
 
-/* Demand on the first connection, the rest spread over the others. */
-static struct nbd_conn *conn_for(struct nbd_store *n,
-				 const struct luffd__req *r)
-{
-	if (n->nconn == 1 || r->pub.priority == LUFFD_PRIO_DEMAND)
-		return &n->conn[0];
-	return &n->conn[1 + atomic_fetch_add_explicit(&n->next, 1,
-						      memory_order_relaxed) %
-				    (unsigned int)(n->nconn - 1)];
-}
+static int issue(struct luffd_store *s, struct nbd_conn *c,
+		 struct luffd__req *r);
 
 /* Wake the background thread: a command to send, or time to go. */
 static void bg_kick(struct nbd_store *n)
@@ -184,12 +183,33 @@ static void bg_kick(struct nbd_store *n)
  * requests, from this thread). */
 static void *bg_main(void *arg)
 {
-	struct nbd_store *n = arg;
+	struct luffd_store *s = arg;
+	struct nbd_store *n = N(s);
 	struct pollfd pfd[NBD_CONNS];
 	int idx[NBD_CONNS];
 
+	/* Background work yields the CPU to the handlers' demand faults:
+	 * on a 2-vCPU machine running its server too, a push at the same
+	 * priority made faults wait 4-5 ms (p99) for a CPU, at nice 10
+	 * 1.3-2.4 ms (examples/postcopy, bench/README.md).  Raising one's
+	 * own nice needs no privilege; if it fails, it stays as it is. */
+	if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10))
+		pr_debug("nbd: nice: %s\n", strerror(errno));
+
 	while (!atomic_load(&n->stop)) {
+		struct luffd__req *r, *next;
 		int k = 1;
+
+		/* The requests queued for us, spread round-robin. */
+		pthread_mutex_lock(&n->qlock);
+		r = n->qhead;
+		n->qhead = n->qtail = NULL;
+		pthread_mutex_unlock(&n->qlock);
+		for (; r; r = next) {
+			next = r->priv;
+			issue(s, &n->conn[1 + n->rr++ % (unsigned int)
+							(n->nconn - 1)], r);
+		}
 
 		pfd[0] = (struct pollfd){ .fd = n->evfd, .events = POLLIN };
 		for (int i = 1; i < n->nconn; i++) {
@@ -230,10 +250,11 @@ static void *bg_main(void *arg)
 	return NULL;
 }
 
-static int nbd_read(struct luffd_store *s, struct luffd__req *r)
+/* Issue r on connection c (any thread; c's commands then need polling):
+ * the number of commands issued. */
+static int issue(struct luffd_store *s, struct nbd_conn *c,
+		 struct luffd__req *r)
 {
-	struct nbd_store *n = N(s);
-	struct nbd_conn *c = conn_for(n, r);
 	uint64_t off = r->pub.offset, want = 0;
 	int issued = 0;
 
@@ -282,10 +303,35 @@ static int nbd_read(struct luffd_store *s, struct luffd__req *r)
 		want -= len;
 	}
 	part_done(r, 0);
-	if (issued && c != &n->conn[0])
-		bg_kick(n); /* an eventfd write per background request */
-	else if (issued)
-		arm(poller_of(s, c, r->cq));
+	/* A command libnbd could not send at once (it was reading a reply
+	 * in) waits for the socket to be writable: it nearly always is, so
+	 * send it now rather than after the next reply. */
+	if (issued && (nbd_aio_get_direction(c->h) &
+		       LIBNBD_AIO_DIRECTION_WRITE))
+		nbd_aio_notify_write(c->h);
+	return issued;
+}
+
+static int nbd_read(struct luffd_store *s, struct luffd__req *r)
+{
+	struct nbd_store *n = N(s);
+
+	if (n->nconn > 1 && r->pub.priority != LUFFD_PRIO_DEMAND) {
+		/* To the background thread (a lock and an eventfd write per
+		 * background request, off the demand path). */
+		r->priv = NULL;
+		pthread_mutex_lock(&n->qlock);
+		if (n->qtail)
+			n->qtail->priv = r;
+		else
+			n->qhead = r;
+		n->qtail = r;
+		pthread_mutex_unlock(&n->qlock);
+		bg_kick(n);
+		return 0;
+	}
+	if (issue(s, &n->conn[0], r))
+		arm(poller_of(s, &n->conn[0], r->cq));
 	return 0;
 }
 
@@ -339,6 +385,7 @@ static void nbd_destroy(struct luffd_store *s)
 		}
 	}
 	pthread_mutex_destroy(&n->lock);
+	pthread_mutex_destroy(&n->qlock);
 	free(n);
 }
 
@@ -431,10 +478,11 @@ int luffd_store_nbd(const char *uri, unsigned int flags,
 	for (int i = 0; i < n->nconn; i++)
 		n->conn[i].fd = nbd_aio_get_fd(n->conn[i].h);
 	pthread_mutex_init(&n->lock, NULL);
+	pthread_mutex_init(&n->qlock, NULL);
 	if (n->nconn > 1) {
 		n->evfd = eventfd(0, EFD_CLOEXEC);
 		if (n->evfd < 0 ||
-		    luffd__thread_create(&n->bg, bg_main, n)) {
+		    luffd__thread_create(&n->bg, bg_main, s)) {
 			/* Without it, the first connection does it all. */
 			if (n->evfd >= 0)
 				close(n->evfd);
