@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "blocktime.h"
 #include "context.h"
 #include "loop.h"
 #include "stats.h"
@@ -201,10 +202,19 @@ int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
 		lat->p99_ns = hist_pct(h, total, 99, lo, hi);
 		lat->p999_ns = hist_pct(h, total, 99.9, lo, hi);
 	}
+	luffd__bt_snapshot(ctx->bt, &st);
 	/* Copy what the caller's struct has room for. */
 	memcpy((char *)out + sizeof(out->sz), (char *)&st + sizeof(st.sz),
 	       (out->sz < sizeof(st) ? out->sz : sizeof(st)) - sizeof(st.sz));
 	return 0;
+}
+
+int luffd_blocktime_threads(const struct luffd_ctx *ctx,
+			    struct luffd_thread_blocktime *out, size_t n)
+{
+	if (!ctx || (!out && n))
+		return -EINVAL;
+	return luffd__bt_threads(ctx->bt, out, n);
 }
 
 /* ------------------------------------------------------------------------
