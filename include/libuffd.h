@@ -829,6 +829,19 @@ struct luffd_latency {
  */
 #define LUFFD_BLOCKTIME_MAX_THREADS 1024
 
+/*
+ * Latency distribution, in the buckets of QEMU's postcopy-latency-dist
+ * (QEMU 10.1+, migration/postcopy-ram.c), copied exactly: bucket N counts
+ * the faults whose latency lies in [2^N us, 2^(N+1) us).  The latency in
+ * whole microseconds (truncated) picks the bucket, so latencies under 1 us
+ * go into bucket 0 with [1, 2) us, and 2^24 us (about 16.8 s) and more go
+ * into the last bucket, 23.  The latency is the service latency above, of
+ * every fault served (any class: the buckets add up to faults[] summed);
+ * QEMU counts only the faults that asked the migration source for a page.
+ * The bucket count is QEMU's and stays 24.
+ */
+#define LUFFD_LATENCY_DIST_BUCKETS 24
+
 struct luffd_stats {
 	size_t sz;
 	uint64_t faults[LUFFD_NR_CLASSES]; /* indexed by enum luffd_class */
@@ -881,6 +894,8 @@ struct luffd_stats {
 					   snapshot */
 	uint64_t blocktime_untracked;   /* faults of threads that found the
 					   table full */
+	/* Faults per latency bucket (LUFFD_LATENCY_DIST_BUCKETS, above). */
+	uint64_t latency_dist[LUFFD_LATENCY_DIST_BUCKETS];
 };
 
 /*
