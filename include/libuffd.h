@@ -834,11 +834,11 @@ struct luffd_latency {
  * (QEMU 10.1+, migration/postcopy-ram.c), copied exactly: bucket N counts
  * the faults whose latency lies in [2^N us, 2^(N+1) us).  The latency in
  * whole microseconds (truncated) picks the bucket, so latencies under 1 us
- * go into bucket 0 with [1, 2) us, and 2^24 us (about 16.8 s) and more go
- * into the last bucket, 23.  The latency is the service latency above, of
- * every fault served (any class: the buckets add up to faults[] summed);
- * QEMU counts only the faults that asked the migration source for a page.
- * The bucket count is QEMU's and stays 24.
+ * go into bucket 0 with [1, 2) us, and the last bucket, 23, also takes
+ * everything from 2^24 us (about 16.8 s) up.  The latency is the service
+ * latency above, of every fault served (any class: the buckets add up to
+ * faults[] summed); QEMU counts only the faults that asked the migration
+ * source for a page.  The bucket count is QEMU's and stays 24.
  */
 #define LUFFD_LATENCY_DIST_BUCKETS 24
 
