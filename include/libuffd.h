@@ -900,11 +900,13 @@ struct luffd_stats {
 
 /*
  * Snapshot the counters and histograms of ctx (summed over its handler
- * threads) into *st (st->sz must be set).  Thread-safe and lock-free: the
- * snapshot is consistent per counter, not across counters, while faults are
- * being served.  A fault is counted just after its thread is woken: call
- * luffd_ctx_sync() first for a snapshot that includes every fault the
- * caller has seen served.
+ * threads) into *st (st->sz must be set).  Thread-safe.  The counters are
+ * read without a lock: the snapshot is consistent per counter, not across
+ * counters, while faults are being served.  The blocktime fields are read
+ * together under the context's blocktime lock (held for a pass over the
+ * thread table; handlers take it at each fault's start and end).  A fault
+ * is counted just after its thread is woken: call luffd_ctx_sync() first
+ * for a snapshot that includes every fault the caller has seen served.
  */
 LUFFD_API int luffd_stats_get(const struct luffd_ctx *ctx,
 			      struct luffd_stats *st);
