@@ -396,6 +396,72 @@ static void print_extra(FILE *out, const struct config *cfg,
 	}
 }
 
+/* The range of latency bucket b, in us, as QEMU's buckets hold it: bucket 0
+ * takes everything under 2 us, the last everything from 2^23 us up. */
+static void dist_range(char *s, size_t n, int b)
+{
+	if (b == LUFFD_LATENCY_DIST_BUCKETS - 1)
+		snprintf(s, n, "[%llu,inf)", 1ull << b);
+	else
+		snprintf(s, n, "[%llu,%llu)", b ? 1ull << b : 0ull,
+			 1ull << (b + 1));
+}
+
+/* Blocktime and the latency distribution of every run that used libuffd
+ * (its luffd_stats snapshot, taken once every fault had ended). */
+static void print_blocktime(FILE *out, const struct config *cfg,
+			    const struct run *runs, size_t nruns)
+{
+	fprintf(out, "\nBlocktime (libuffd, as QEMU post-copy reports it): "
+		"time each faulting thread was blocked\nin faults, from the "
+		"handler reading the fault message to the wake-up after the "
+		"install;\nsum and max over the threads, any = at least one "
+		"thread blocked, all = every faulting thread\nblocked at once; "
+		"wall = the run's wall time, for scale; ms\n\n");
+	fprintf(out, "%-10s %-4s %-7s %3s %7s %10s %9s %9s %9s %9s\n",
+		"pattern", "data", "engine", "rep", "threads", "sum", "max",
+		"any", "all", "wall");
+	for (size_t i = 0; i < nruns; i++) {
+		const struct run *r = &runs[i];
+		const struct luffd_stats *s = &r->st;
+
+		if (!is_luffd(r->eng) || !r->has_luffd)
+			continue;
+		fprintf(out, "%-10s %-4s %-7s %3u %7" PRIu64 " %10.1f %9.1f "
+			"%9.1f %9.1f %9.1f\n", cfg->pats[r->pat].name,
+			cache_name(r->cold),
+			r->calib ? "luffd@0" : engine_name(r->eng), r->rep + 1,
+			s->blocktime_threads_seen,
+			(double)s->blocktime_sum_ns / 1e6,
+			(double)s->blocktime_max_ns / 1e6,
+			(double)s->blocktime_any_ns / 1e6,
+			(double)s->blocktime_all_ns / 1e6,
+			(double)r->wall_ns / 1e6);
+	}
+	fprintf(out, "\nService latency distribution (QEMU's postcopy-latency-"
+		"dist buckets, [2^N, 2^(N+1)) us;\nnon-empty buckets only): "
+		"faults per bucket\n\n");
+	for (size_t i = 0; i < nruns; i++) {
+		const struct run *r = &runs[i];
+
+		if (!is_luffd(r->eng) || !r->has_luffd)
+			continue;
+		fprintf(out, "%-10s %-4s %-7s %3u ", cfg->pats[r->pat].name,
+			cache_name(r->cold),
+			r->calib ? "luffd@0" : engine_name(r->eng), r->rep + 1);
+		for (int b = 0; b < LUFFD_LATENCY_DIST_BUCKETS; b++) {
+			char range[48];
+
+			if (!r->st.latency_dist[b])
+				continue;
+			dist_range(range, sizeof(range), b);
+			fprintf(out, " %s:%" PRIu64, range,
+				r->st.latency_dist[b]);
+		}
+		fputc('\n', out);
+	}
+}
+
 static void fmt_ratio(char *b, size_t n, double v)
 {
 	if (isnan(v))
@@ -499,6 +565,7 @@ void print_table(FILE *out, const struct config *cfg, const struct run *runs,
 				r->st.evictions, r->st.eexist, r->st.eagain,
 				r->st.waits);
 		}
+		print_blocktime(out, cfg, runs, nruns);
 	}
 
 	nrat = compute_ratios(cfg, runs, nruns, rat,
@@ -726,6 +793,21 @@ static void j_run(struct jw *j, const struct config *cfg, const struct run *r)
 		j_close(j, '}');
 		j_u64(j, "trace_callback_faults", r->trace_cb_faults);
 		j_str(j, "trace_file", r->trace_file[0] ? r->trace_file : NULL);
+		j_open(j, "blocktime", '{');
+		j_u64(j, "threads", s->blocktime_threads_seen);
+		j_u64(j, "all_threads", s->blocktime_all_threads);
+		j_u64(j, "sum_ns", s->blocktime_sum_ns);
+		j_u64(j, "max_ns", s->blocktime_max_ns);
+		j_u64(j, "any_ns", s->blocktime_any_ns);
+		j_u64(j, "all_ns", s->blocktime_all_ns);
+		j_u64(j, "untracked_faults", s->blocktime_untracked);
+		j_u64(j, "wall_ns", r->wall_ns);
+		j_close(j, '}');
+		/* All 24 buckets, as QEMU's query-migrate lists them. */
+		j_open(j, "latency_dist", '[');
+		for (c = 0; c < LUFFD_LATENCY_DIST_BUCKETS; c++)
+			j_u64(j, NULL, s->latency_dist[c]);
+		j_close(j, ']');
 		j_close(j, '}');
 	}
 	if (r->has_naive) {

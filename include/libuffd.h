@@ -329,6 +329,16 @@ struct luffd_ctx_opts {
 	 * for 16 faulting threads to wait on a slow store at once.  At most
 	 * 1024. */
 	unsigned int callback_threads;
+	/* Unused: padding before blocktime_threads came, so a caller built
+	 * against an older header (whose sz ends here) is read right whatever
+	 * its padding bytes hold. */
+	unsigned int reserved0;
+	/* Blocktime (see struct luffd_stats): how many threads "all threads
+	 * blocked" counts, for instance a VM's vCPUs.  0 (the default): every
+	 * distinct thread that has faulted in the context so far.  With N set
+	 * and more threads faulting, it is the time at least N were blocked
+	 * at once.  At most LUFFD_BLOCKTIME_MAX_THREADS (-EINVAL). */
+	unsigned int blocktime_threads;
 };
 
 #define LUFFD_NO_INSTALL_AHEAD ((size_t)-1)
@@ -830,6 +840,57 @@ struct luffd_latency {
 	uint64_t p50_ns, p90_ns, p99_ns, p999_ns;
 };
 
+/*
+ * Blocktime, as QEMU's post-copy reports it for its vCPUs (query-migrate's
+ * postcopy-blocktime and postcopy-vcpu-blocktime).
+ *
+ * A fault blocks its thread for the interval libuffd already times, its
+ * service latency: from reading the fault message to the wake-up after the
+ * install (or to libuffd letting the fault go when its region is removed:
+ * the removal wakes the thread).  A later version will start the interval
+ * earlier, when the thread itself faulted; the fields keep their meaning.
+ * A thread's blocked time is the union of its faults' intervals (normally
+ * one at a time: the sum of their latencies).  "Any" is the time at least
+ * one thread was blocked, "all" the time every thread was: the
+ * blocktime_threads of luffd_ctx_opts if set, else every distinct thread
+ * that has faulted in the context so far.  Both are counted across all the
+ * context's handler threads.
+ *
+ * Threads are told apart by the thread id in the fault message
+ * (UFFD_FEATURE_THREAD_ID: luffd_features.has_thread_id).  Without it
+ * nothing is kept per thread (blocktime_threads_seen, the per-thread sum
+ * and max stay 0 and luffd_blocktime_threads() returns 0) and "all" stays
+ * 0, while "any" still counts (each fault as a thread of its own).
+ *
+ * The context keeps up to LUFFD_BLOCKTIME_MAX_THREADS threads, in a table
+ * allocated when it is created (the fault path allocates nothing).  Faults
+ * of further threads are left out of the per-thread, any and all totals
+ * and counted in blocktime_untracked; the latency distribution still
+ * counts them.  A thread id the kernel reuses for a new thread, after the
+ * first one exited, counts as the same thread.  A callback store's worker
+ * caught touching the context's memory (callback_misuse) is not counted as
+ * a faulting thread.
+ *
+ * A snapshot counts a thread blocked right now up to the snapshot's time.
+ * A fault ends just after its thread is woken (as it is counted): call
+ * luffd_ctx_sync() first for totals that end every fault the caller has
+ * seen served.
+ */
+#define LUFFD_BLOCKTIME_MAX_THREADS 1024
+
+/*
+ * Latency distribution, in the buckets of QEMU's postcopy-latency-dist
+ * (QEMU 10.1+, migration/postcopy-ram.c), copied exactly: bucket N counts
+ * the faults whose latency lies in [2^N us, 2^(N+1) us).  The latency in
+ * whole microseconds (truncated) picks the bucket, so latencies under 1 us
+ * go into bucket 0 with [1, 2) us, and the last bucket, 23, also takes
+ * everything from 2^24 us (about 16.8 s) up.  The latency is the service
+ * latency above, of every fault served (any class: the buckets add up to
+ * faults[] summed); QEMU counts only the faults that asked the migration
+ * source for a page.  The bucket count is QEMU's and stays 24.
+ */
+#define LUFFD_LATENCY_DIST_BUCKETS 24
+
 struct luffd_stats {
 	size_t sz;
 	uint64_t faults[LUFFD_NR_CLASSES]; /* indexed by enum luffd_class */
@@ -869,15 +930,34 @@ struct luffd_stats {
 	uint64_t app_installed;   /* pages luffd_install() installed */
 	uint64_t pushed;          /* pages a background push installed
 				     (LUFFD_REGISTER_PUSH) */
+	/* Blocktime (see above; a caller whose sz ends before these fields
+	 * gets the rest, as for every field added at the end). */
+	uint64_t blocktime_threads_seen; /* distinct faulting threads kept */
+	uint64_t blocktime_all_threads;  /* how many "all" meant: the
+					    blocktime_threads option, or
+					    blocktime_threads_seen */
+	uint64_t blocktime_sum_ns;  /* per-thread blocked time, summed */
+	uint64_t blocktime_max_ns;  /* the most one thread was blocked */
+	uint64_t blocktime_any_ns;  /* at least one thread blocked */
+	uint64_t blocktime_all_ns;  /* all of them blocked at once (QEMU's
+				       postcopy-blocktime) */
+	uint64_t blocktime_blocked_now; /* threads in a fault at the
+					   snapshot */
+	uint64_t blocktime_untracked;   /* faults of threads that found the
+					   table full */
+	/* Faults per latency bucket (LUFFD_LATENCY_DIST_BUCKETS, above). */
+	uint64_t latency_dist[LUFFD_LATENCY_DIST_BUCKETS];
 };
 
 /*
  * Snapshot the counters and histograms of ctx (summed over its handler
- * threads) into *st (st->sz must be set).  Thread-safe and lock-free: the
- * snapshot is consistent per counter, not across counters, while faults are
- * being served.  A fault is counted just after its thread is woken: call
- * luffd_ctx_sync() first for a snapshot that includes every fault the
- * caller has seen served.
+ * threads) into *st (st->sz must be set).  Thread-safe.  The counters are
+ * read without a lock: the snapshot is consistent per counter, not across
+ * counters, while faults are being served.  The blocktime fields are read
+ * together under the context's blocktime lock (held for a pass over the
+ * thread table; handlers take it at each fault's start and end).  A fault
+ * is counted just after its thread is woken: call luffd_ctx_sync() first
+ * for a snapshot that includes every fault the caller has seen served.
  */
 LUFFD_API int luffd_stats_get(const struct luffd_ctx *ctx,
 			      struct luffd_stats *st);
@@ -890,6 +970,31 @@ LUFFD_API int luffd_stats_get(const struct luffd_ctx *ctx,
 LUFFD_API int luffd_latency_percentile(const struct luffd_ctx *ctx,
 				       enum luffd_class cls, double p,
 				       uint64_t *ns);
+
+/* One faulting thread's blocktime (luffd_blocktime_threads()).  Its
+ * layout is fixed: it will not grow. */
+struct luffd_thread_blocktime {
+	uint32_t tid;         /* thread id, from the fault messages */
+	uint32_t blocked_now; /* 1 while the thread is in a fault */
+	uint64_t blocked_ns;  /* its blocked time, up to now */
+	uint64_t faults;      /* its faults libuffd read (with those let go
+				 when their region was removed) */
+};
+
+/*
+ * Copy the blocktime of up to n of ctx's faulting threads into out[], in
+ * the order they first faulted, and return how many threads the context
+ * keeps (at most LUFFD_BLOCKTIME_MAX_THREADS; more than n means out[] was
+ * too short: only n were written).  Returns 0 without thread ids (see the
+ * blocktime comment above), -EINVAL for a NULL ctx or a NULL out with
+ * n > 0.  out may be NULL with n == 0 to ask for the count.  A thread
+ * blocked right now counts up to now.  Thread-safe: it holds the context's
+ * blocktime lock for the copy, which handler threads take for a moment at
+ * each fault's start and end, so it delays faults by at most the copy.
+ */
+LUFFD_API int luffd_blocktime_threads(const struct luffd_ctx *ctx,
+				      struct luffd_thread_blocktime *out,
+				      size_t n);
 
 #ifdef __cplusplus
 }

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blocktime.h"
 #include "context.h"
 #include "guard.h"
 #include "loop.h"
@@ -21,6 +22,7 @@ static void ctx_free(struct luffd_ctx *ctx)
 {
 	luffd__pool_stop(ctx->pool);
 	free(ctx->loops);
+	luffd__bt_free(ctx->bt);
 	pthread_mutex_destroy(&ctx->lock);
 	pthread_mutex_destroy(&ctx->guard_lock);
 	pthread_cond_destroy(&ctx->guard_cv);
@@ -75,7 +77,9 @@ int luffd_ctx_create(const struct luffd_ctx_opts *opts, struct luffd_ctx **ctxp)
 	ctx->cfg.t_start = luffd__now_ns();
 	ctx->loops = calloc(n, sizeof(*ctx->loops));
 	ctx->pool = luffd__pool_new(ctx, ctx->cfg.workers);
-	if (!ctx->loops || !ctx->pool) {
+	ctx->bt = luffd__bt_new(ctx->cfg.bt_threads,
+				ctx->cfg.features & UFFD_FEATURE_THREAD_ID);
+	if (!ctx->loops || !ctx->pool || !ctx->bt) {
 		ctx_free(ctx);
 		return -ENOMEM;
 	}

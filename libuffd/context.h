@@ -10,6 +10,7 @@
 
 #include "opts.h"
 
+struct luffd__bt;
 struct luffd__loop;
 struct luffd__pool;
 
@@ -28,6 +29,7 @@ struct luffd_ctx {
 	pthread_cond_t guard_cv;
 	struct luffd__loop *loops; /* cfg.nloops of them */
 	struct luffd__pool *pool;  /* callback workers (pool.c) */
+	struct luffd__bt *bt;      /* blocktime, shared by the handlers */
 };
 
 #endif /* LUFFD_CONTEXT_H */

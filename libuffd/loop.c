@@ -390,7 +390,8 @@ int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
 	l->cq->keep_mem = iov_block;
 	if (err)
 		return err;
-	err = luffd__records_init(&l->rs, l->uffd, cfg, &l->stats, &l->trace);
+	err = luffd__records_init(&l->rs, l->uffd, cfg, &l->stats, &l->trace,
+				  ctx->bt);
 	if (err)
 		return err;
 	/* One page of zeroes (write faults in holes) and one bounce page

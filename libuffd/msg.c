@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "blocktime.h"
 #include "fault.h"
 #include "guard.h"
 #include "install.h"
@@ -30,6 +31,9 @@ static void caught(struct luffd__loop *l, uint32_t fi)
 
 	if (err && err != -EEXIST)
 		luffd__pt_wake(l->uffd, f->addr, ps);
+	/* Released at once: its interval ends where the blocktime's clock
+	 * stands. */
+	luffd__bt_forget(l->rs.bt, f->bt, f->t0);
 	luffd__fault_free(&l->rs, fi);
 }
 
@@ -39,6 +43,7 @@ static void resolve(struct luffd__loop *l, uint32_t fi)
 	struct luffd__fault *f = F(l, fi);
 	size_t ps = l->cfg->page_size;
 	enum luffd__lookup how;
+	uint64_t now;
 
 	f->region = luffd__region_hold(&l->rtab, f->addr, &how);
 	if (f->region) {
@@ -52,7 +57,7 @@ static void resolve(struct luffd__loop *l, uint32_t fi)
 	}
 	if (how == LUFFD__DYING) {
 		/* Its unregister is under way and wakes the thread. */
-		luffd__fault_free(&l->rs, fi);
+		luffd__fault_drop(&l->rs, fi);
 		return;
 	}
 	/*
@@ -62,18 +67,20 @@ static void resolve(struct luffd__loop *l, uint32_t fi)
 	 * while; a fault that stays unknown (a mapping grown by mremap()
 	 * past its region) gets SIGBUS rather than an endless wait.
 	 */
-	if (luffd__now_ns() - f->t0 < ORPHAN_NS) {
+	now = luffd__now_ns();
+	if (now - f->t0 < ORPHAN_NS) {
 		luffd__flist_push(&l->rs, &l->orphans, fi);
 		return;
 	}
 	luffd__inc(l->stats.orphans, 1);
 	if (!l->cfg->has_poison || luffd__pt_poison(l->uffd, f->addr, ps, 0))
 		luffd__pt_wake(l->uffd, f->addr, ps);
-	luffd__fault_free(&l->rs, fi);
+	luffd__fault_drop_at(&l->rs, fi, now);
 }
 
+/* A fault message read at t0, its blocktime started in slot bt. */
 static void new_fault(struct luffd__loop *l, const struct uffd_msg *m,
-		      uint64_t t0)
+		      uint64_t t0, uint16_t bt)
 {
 	uint64_t addr = m->arg.pagefault.address &
 			~(uint64_t)(l->cfg->page_size - 1);
@@ -81,8 +88,10 @@ static void new_fault(struct luffd__loop *l, const struct uffd_msg *m,
 
 	if (fi == LUFFD__NIL) {
 		/* Out of memory for bookkeeping: the thread is woken and
-		 * faults again, by which time memory may have been freed. */
+		 * faults again, by which time memory may have been freed.
+		 * The retry is a fault of its own: this one ends here. */
 		luffd__pt_wake(l->uffd, addr, l->cfg->page_size);
+		luffd__bt_end(l->rs.bt, bt, t0);
 		return;
 	}
 	*F(l, fi) = (struct luffd__fault){
@@ -90,6 +99,7 @@ static void new_fault(struct luffd__loop *l, const struct uffd_msg *m,
 		.t0 = t0,
 		.tid = m->arg.pagefault.feat.ptid,
 		.next = LUFFD__NIL,
+		.bt = bt,
 		.write = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0,
 	};
 	resolve(l, fi);
@@ -119,16 +129,41 @@ static void event(struct luffd__loop *l, const struct uffd_msg *m,
 	}
 }
 
-static void one(struct luffd__loop *l, const struct uffd_msg *m, uint64_t t)
+static void one(struct luffd__loop *l, const struct uffd_msg *m, uint64_t t,
+		uint16_t bt)
 {
 	if (m->event == UFFD_EVENT_PAGEFAULT)
-		new_fault(l, m, t);
+		new_fault(l, m, t, bt);
 	else
 		event(l, m, t);
 	/* Reads answered at once (the page cache, a callback) are served
 	 * now, before the next message. */
 	if (luffd__cq_ready(l->cq))
 		luffd__fault_completions(l);
+}
+
+/*
+ * The faults among messages m[0..n), read at t, start blocking their
+ * threads: all of them before any is served, so that a fault served at
+ * once (from memory, the cache) cannot end before the others of its
+ * batch have started, which would hide the time they were all blocked.
+ * bt[i] gets message i's place in the blocktime.
+ */
+static void start_faults(struct luffd__loop *l, const struct uffd_msg *m,
+			 size_t n, uint64_t t, uint16_t *bt)
+{
+	uint32_t tids[LUFFD__MSG_BATCH];
+	uint16_t slots[LUFFD__MSG_BATCH];
+	size_t k = 0;
+
+	for (size_t i = 0; i < n; i++)
+		if (m[i].event == UFFD_EVENT_PAGEFAULT)
+			tids[k++] = m[i].arg.pagefault.feat.ptid;
+	luffd__bt_start(l->rs.bt, tids, slots, k, t);
+	k = 0;
+	for (size_t i = 0; i < n; i++)
+		bt[i] = m[i].event == UFFD_EVENT_PAGEFAULT ? slots[k++]
+							   : LUFFD__BT_NONE;
 }
 
 /* Serve what the guard stashed (older than anything still queued in the
@@ -138,6 +173,7 @@ static void unstash(struct luffd__loop *l)
 	struct luffd__stashed e;
 
 	for (;;) {
+		uint16_t bt;
 		size_t n;
 
 		/* One at a time: serving a message may run a callback that
@@ -152,12 +188,14 @@ static void unstash(struct luffd__loop *l)
 		pthread_mutex_unlock(&l->lock);
 		if (!n)
 			return;
-		one(l, &e.m, e.t);
+		start_faults(l, &e.m, 1, e.t, &bt);
+		one(l, &e.m, e.t, bt);
 	}
 }
 
 int luffd__msg_drain(struct luffd__loop *l)
 {
+	uint16_t bt[LUFFD__MSG_BATCH];
 	int total = 0;
 
 	for (;;) {
@@ -179,10 +217,11 @@ int luffd__msg_drain(struct luffd__loop *l)
 			break; /* EAGAIN: drained */
 		}
 		cnt = (size_t)n / sizeof(l->msgs[0]);
+		start_faults(l, l->msgs, cnt, t0, bt);
 		/* In order: an event changes how the faults after it
 		 * resolve. */
 		for (size_t i = 0; i < cnt; i++)
-			one(l, &l->msgs[i], t0);
+			one(l, &l->msgs[i], t0, bt[i]);
 		total += (int)cnt;
 		/* A short batch emptied the queue; a message queued since
 		 * re-arms the poll. */

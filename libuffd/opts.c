@@ -150,6 +150,11 @@ static int resolve_threads(struct luffd__cfg *c, const struct luffd_ctx_opts *d)
 		return bad("callback_threads", "%u is more than %u",
 			   d->callback_threads, MAX_WORKERS);
 	c->workers = d->callback_threads ? d->callback_threads : DEF_WORKERS;
+	/* More could never all be blocked: only that many are kept. */
+	if (d->blocktime_threads > LUFFD_BLOCKTIME_MAX_THREADS)
+		return bad("blocktime_threads", "%u is more than %u",
+			   d->blocktime_threads, LUFFD_BLOCKTIME_MAX_THREADS);
+	c->bt_threads = d->blocktime_threads;
 	return 0;
 }
 

@@ -25,6 +25,7 @@ struct luffd__cfg {
 	uint64_t stripe_bytes; /* 0: a range goes to one handler */
 	unsigned int read_timeout_ms; /* 0: none */
 	unsigned int workers;  /* callback worker threads, at most */
+	unsigned int bt_threads; /* blocktime's "all" (0: every thread) */
 	enum luffd_open_mode open_mode;
 	uint64_t disable;      /* UFFD_FEATURE_* never to use */
 	luffd_trace_fn trace_fn;

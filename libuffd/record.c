@@ -6,6 +6,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "blocktime.h"
 #include "install.h"
 #include "opts.h"
 #include "record.h"
@@ -33,8 +34,9 @@ static int grow(struct luffd__records *rs)
 
 int luffd__records_init(struct luffd__records *rs, int uffd,
 			const struct luffd__cfg *cfg, struct luffd__stats *st,
-			struct luffd__trace *tr)
+			struct luffd__trace *tr, struct luffd__bt *bt)
 {
+	rs->bt = bt;
 	rs->f = NULL;
 	rs->n = 0;
 	rs->free = LUFFD__NIL;
@@ -70,18 +72,28 @@ void luffd__fault_free(struct luffd__records *rs, uint32_t i)
 	rs->free = i;
 }
 
-void luffd__fault_drop(struct luffd__records *rs, uint32_t i)
+void luffd__fault_drop_at(struct luffd__records *rs, uint32_t i,
+			  uint64_t now)
 {
+	luffd__bt_end(rs->bt, rs->f[i].bt, now);
 	if (rs->f[i].region)
 		luffd__region_put(rs->f[i].region);
 	luffd__fault_free(rs, i);
+}
+
+void luffd__fault_drop(struct luffd__records *rs, uint32_t i)
+{
+	/* Faults are dropped when their region goes: no time is at hand
+	 * on that path, and it is not the fault path. */
+	luffd__fault_drop_at(rs, i, rs->f[i].bt != LUFFD__BT_NONE ?
+					    luffd__now_ns() : 0);
 }
 
 void luffd__fault_record(struct luffd__records *rs, uint32_t i,
 			 enum luffd_class cls, int err)
 {
 	struct luffd__fault *f = &rs->f[i];
-	uint64_t lat = luffd__now_ns() - f->t0;
+	uint64_t now = luffd__now_ns(), lat = now - f->t0;
 
 	luffd__stats_record(rs->stats, cls, lat);
 	if (luffd__trace_on(rs->trace)) {
@@ -97,7 +109,7 @@ void luffd__fault_record(struct luffd__records *rs, uint32_t i,
 
 		luffd__trace_emit(rs->trace, rs->stats, &rec);
 	}
-	luffd__fault_drop(rs, i);
+	luffd__fault_drop_at(rs, i, now);
 }
 
 void luffd__flist_push(struct luffd__records *rs, struct luffd__flist *q,

@@ -13,15 +13,19 @@
 #include "stats.h"
 #include "util.h"
 
+struct luffd__bt;
 struct luffd__cfg;
 struct luffd__region;
 
 struct luffd__fault {
 	uint64_t addr;
+	/* When libuffd read the message: the start of the fault's latency
+	 * and of its blocked interval (blocktime.h). */
 	uint64_t t0;
 	struct luffd__region *region; /* held (NULL while an orphan) */
 	uint32_t tid;
 	uint32_t next;  /* waiter / pending / retry list */
+	uint16_t bt;    /* its place in the blocktime (LUFFD__BT_*) */
 	uint8_t write;
 	uint8_t waited; /* waited for a read: MAJOR whatever comes next */
 	uint8_t parked; /* has waited for a free slot (counted once) */
@@ -42,13 +46,14 @@ struct luffd__records {
 	const struct luffd__cfg *cfg;
 	struct luffd__stats *stats;
 	struct luffd__trace *trace;
+	struct luffd__bt *bt;        /* the context's blocktime */
 	unsigned char *zero_page;    /* a page of zeroes (write faults in
 					holes) */
 };
 
 int luffd__records_init(struct luffd__records *rs, int uffd,
 			const struct luffd__cfg *cfg, struct luffd__stats *st,
-			struct luffd__trace *tr);
+			struct luffd__trace *tr, struct luffd__bt *bt);
 void luffd__records_fini(struct luffd__records *rs);
 
 static inline struct luffd__fault *luffd__F(struct luffd__records *rs,
@@ -59,8 +64,12 @@ static inline struct luffd__fault *luffd__F(struct luffd__records *rs,
 /* A record, or LUFFD__NIL when memory is short. */
 uint32_t luffd__fault_alloc(struct luffd__records *rs);
 void luffd__fault_free(struct luffd__records *rs, uint32_t i);
-/* Let fault i go without recording it (its region's hold too). */
+/* Let fault i go without recording it (its region's hold too); whoever
+ * lets it go wakes its thread, so its blocked interval ends now
+ * (luffd__fault_drop_at(): at now, a time the caller has at hand). */
 void luffd__fault_drop(struct luffd__records *rs, uint32_t i);
+void luffd__fault_drop_at(struct luffd__records *rs, uint32_t i,
+			  uint64_t now);
 /* Served: count, time and trace fault i as cls (err: the negative errno
  * of an ERROR), then let it go. */
 void luffd__fault_record(struct luffd__records *rs, uint32_t i,

@@ -6,7 +6,9 @@
  * update is a relaxed load and store (no locked instruction); readers sum
  * the threads' counters.  Latencies go into a log-linear histogram: values
  * below 16 ns exactly, then 16 sub-buckets per power of two, so any
- * percentile read back is within 1/16 of the true value.
+ * percentile read back is within 1/16 of the true value; and into the
+ * 24 log2-microsecond buckets of QEMU's postcopy-latency-dist, which
+ * tools built around QEMU read as they are.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -14,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "blocktime.h"
 #include "context.h"
 #include "loop.h"
 #include "stats.h"
@@ -45,6 +48,20 @@ uint64_t luffd__hist_value(unsigned int idx)
 	return lo + width / 2;
 }
 
+/*
+ * QEMU's blocktime_latency_account(): the latency in whole microseconds,
+ * bucket floor(log2(us)), 0 for under 1 us, the last bucket for anything
+ * past it.
+ */
+unsigned int luffd__dist_bucket(uint64_t ns)
+{
+	uint64_t us = ns / 1000;
+	unsigned int b = us ? 63u - (unsigned int)__builtin_clzll(us) : 0;
+
+	return b < LUFFD_LATENCY_DIST_BUCKETS ? b
+					      : LUFFD_LATENCY_DIST_BUCKETS - 1;
+}
+
 void luffd__stats_init(struct luffd__stats *s)
 {
 	memset(s, 0, sizeof(*s));
@@ -58,6 +75,7 @@ void luffd__stats_record(struct luffd__stats *s, enum luffd_class c,
 	luffd__inc(s->faults[c], 1);
 	luffd__inc(s->lat_sum[c], lat);
 	luffd__inc(s->hist[c][luffd__hist_index(lat)], 1);
+	luffd__inc(s->dist[luffd__dist_bucket(lat)], 1);
 	if (lat < LD(s->lat_min[c]))
 		atomic_store_explicit(&s->lat_min[c], lat,
 				      memory_order_relaxed);
@@ -177,6 +195,8 @@ int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
 		st.prefetched += LD(s->prefetched);
 		st.app_installed += LD(s->app_installed);
 		st.pushed += LD(s->pushed);
+		for (int b = 0; b < LUFFD_LATENCY_DIST_BUCKETS; b++)
+			st.latency_dist[b] += LD(s->dist[b]);
 	}
 	for (int c = 0; c < LUFFD_NR_CLASSES; c++) {
 		struct luffd_latency *lat = &st.latency[c];
@@ -202,10 +222,19 @@ int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
 		lat->p99_ns = hist_pct(h, total, 99, lo, hi);
 		lat->p999_ns = hist_pct(h, total, 99.9, lo, hi);
 	}
+	luffd__bt_snapshot(ctx->bt, &st);
 	/* Copy what the caller's struct has room for. */
 	memcpy((char *)out + sizeof(out->sz), (char *)&st + sizeof(st.sz),
 	       (out->sz < sizeof(st) ? out->sz : sizeof(st)) - sizeof(st.sz));
 	return 0;
+}
+
+int luffd_blocktime_threads(const struct luffd_ctx *ctx,
+			    struct luffd_thread_blocktime *out, size_t n)
+{
+	if (!ctx || (!out && n))
+		return -EINVAL;
+	return luffd__bt_threads(ctx->bt, out, n);
 }
 
 /* ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ struct luffd__stats {
 	_Atomic uint64_t lat_min[LUFFD_NR_CLASSES];
 	_Atomic uint64_t lat_max[LUFFD_NR_CLASSES];
 	_Atomic uint64_t hist[LUFFD_NR_CLASSES][LUFFD__HIST_BUCKETS];
+	_Atomic uint64_t dist[LUFFD_LATENCY_DIST_BUCKETS]; /* QEMU's buckets */
 	_Atomic uint64_t bytes_read, reads, readahead_pages, coalesced;
 	_Atomic uint64_t evictions, eexist, eagain, waits, trace_errors;
 	_Atomic uint64_t ev_remove, ev_unmap, ev_remap, orphans, timeouts;
@@ -41,6 +42,8 @@ void luffd__stats_init(struct luffd__stats *s);
 void luffd__stats_record(struct luffd__stats *s, enum luffd_class c,
 			 uint64_t lat_ns);
 unsigned int luffd__hist_index(uint64_t v);
+/* The LUFFD_LATENCY_DIST_BUCKETS bucket of a latency of ns. */
+unsigned int luffd__dist_bucket(uint64_t ns);
 uint64_t luffd__hist_value(unsigned int idx);
 
 /* A handler thread's trace: the context's settings and, with a writer,

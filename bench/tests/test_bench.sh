@@ -96,6 +96,17 @@ for r in d["runs"]:
             assert k in u, "missing libuffd key " + k
         assert set(u["service_latency_ns"]) == {"minor", "major", "zero", "error"}
         assert r["faults"]["total"] > 0
+        b = u["blocktime"]
+        for k in ("threads", "all_threads", "sum_ns", "max_ns", "any_ns",
+                  "all_ns", "untracked_faults", "wall_ns"):
+            assert k in b, "missing blocktime key " + k
+        assert b["threads"] == 1 == b["all_threads"], b
+        assert b["wall_ns"] == r["wall_ns"], b
+        # One faulting thread: its total is any, and all.
+        assert 0 < b["sum_ns"] == b["max_ns"], b
+        assert b["all_ns"] == b["any_ns"] > 0, b
+        assert len(u["latency_dist"]) == 24, u["latency_dist"]
+        assert sum(u["latency_dist"]) == r["faults"]["total"], u
     if r["engine"] == "naive":
         assert r["faults"]["major"] == 1024, r["faults"]
         assert all(k in r["naive"]["service_latency_ns"] for k in lat)
@@ -203,6 +214,11 @@ t_store() {
 	grep -q "^rand  *warm *luffd@0 " "$TMP/out" || fail "no zero-latency row"
 	grep -q "^Prefetch: demand-fault p50" "$TMP/out" ||
 		fail "no prefetch table"
+	grep -q "^Blocktime (libuffd" "$TMP/out" || fail "no blocktime table"
+	grep -qE "^rand  *warm *libuffd  *1  *4 " "$TMP/out" ||
+		fail "no blocktime row for 4 threads"
+	grep -q "^Service latency distribution (QEMU's" "$TMP/out" ||
+		fail "no latency distribution"
 	if command -v python3 >/dev/null; then
 		python3 - "$TMP/s.json" <<'PY' || fail "store JSON"
 import json, sys
@@ -218,6 +234,19 @@ assert any(r["calibration"] for r in d["runs"])
 pf = [r for r in d["runs"] if r["engine"] == "prefetch"][0]
 assert pf["libuffd"]["stats"]["prefetched"] > 0, pf["libuffd"]["stats"]
 assert d["prefetch"][0]["demand_p50_ns"] > 0, d["prefetch"]
+for r in d["runs"]:
+    if r["engine"] != "libuffd" or r["calibration"]:
+        continue
+    b = r["libuffd"]["blocktime"]
+    # Four threads each waiting >= 100 us per fault.
+    assert b["threads"] == 4 and b["untracked_faults"] == 0, b
+    assert b["sum_ns"] >= r["faults"]["major"] * 100000, (b, r["faults"])
+    assert b["max_ns"] <= b["sum_ns"] <= 4 * b["max_ns"], b
+    assert 0 < b["all_ns"] <= b["any_ns"] <= b["sum_ns"], b
+    dist = r["libuffd"]["latency_dist"]
+    assert sum(dist) == r["faults"]["total"], dist
+    # A major fault waited >= 100 us: bucket 6 ([64, 128) us) or above.
+    assert sum(dist[6:]) >= r["faults"]["major"], (dist, r["faults"])
 PY
 	fi
 	expect_exit 0 --size 2M --store callback --store-latency-us 50 \

@@ -538,6 +538,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			u.s.sz = a & 0x80 ? sizeof(u.s) : (size_t)U16(&in) %
 							   sizeof(u);
 			rc_ok(luffd_stats_get(a & 0x40 ? NULL : ctx, &u.s));
+			{
+				struct luffd_thread_blocktime t[4];
+				size_t n = U8(&in) % 6;
+
+				rc = luffd_blocktime_threads(
+					a & 0x20 ? NULL : ctx,
+					a & 0x10 ? NULL : t,
+					n < 5 ? n : 4);
+				/* A count of threads, or an error. */
+				if (rc > 0)
+					CHECK(rc <= LUFFD_BLOCKTIME_MAX_THREADS);
+				else
+					rc_ok(rc);
+			}
 			break;
 		}
 		case 12: { /* percentiles */
