@@ -268,8 +268,8 @@ static void cpu_report(uint64_t wall)
 		unsigned long long run, wait;
 		FILE *f;
 
-		if (e->d_name[0] == '.')
-			continue;
+		if (e->d_name[0] == '.' || atoi(e->d_name) == (int)getpid())
+			continue; /* the main thread: it checks the pages */
 		snprintf(path, sizeof(path), "/proc/self/task/%s/schedstat",
 			 e->d_name);
 		f = fopen(path, "r");
@@ -318,7 +318,8 @@ int main(int argc, char **argv)
 		{ "trace", required_argument, NULL, 'r' },
 		{ 0 }
 	};
-	LUFFD_OPTS(luffd_ctx_opts, opts, .read_timeout_ms = 30000);
+	LUFFD_OPTS(luffd_ctx_opts, opts, .read_timeout_ms = 30000,
+		   .blocktime_threads = 0 /* all that fault */);
 	if (trace) {
 		opts.trace_format = LUFFD_TRACE_CSV;
 		opts.trace_fd = open(trace, O_WRONLY | O_CREAT | O_TRUNC |
@@ -441,7 +442,6 @@ int main(int argc, char **argv)
 		bad += w[i].bad;
 	}
 	t_workers = now_ns();
-	cpu_report(t_done - t0);
 	luffd_ctx_sync(ctx);
 	luffd_stats_get(ctx, &st);
 	luffd_latency_percentile(ctx, LUFFD_MAJOR, 50, &p50);
@@ -500,6 +500,23 @@ int main(int argc, char **argv)
 		else
 			printf("  nbdcopy             failed\n");
 	}
+	/* Blocktime as QEMU reports it: per thread, and across them. */
+	printf("  blocktime           %llu threads: %.1f ms in all (most "
+	       "%.1f ms in one), >=1 blocked %.1f ms, all %llu blocked "
+	       "%.1f ms\n",
+	       (unsigned long long)st.blocktime_threads_seen,
+	       (double)st.blocktime_sum_ns / 1e6,
+	       (double)st.blocktime_max_ns / 1e6,
+	       (double)st.blocktime_any_ns / 1e6,
+	       (unsigned long long)st.blocktime_all_threads,
+	       (double)st.blocktime_all_ns / 1e6);
+	printf("  latency dist        faults per [2^N us, 2^N+1 us):");
+	for (int b = 0; b < LUFFD_LATENCY_DIST_BUCKETS; b++)
+		if (st.latency_dist[b])
+			printf(" %d:%llu", b,
+			       (unsigned long long)st.latency_dist[b]);
+	printf("\n");
+	cpu_report(t_done - t0);
 	printf("  pages checked       %s\n", bad ? "WRONG" : "all right");
 	luffd_unregister(ctx, mem, size);
 	luffd_ctx_destroy(ctx);
