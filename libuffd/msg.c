@@ -156,6 +156,8 @@ static void start_faults(struct luffd__loop *l, const struct uffd_msg *m,
 	uint16_t slots[LUFFD__MSG_BATCH];
 	size_t k = 0;
 
+	if (!n)
+		return; /* (and gcc -O2 with ASan cannot tell tids is set) */
 	for (size_t i = 0; i < n; i++)
 		if (m[i].event == UFFD_EVENT_PAGEFAULT)
 			tids[k++] = m[i].arg.pagefault.feat.ptid;
