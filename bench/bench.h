@@ -241,6 +241,9 @@ const char *nbd_delayus_filter(void);
 void *nbd_sync_open(const char *uri);
 ssize_t nbd_sync_pread(void *h, void *buf, size_t len, uint64_t off);
 void nbd_sync_close(void *h);
+/* The server's median round for depth 4 KiB reads in flight (libnbd
+ * alone), ns; 0 when unknown. */
+uint64_t nbd_served_delay(const char *uri, unsigned int depth, uint64_t size);
 int run_nbdcopy(const struct config *cfg, struct run *r);
 
 uint64_t expected_word(uint64_t off);

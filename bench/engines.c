@@ -987,6 +987,11 @@ out:
 		close(tfd);
 	if (ls)
 		latstore_delay(ls, &r->store_delay_p50, &r->store_delay_mean);
+	/* NBD: what the delayed server serves to as many requests in flight
+	 * as there are faulting threads, measured alone right after. */
+	if (cfg->store == STORE_NBD && cfg->store_lat_us && !r->calib)
+		r->store_delay_p50 = nbd_served_delay(cfg->nbd_uri,
+						      cfg->threads, cfg->size);
 	latstore_free(ls);
 	free(mem);
 	return ret;

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -202,6 +203,55 @@ void nbd_sync_close(void *h)
 	if (h)
 		nbd_close(h);
 }
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* What the server really serves to `depth` requests in flight: libnbd
+ * alone, one connection, rounds of depth random 4 KiB reads issued at once
+ * and waited for; the median round, in ns (0 on failure).  The Overlap
+ * table's "served delay" for --store nbd (the delay filter's sleeps wake
+ * late, and nbdkit shares the CPUs). */
+uint64_t nbd_served_delay(const char *uri, unsigned int depth, uint64_t size)
+{
+	enum { ROUNDS = 101, MAXD = 256 };
+	static char buf[MAXD][4096];
+	uint64_t t[ROUNDS], x = 0x9e3779b97f4a7c15ull, pages = size / 4096;
+	struct nbd_handle *h = nbd_sync_open(uri);
+	int64_t ck[MAXD];
+
+	if (!h || !pages)
+		return 0;
+	depth = depth > MAXD ? MAXD : depth ? depth : 1;
+	for (int k = 0; k < ROUNDS; k++) {
+		struct timespec a, b;
+
+		clock_gettime(CLOCK_MONOTONIC, &a);
+		for (unsigned int i = 0; i < depth; i++) {
+			x ^= x << 13;
+			x ^= x >> 7;
+			x ^= x << 17;
+			ck[i] = nbd_aio_pread(h, buf[i], 4096,
+					      (x % pages) * 4096,
+					      NBD_NULL_COMPLETION, 0);
+		}
+		for (unsigned int i = 0; i < depth; i++)
+			while (ck[i] >= 0 &&
+			       nbd_aio_command_completed(h, ck[i]) == 0)
+				if (nbd_poll(h, -1) < 0)
+					break;
+		clock_gettime(CLOCK_MONOTONIC, &b);
+		t[k] = (uint64_t)(b.tv_sec - a.tv_sec) * 1000000000ull +
+		       (uint64_t)b.tv_nsec - (uint64_t)a.tv_nsec;
+	}
+	nbd_close(h);
+	qsort(t, ROUNDS, sizeof(t[0]), cmp_u64);
+	return t[ROUNDS / 2];
+}
 #else
 void *nbd_sync_open(const char *uri)
 {
@@ -222,6 +272,14 @@ ssize_t nbd_sync_pread(void *h, void *buf, size_t len, uint64_t off)
 void nbd_sync_close(void *h)
 {
 	(void)h;
+}
+
+uint64_t nbd_served_delay(const char *uri, unsigned int depth, uint64_t size)
+{
+	(void)uri;
+	(void)depth;
+	(void)size;
+	return 0;
 }
 #endif
 

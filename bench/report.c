@@ -275,7 +275,9 @@ size_t compute_overlap(const struct config *cfg, const struct run *runs,
 			o->ratio = div_or_nan(o->fps, o->ideal);
 			o->delay_p50 = median_of(cfg, runs, nruns, ENG_LIBUFFD,
 						 p, cold, M_DELAY);
-			/* No served delay known (nbd): NaN. */
+			/* No served delay known: NaN.  (For nbd it is the
+			 * server's round with `threads` reads in flight,
+			 * measured through libnbd alone.) */
 			if (!(o->delay_p50 > 0))
 				o->delay_p50 = NAN;
 			o->per_rtt_served = div_or_nan((double)cfg->threads *
@@ -367,7 +369,11 @@ static void print_extra(FILE *out, const struct config *cfg,
 				ov[i].ratio, ov[i].naive_ratio);
 		fprintf(out, "\nThe same against the delay the store really "
 			"served (median, arrival to answer: a timer\nwakes "
-			"late, on a VM by tens of us):\n\n");
+			"late, on a VM by tens of us%s):\n\n",
+			cfg->store == STORE_NBD ?
+				"; nbd: the server's round with as many "
+				"reads in flight\nas faulting threads, "
+				"through libnbd alone" : "");
 		fprintf(out, "%-10s %-4s %10s %14s %12s %10s %13s\n",
 			"pattern", "data", "libuffd", "served delay",
 			"threads/that", "ideal", "libuffd/ideal");

@@ -316,7 +316,7 @@ static int nbd_read(struct luffd_store *s, struct luffd__req *r)
 {
 	struct nbd_store *n = N(s);
 
-	if (n->nconn > 1 && r->pub.priority != LUFFD_PRIO_DEMAND) {
+	if (n->nconn > 1 && r->pub.priority == LUFFD_PRIO_PREFETCH) {
 		/* To the background thread (a lock and an eventfd write per
 		 * background request, off the demand path). */
 		r->priv = NULL;
