@@ -819,7 +819,7 @@ LUFFD_API int luffd_prefetch(struct luffd_ctx *ctx, void *addr, size_t len,
  * (-EINVAL).  timeout_ms: -1 waits as long as it takes, 0 only looks,
  * otherwise at most that many milliseconds (-ETIMEDOUT when a push is not
  * complete by then, or has not started: a push starts at its region's
- * first demand fault).  Returns 0, the error that ended a push early (a
+ * first demand fault, so -1 before any fault waits for one to come).  Returns 0, the error that ended a push early (a
  * store error, -ETIMEDOUT for a read past read_timeout_ms, -ECANCELED),
  * -ECANCELED when a region was removed while waiting, or -EDEADLK from one
  * of ctx's own threads (a callback) with a non-zero timeout.  Thread-safe;
