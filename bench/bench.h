@@ -175,6 +175,13 @@ struct run {
 
 	uint64_t pages;       /* distinct pages touched */
 	uint64_t bytes;       /* pages * page size */
+	/* Read amplification: what the engine read to serve the run, over
+	 * bytes.  libuffd: its store's bytes (stats.bytes_read, page-cache
+	 * hits included); naive: a page per fault; mmap: what the kernel read
+	 * from the device (/proc/self/io read_bytes, so 0 when warm).  NaN
+	 * where it means nothing (pread, fill, bare, nbdcopy). */
+	uint64_t bytes_read;
+	double read_amp;
 	uint64_t wall_ns;
 	double gbps;          /* bytes / wall, GB = 1e9 bytes */
 	double faults_per_s;

@@ -5,6 +5,7 @@
  * userfaultfd handler side by side.  See bench/README.md.
  */
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -631,6 +632,46 @@ static void sanitize(char *dst, size_t n, const char *src)
 	dst[i] = 0;
 }
 
+/* This process's bytes read from storage so far (/proc/self/io
+ * read_bytes: every thread, io_uring's workers included); 0 if unknown. */
+static uint64_t io_read_bytes(void)
+{
+	char line[128];
+	unsigned long long v = 0;
+	FILE *f = fopen("/proc/self/io", "r");
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "read_bytes: %llu", &v) == 1)
+			break;
+	fclose(f);
+	return (uint64_t)v;
+}
+
+/* r's read amplification (see struct run); dev: the device bytes read
+ * during it. */
+static void read_amp(struct run *r, uint64_t dev, size_t page)
+{
+	switch (r->eng) {
+	case ENG_LIBUFFD:
+	case ENG_PREFETCH:
+		r->bytes_read = r->st.bytes_read;
+		break;
+	case ENG_NAIVE:
+		r->bytes_read = r->faults_total * page;
+		break;
+	case ENG_MMAP:
+		r->bytes_read = dev;
+		break;
+	default:
+		r->read_amp = NAN;
+		return;
+	}
+	r->read_amp = r->bytes ? (double)r->bytes_read / (double)r->bytes
+			       : NAN;
+}
+
 int main(int argc, char **argv)
 {
 	struct config cfg = {
@@ -649,6 +690,7 @@ int main(int argc, char **argv)
 	uint64_t norders[MAX_PATTERNS];
 	struct run *runs;
 	size_t nruns = 0, total, idx = 0, ncalib;
+	uint64_t io0;
 	struct utsname u;
 	char tmpdir[4096] = "";
 	unsigned int rep, nstates, nluffd;
@@ -826,7 +868,10 @@ int main(int argc, char **argv)
 							 "%s", cfg.pats[p].name,
 							 cold ? "cold" : "warm");
 					prepare_cache(&cfg, fd, r);
+					io0 = io_read_bytes();
 					run_engine(&b, r);
+					read_amp(r, io_read_bytes() - io0,
+						 cfg.page);
 					idx++;
 					if (!r->ok) {
 						all_ok = false;

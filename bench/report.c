@@ -148,6 +148,7 @@ static int cmp_dbl(const void *a, const void *b)
 #define M_MAJOR_P50 5  /* p50 of the touches served as major faults */
 #define M_CALIB_FPS 6  /* faults/s of the zero-latency calibration runs */
 #define M_DELAY 7      /* the store's served delay (median), ns */
+#define M_READ_AMP 8   /* bytes read / bytes touched */
 
 static double median_of(const struct config *cfg, const struct run *runs,
 			size_t nruns, enum engine eng, int pat, bool cold,
@@ -171,6 +172,7 @@ static double median_of(const struct config *cfg, const struct run *runs,
 			 metric == M_MAJOR_P50 ?
 				 (double)r->lat_cls[LUFFD_MAJOR].p50 :
 			 metric == M_DELAY ? (double)r->store_delay_p50 :
+			 metric == M_READ_AMP ? r->read_amp :
 				 r->faults_per_s;
 	}
 	(void)cfg;
@@ -415,6 +417,50 @@ static void dist_range(char *s, size_t n, int b)
 
 /* Blocktime and the latency distribution of every run that used libuffd
  * (its luffd_stats snapshot, taken once every fault had ended). */
+/* Bytes read / bytes touched per engine that reads (median). */
+static void print_read_amp(FILE *out, const struct config *cfg,
+			   const struct run *runs, size_t nruns)
+{
+	static const enum engine eng[] = { ENG_LIBUFFD, ENG_PREFETCH,
+					   ENG_NAIVE, ENG_MMAP };
+	bool head = false;
+
+	for (int p = 0; p < cfg->npats; p++)
+		for (int s = 0; s < 2; s++) {
+			bool cold = s == 1;
+			char line[256];
+			int k;
+
+			if ((cold && !cfg->do_cold) || (!cold && !cfg->do_warm))
+				continue;
+			k = snprintf(line, sizeof(line), "%-10s %-4s",
+				     cfg->pats[p].name, cache_name(cold));
+			for (size_t e = 0; e < sizeof(eng) / sizeof(eng[0]);
+			     e++) {
+				double v;
+
+				if (!has_engine(cfg, eng[e]))
+					continue;
+				v = median_of(cfg, runs, nruns, eng[e], p,
+					      cold, M_READ_AMP);
+				k += snprintf(line + k, sizeof(line) - (size_t)k,
+					      " %s %.2f", engine_name(eng[e]),
+					      v);
+			}
+			if (!head) {
+				fprintf(out, "\nRead amplification (bytes "
+					"read / bytes touched, medians): "
+					"libuffd and prefetch what their "
+					"store read\n(page-cache hits "
+					"included), naive a page per fault, "
+					"mmap what the kernel read from the "
+					"device\n(0 when warm)\n\n");
+				head = true;
+			}
+			fprintf(out, "%s\n", line);
+		}
+}
+
 static void print_blocktime(FILE *out, const struct config *cfg,
 			    const struct run *runs, size_t nruns)
 {
@@ -602,6 +648,7 @@ void print_table(FILE *out, const struct config *cfg, const struct run *runs,
 				cache_name(rat[i].cold), pair, a, b, c, d);
 		}
 	}
+	print_read_amp(out, cfg, runs, nruns);
 	print_extra(out, cfg, runs, nruns);
 	fflush(out);
 }
@@ -746,6 +793,8 @@ static void j_run(struct jw *j, const struct config *cfg, const struct run *r)
 	j_u64(j, "bad_pages", r->bad_pages);
 	j_u64(j, "pages", r->pages);
 	j_u64(j, "bytes", r->bytes);
+	j_u64(j, "bytes_read", r->bytes_read);
+	j_dbl(j, "read_amp", r->read_amp);
 	j_u64(j, "wall_ns", r->wall_ns);
 	j_dbl(j, "gbps", r->gbps);
 	j_dbl(j, "faults_per_s", r->faults_per_s);

@@ -85,6 +85,14 @@ for r in d["runs"]:
               "latency_ns"):
         assert k in r, "missing run key " + k
     assert r["ok"] and r["verified"] and r["pages"] == 1024
+    # Read amplification: what was read to serve the run, per byte
+    # touched.  A sequential libuffd run reads the file once (the 4 MiB
+    # file is all touched); naive reads a page per fault.
+    assert "bytes_read" in r and "read_amp" in r
+    if r["engine"] == "libuffd" and r["pattern"] == "seq":
+        assert 0.99 <= r["read_amp"] <= 1.05, r["read_amp"]
+    if r["engine"] == "naive":
+        assert r["read_amp"] == 1.0, r["read_amp"]
     assert all(k in r["latency_ns"] for k in lat)
     l = r["latency_ns"]
     assert l["min"] <= l["p50"] <= l["p90"] <= l["p99"] <= l["p999"] <= l["max"]
