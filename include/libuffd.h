@@ -695,7 +695,10 @@ LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
  *  - a store error or read timeout ends it early (luffd_push_wait()
  *    returns the error; the pages not pushed are left to their faults).
  * Pages the push installs are counted in stats.pushed.  With stripe_bytes,
- * each stripe has its own push on its own handler.
+ * each stripe has its own push on its own handler.  When munmap() or
+ * mremap() takes part of a region being pushed, each piece left (or moved)
+ * goes on with a push of its own, and luffd_push_wait() over a piece waits
+ * for that one.
  */
 #define LUFFD_REGISTER_PUSH (1u << 1)
 /* luffd_map(): the same, for a mapped region. */

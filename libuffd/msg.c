@@ -118,11 +118,13 @@ static void event(struct luffd__loop *l, const struct uffd_msg *m,
 		luffd__inc(l->stats.ev_unmap, 1);
 		luffd__region_unmapped(&l->rtab, m->arg.remove.start,
 				       m->arg.remove.end, t_read);
+		luffd__push_pieces(l);
 		break;
 	case UFFD_EVENT_REMAP:
 		luffd__inc(l->stats.ev_remap, 1);
 		luffd__region_moved(&l->rtab, m->arg.remap.from,
 				    m->arg.remap.to, m->arg.remap.len, t_read);
+		luffd__push_pieces(l);
 		break;
 	default:
 		break;

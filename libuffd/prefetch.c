@@ -134,11 +134,15 @@ static void let_go(struct luffd__pjob *j, int err)
 		struct luffd__region *r = j->r;
 
 		r->pushj = NULL; /* from now on the region costs nothing */
-		r->push_err = err;
-		atomic_store_explicit(&r->push_state,
-				      err ? LUFFD__PUSH_FAILED
-					  : LUFFD__PUSH_DONE,
-				      memory_order_release);
+		if (atomic_load_explicit(&r->push_state,
+					 memory_order_relaxed) ==
+		    LUFFD__PUSH_RUNNING) {
+			r->push_err = err;
+			atomic_store_explicit(&r->push_state,
+					      err ? LUFFD__PUSH_FAILED
+						  : LUFFD__PUSH_DONE,
+					      memory_order_release);
+		}
 	}
 	if (j->r)
 		luffd__region_put(j->r);
@@ -271,7 +275,14 @@ static bool step(struct luffd__loop *l, struct luffd__pjob *j, uint64_t w)
 	/* One syscall per window, off the fault path: it spares a read of
 	 * pages that are there already. */
 	if (mincore((void *)(uintptr_t)addr, n << shift, vec)) {
-		let_go(j, -errno); /* unmapped under us */
+		/* Unmapped under us.  A push ends without an outcome: the
+		 * UNMAP event that follows leaves pieces of the region,
+		 * which take it up (luffd__push_pieces()). */
+		if (j->push && errno == ENOMEM)
+			atomic_store_explicit(&r->push_state,
+					      LUFFD__PUSH_PENDING,
+					      memory_order_release);
+		let_go(j, -errno);
 		return true;
 	}
 	for (m = 0; m < n && (vec[m] & 1); m++)
@@ -490,9 +501,10 @@ void luffd__push_fault(struct luffd__loop *l, struct luffd__region *r,
 	struct luffd__pjob *j = r->pushj;
 
 	if (!j) {
-		if (atomic_load_explicit(&r->push_state,
-					 memory_order_relaxed) !=
-		    LUFFD__PUSH_IDLE)
+		int st = atomic_load_explicit(&r->push_state,
+					      memory_order_relaxed);
+
+		if (st != LUFFD__PUSH_IDLE && st != LUFFD__PUSH_PENDING)
 			return;
 		/* The region's first demand fault starts its push: one
 		 * allocation per region, here rather than at registration
@@ -535,6 +547,22 @@ void luffd__push_fault(struct luffd__loop *l, struct luffd__region *r,
 	j->clean = 0;
 	j->hit = true;
 	p->again = true;
+}
+
+void luffd__push_pieces(struct luffd__loop *l)
+{
+	struct luffd__rtab *t = &l->rtab;
+
+	pthread_mutex_lock(&t->lock);
+	for (size_t i = 0; i < t->n; i++) {
+		struct luffd__region *r = t->regions[i];
+
+		if (atomic_load_explicit(&r->push_state,
+					 memory_order_relaxed) ==
+		    LUFFD__PUSH_PENDING && !r->pushj)
+			luffd__push_fault(l, r, r->off >> l->cfg->page_shift);
+	}
+	pthread_mutex_unlock(&t->lock);
 }
 
 void luffd__prefetch_sweep(struct luffd__loop *l)

@@ -42,6 +42,9 @@ void luffd__prefetch_done(struct luffd__loop *l, struct luffd__op *op,
  * region: the region's push starts (the first one) or moves there. */
 void luffd__push_fault(struct luffd__loop *l, struct luffd__region *r,
 		       uint64_t pg);
+/* Handler, after an UNMAP or REMAP event: the pieces of regions that were
+ * being pushed start their own push. */
+void luffd__push_pieces(struct luffd__loop *l);
 /* Handler: a demand fault at store page pg joined prefetch read op. */
 void luffd__prefetch_joined(struct luffd__loop *l, struct luffd__op *op,
 			    uint64_t pg);

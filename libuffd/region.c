@@ -401,8 +401,17 @@ static struct luffd__region *piece(struct luffd__region *r, uint64_t start,
 					     r->flags);
 
 	/* born: the replaced region's, so events read since still apply. */
-	if (p)
+	if (p) {
+		int st = atomic_load(&r->push_state);
+
 		p->born = r->born;
+		/* A piece of a region being pushed goes on being pushed (its
+		 * own push, started by the handler after the event); one of
+		 * a finished push is finished. */
+		p->push_err = r->push_err;
+		atomic_store(&p->push_state, st == LUFFD__PUSH_RUNNING ?
+					      LUFFD__PUSH_PENDING : st);
+	}
 	return p;
 }
 

@@ -86,6 +86,8 @@ enum luffd__push_state {
 	LUFFD__PUSH_RUNNING,
 	LUFFD__PUSH_DONE,    /* every page was found present */
 	LUFFD__PUSH_FAILED,  /* ended early: push_err */
+	LUFFD__PUSH_PENDING, /* a piece of a region being pushed (munmap()
+				or mremap() of part of it): starts at once */
 };
 
 enum luffd__lookup { LUFFD__FOUND, LUFFD__DYING, LUFFD__UNKNOWN };

@@ -391,6 +391,42 @@ START_TEST(push_complete_costs_nothing)
 }
 END_TEST
 
+/* A pushed region split by munmap() of its middle: each piece pushes from
+ * its own next fault and completes, data right; the old push ends. */
+START_TEST(push_region_split)
+{
+	const size_t npg = 96, len = npg * t_ps;
+	char *path = t_make_file(len, SEED);
+	LUFFD_OPTS(luffd_ctx_opts, o, .readahead_bytes = LUFFD_NO_READAHEAD);
+	struct luffd_ctx *ctx = t_ctx(&o);
+	struct luffd_store *s;
+	char *m = t_anon(len);
+
+	ck_assert_int_eq(luffd_store_open(path, 0, &s), 0);
+	ck_assert_int_eq(luffd_register(ctx, m, len, s, 0,
+					LUFFD_REGISTER_PUSH), 0);
+	t_assert_page(m, 0, 0, len, SEED);
+	ck_assert_int_eq(munmap(m + 32 * t_ps, 32 * t_ps), 0);
+	/* The pieces: [0, 32) and [64, 96). */
+	t_assert_page(m, 1, 0, len, SEED);
+	t_assert_page(m, 70, 0, len, SEED);
+	ck_assert_int_eq(luffd_push_wait(ctx, m, 32 * t_ps, 20000), 0);
+	ck_assert_int_eq(luffd_push_wait(ctx, m + 64 * t_ps, 32 * t_ps,
+					 20000), 0);
+	ck_assert_uint_eq(resident(m, 32), 32);
+	ck_assert_uint_eq(resident(m + 64 * t_ps, 32), 32);
+	for (size_t i = 0; i < 32; i++) {
+		t_assert_page(m, i, 0, len, SEED);
+		t_assert_page(m, 64 + i, 0, len, SEED);
+	}
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	luffd_store_put(s);
+	munmap(m, 32 * t_ps);
+	munmap(m + 64 * t_ps, 32 * t_ps);
+	free(path);
+}
+END_TEST
+
 START_TEST(push_validation)
 {
 	const size_t len = 16 * t_ps;
@@ -434,6 +470,7 @@ static Suite *make(void)
 	tcase_add_test(tc, push_error_ends_it);
 	tcase_add_test(tc, push_region_removed);
 	tcase_add_test(tc, push_complete_costs_nothing);
+	tcase_add_test(tc, push_region_split);
 	tcase_add_test(tc, push_validation);
 	return s;
 }
