@@ -235,7 +235,7 @@ static bool step_direct(struct luffd__loop *l, struct luffd__pjob *j,
 				     m << shift, 0, NULL);
 	if (j->push) {
 		luffd__inc(l->stats.pushed, got);
-		j->clean += m;
+		j->clean = 0; /* the next pass looks (see step()) */
 	} else {
 		luffd__inc(l->stats.prefetched, got);
 	}
@@ -319,9 +319,12 @@ static bool step(struct luffd__loop *l, struct luffd__pjob *j, uint64_t w)
 			    luffd__cache_state(c, s2) != LUFFD__SLOT_READY)
 				break;
 		}
+		/* Not counted clean: an install can fail (-EAGAIN while
+		 * the address space changes), and only mincore() says what
+		 * is present; the next pass looks. */
 		install_cached(l, r, j->pg, m, j->push);
 		j->pg += m;
-		j->clean += m;
+		j->clean = 0;
 		return true;
 	}
 	for (m = 1; m < n && !(vec[m] & 1); m++)

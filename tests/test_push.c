@@ -427,6 +427,35 @@ START_TEST(push_region_split)
 }
 END_TEST
 
+/* A pushed region moved by mremap(): the moved range is pushed at its new
+ * address and completes there, data right. */
+START_TEST(push_region_moved)
+{
+	const size_t npg = 64, len = npg * t_ps;
+	char *path = t_make_file(len, SEED);
+	LUFFD_OPTS(luffd_ctx_opts, o, .readahead_bytes = LUFFD_NO_READAHEAD);
+	struct luffd_ctx *ctx = t_ctx(&o);
+	struct luffd_store *s;
+	char *m = t_anon(len), *to = t_anon(len), *n;
+
+	ck_assert_int_eq(luffd_store_open(path, 0, &s), 0);
+	ck_assert_int_eq(luffd_register(ctx, m, len, s, 0,
+					LUFFD_REGISTER_PUSH), 0);
+	t_assert_page(m, 0, 0, len, SEED);
+	n = mremap(m, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+	ck_assert_ptr_eq(n, to);
+	t_assert_page(n, 33, 0, len, SEED);
+	ck_assert_int_eq(luffd_push_wait(ctx, n, len, 20000), 0);
+	ck_assert_uint_eq(resident(n, npg), npg);
+	for (size_t i = 0; i < npg; i++)
+		t_assert_page(n, i, 0, len, SEED);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	luffd_store_put(s);
+	munmap(n, len);
+	free(path);
+}
+END_TEST
+
 START_TEST(push_validation)
 {
 	const size_t len = 16 * t_ps;
@@ -471,6 +500,7 @@ static Suite *make(void)
 	tcase_add_test(tc, push_region_removed);
 	tcase_add_test(tc, push_complete_costs_nothing);
 	tcase_add_test(tc, push_region_split);
+	tcase_add_test(tc, push_region_moved);
 	tcase_add_test(tc, push_validation);
 	return s;
 }
