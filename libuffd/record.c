@@ -175,7 +175,9 @@ void luffd__serve_copy(struct luffd__records *rs, uint32_t i, const void *src,
 	if (rs->f[i].waited)
 		cls = LUFFD_MAJOR;
 	finish(rs, i, luffd__pt_copy(rs->uffd, rs->f[i].addr, src,
-				     rs->cfg->page_size, 0), cls, 0);
+				     rs->cfg->page_size,
+				     luffd__pt_mode(rs->f[i].region->flags)),
+	       cls, 0);
 }
 
 void luffd__serve_zero(struct luffd__records *rs, uint32_t i)
@@ -187,8 +189,12 @@ void luffd__serve_zero(struct luffd__records *rs, uint32_t i)
 	if (luffd__fault_drop_if_dead(rs, i))
 		return;
 	/* A write would fault again on the shared zero page to copy it:
-	 * install a private zeroed page for writes in one go. */
-	if (f->write)
+	 * install a private zeroed page for writes in one go.  A
+	 * write-tracked region gets private zeroed pages anyway (see
+	 * install.h). */
+	if (f->region->flags & LUFFD_REGISTER_WP)
+		ret = luffd__pt_zero(rs->uffd, f->addr, ps, LUFFD__PT_WP);
+	else if (f->write)
 		ret = luffd__pt_copy(rs->uffd, f->addr, rs->zero_page, ps, 0);
 	else
 		ret = luffd__pt_zero(rs->uffd, f->addr, ps, 0);
@@ -216,7 +222,8 @@ void luffd__serve_error(struct luffd__records *rs, uint32_t i, int err)
 		ret = (int)syscall(SYS_tgkill, getpid(), (pid_t)f->tid, SIGBUS);
 		ret = ret < 0 ? -errno : 0;
 	} else {
-		ret = luffd__pt_zero(rs->uffd, f->addr, ps, 0);
+		ret = luffd__pt_zero(rs->uffd, f->addr, ps,
+				     luffd__pt_mode(f->region->flags));
 	}
 	if (ret == -EAGAIN) {
 		luffd__inc(rs->stats->eagain, 1);
@@ -226,4 +233,19 @@ void luffd__serve_error(struct luffd__records *rs, uint32_t i, int err)
 	if (ret)
 		luffd__pt_wake(rs->uffd, f->addr, ps);
 	luffd__fault_record(rs, i, LUFFD_ERROR, err);
+}
+
+/*
+ * The first write to a write-protected page: the page is present, so
+ * lifting the protection is the whole service, and it wakes the writer.
+ * Nothing else may write-protect these pages meanwhile, so an error here
+ * is the range going away (as for a copy) or -EAGAIN.
+ */
+void luffd__serve_unprotect(struct luffd__records *rs, uint32_t i)
+{
+	if (luffd__fault_drop_if_dead(rs, i))
+		return;
+	finish(rs, i, luffd__pt_protect(rs->uffd, rs->f[i].addr,
+					rs->cfg->page_size, false, 0),
+	       LUFFD_WP, 0);
 }

@@ -31,6 +31,7 @@ struct luffd__fault {
 	uint8_t parked; /* has waited for a free slot (counted once) */
 	uint8_t alone;  /* a shared read failed: read its page alone */
 	uint8_t nochunk; /* a chunk could not serve it: page path only */
+	uint8_t wp;     /* a write-protect fault (the page is present) */
 };
 
 struct luffd__flist { uint32_t head, tail; };
@@ -104,6 +105,9 @@ void luffd__serve_copy(struct luffd__records *rs, uint32_t i, const void *src,
 void luffd__serve_zero(struct luffd__records *rs, uint32_t i);
 /* SIGBUS (ERROR, err). */
 void luffd__serve_error(struct luffd__records *rs, uint32_t i, int err);
+/* A write-protect fault: lift the protection, which wakes the writer
+ * (cls: LUFFD_WP, or how an unexpected one is recorded). */
+void luffd__serve_unprotect(struct luffd__records *rs, uint32_t i);
 /* Dropped if its region is going away (true). */
 bool luffd__fault_drop_if_dead(struct luffd__records *rs, uint32_t i);
 
