@@ -726,7 +726,9 @@ LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
  * user-space round trip like a minor fault.  A first touch that is a write
  * takes two faults: the missing page goes in protected like any other and
  * the write then faults as WP, so the WP faults are every page written,
- * whatever touched it first.
+ * whatever touched it first.  Two threads writing one clean page at once
+ * raise a fault each: the one served second finds the page un-protected
+ * (/proc/self/pagemap), is only woken, and counts in stats.wp_joined.
  *  - Zero pages (holes, a callback's 0) go in as a private page of zeroes
  *    copied in protected (UFFDIO_COPY_MODE_WP), not as the shared zero
  *    page: a zero page write-protected only after it is mapped would let a
@@ -1007,6 +1009,12 @@ struct luffd_stats {
 	 * so it cannot fault forever, and the print callback was told.  Not
 	 * counted in wp_faults. */
 	uint64_t wp_unexpected;
+	/* Write-protect faults on a page another thread's write had
+	 * un-protected by the time it was served (two threads writing one
+	 * clean page at once): woken and not counted in wp_faults, so
+	 * wp_faults counts the pages written.  They block their threads
+	 * (blocktime) but are not timed or traced. */
+	uint64_t wp_joined;
 };
 
 /*

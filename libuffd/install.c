@@ -104,6 +104,16 @@ int luffd__pt_protect(int uffd, uint64_t dst, uint64_t len, bool wp,
 	return ioctl(uffd, UFFDIO_WRITEPROTECT, &w) ? -errno : 0;
 }
 
+int luffd__pt_protected(int pagemap_fd, uint64_t addr, unsigned int shift)
+{
+	uint64_t e;
+
+	if (pread(pagemap_fd, &e, sizeof(e), (off_t)((addr >> shift) * 8)) !=
+	    (ssize_t)sizeof(e))
+		return -EIO;
+	return (int)((e >> 57) & 1); /* PM_UFFD_WP */
+}
+
 /* Pages present in a row from addr on (at least 1: the one that said
  * -EEXIST), at most n. */
 static uint64_t present_run(uint64_t addr, uint64_t n, unsigned int shift)

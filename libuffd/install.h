@@ -44,6 +44,9 @@ void luffd__pt_wake(int uffd, uint64_t dst, uint64_t len);
  * LUFFD__PT_DONTWAKE.  0 or -errno. */
 int luffd__pt_protect(int uffd, uint64_t dst, uint64_t len, bool wp,
 		      unsigned int mode);
+/* Is the page at addr write-protected now?  1 or 0 from pagemap_fd
+ * (/proc/self/pagemap: PM_UFFD_WP), -errno if it cannot be read. */
+int luffd__pt_protected(int pagemap_fd, uint64_t addr, unsigned int shift);
 
 /*
  * Copy [src, src+len) to dst page by page where pages are missing,

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Fault records, their lists, and a fault's outcome. */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
@@ -45,6 +46,10 @@ int luffd__records_init(struct luffd__records *rs, int uffd,
 	rs->cfg = cfg;
 	rs->stats = st;
 	rs->trace = tr;
+	/* Tells a write-protect fault on a page still protected from one
+	 * whose page another thread's write un-protected first (see
+	 * luffd__serve_unprotect()); without it, both count. */
+	rs->pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	return grow(rs);
 }
 
@@ -52,6 +57,9 @@ void luffd__records_fini(struct luffd__records *rs)
 {
 	free(rs->f);
 	rs->f = NULL;
+	if (rs->pagemap >= 0)
+		close(rs->pagemap);
+	rs->pagemap = -1;
 }
 
 uint32_t luffd__fault_alloc(struct luffd__records *rs)
@@ -240,11 +248,28 @@ void luffd__serve_error(struct luffd__records *rs, uint32_t i, int err)
  * lifting the protection is the whole service, and it wakes the writer.
  * Nothing else may write-protect these pages meanwhile, so an error here
  * is the range going away (as for a copy) or -EAGAIN.
+ *
+ * Two threads writing one clean page at once raise a fault each.  Only
+ * this thread lifts protections in the region, so a page that is no
+ * longer protected was un-protected for an earlier message: that write is
+ * counted already, this one is only woken (wp_joined), so wp_faults stays
+ * the number of pages written.  (A page dropped meanwhile is not
+ * protected either: woken, its thread faults on the missing page.)
  */
 void luffd__serve_unprotect(struct luffd__records *rs, uint32_t i)
 {
+	struct luffd__fault *f = &rs->f[i];
+
 	if (luffd__fault_drop_if_dead(rs, i))
 		return;
+	if (rs->pagemap >= 0 &&
+	    luffd__pt_protected(rs->pagemap, f->addr, rs->cfg->page_shift) ==
+		    0) {
+		luffd__inc(rs->stats->wp_joined, 1);
+		luffd__pt_wake(rs->uffd, f->addr, rs->cfg->page_size);
+		luffd__fault_drop(rs, i);
+		return;
+	}
 	finish(rs, i, luffd__pt_protect(rs->uffd, rs->f[i].addr,
 					rs->cfg->page_size, false, 0),
 	       LUFFD_WP, 0);

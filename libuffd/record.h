@@ -50,6 +50,7 @@ struct luffd__records {
 	struct luffd__bt *bt;        /* the context's blocktime */
 	unsigned char *zero_page;    /* a page of zeroes (write faults in
 					holes) */
+	int pagemap;                 /* /proc/self/pagemap, or -1 */
 };
 
 int luffd__records_init(struct luffd__records *rs, int uffd,

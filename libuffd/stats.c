@@ -227,6 +227,7 @@ int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
 		st.pushed += LD(s->pushed);
 		st.wp_faults += LD(s->faults[LUFFD_NR_CLASSES]);
 		st.wp_unexpected += LD(s->wp_unexpected);
+		st.wp_joined += LD(s->wp_joined);
 		for (int b = 0; b < LUFFD_LATENCY_DIST_BUCKETS; b++)
 			st.latency_dist[b] += LD(s->dist[b]);
 	}
