@@ -51,7 +51,11 @@ struct luffd__records {
 	unsigned char *zero_page;    /* a page of zeroes (write faults in
 					holes) */
 	int pagemap;                 /* /proc/self/pagemap, or -1 */
+	/* The page last un-protected in each slot (by page number), to
+	 * tell a second writer's WP fault (luffd__serve_unprotect()). */
+	uint64_t *wp_recent;
 };
+#define LUFFD__WP_RECENT 4096
 
 int luffd__records_init(struct luffd__records *rs, int uffd,
 			const struct luffd__cfg *cfg, struct luffd__stats *st,

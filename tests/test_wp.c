@@ -150,6 +150,16 @@ START_TEST(read_then_write)
 			sum += s.latency_dist[b];
 		ck_assert_uint_eq(sum, missing + n);
 	}
+	/* Blocktime counts WP faults like any fault: this thread's are
+	 * its n reads and n writes. */
+	if (t_feat.has_thread_id) {
+		struct luffd_thread_blocktime bt[4];
+
+		ck_assert_int_eq(luffd_blocktime_threads(ctx, bt, 4), 1);
+		ck_assert_int_eq(bt[0].tid, t_gettid());
+		ck_assert_uint_eq(bt[0].faults, 2 * n);
+		ck_assert_uint_gt(bt[0].blocked_ns, 0);
+	}
 	/* Written again: no fault. */
 	for (size_t i = 0; i < n; i++)
 		write_page(a, i);
