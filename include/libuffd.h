@@ -729,6 +729,10 @@ LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
  * whatever touched it first.  Two threads writing one clean page at once
  * raise a fault each: the one served second finds the page un-protected
  * (/proc/self/pagemap), is only woken, and counts in stats.wp_joined.
+ * (pagemap is asked only about a page the handler un-protected before,
+ * remembered in one of 4096 slots by page number: a second writer is
+ * missed, and counted twice, only if a page of its slot was un-protected
+ * in between.)
  *  - Zero pages (holes, a callback's 0) go in as a private page of zeroes
  *    copied in protected (UFFDIO_COPY_MODE_WP), not as the shared zero
  *    page: a zero page write-protected only after it is mapped would let a
