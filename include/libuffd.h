@@ -741,8 +741,9 @@ LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
  *    cannot move pages in write-protected, and a page moved in and
  *    protected afterwards could be written in between unseen.  Its pages
  *    are copied.
- *  - Anonymous private memory only (what luffd_map() creates; for
- *    luffd_register(), shmem is refused).
+ *  - Anonymous private memory (what luffd_map() creates), and for
+ *    luffd_register() shmem where the kernel can write-protect it (pte
+ *    markers, CONFIG_PTE_MARKER_UFFD_WP: it can on 6.18 here).
  * Returns -EOPNOTSUPP, with nothing registered, when the kernel cannot
  * write-protect the range (no UFFDIO_REGISTER_MODE_WP, or
  * UFFDIO_WRITEPROTECT missing from the ioctls it reports for it).

@@ -396,6 +396,49 @@ START_TEST(app_install)
 }
 END_TEST
 
+/* shmem: write-protected where the kernel allows it (pte markers), else
+ * refused with nothing registered. */
+START_TEST(shmem)
+{
+	size_t n = 16, len = n * t_ps;
+	char *src = malloc(len), *a;
+	struct luffd_ctx *ctx = t_ctx(NULL);
+	struct luffd_store *st;
+	struct luffd_stats s;
+	int fd = memfd_create("luffd-wp", MFD_CLOEXEC), err;
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(ftruncate(fd, (off_t)len), 0);
+	a = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	ck_assert_ptr_ne(a, MAP_FAILED);
+	t_pattern(src, 0, len, SEED);
+	ck_assert_int_eq(luffd_store_memory(src, len, &st), 0);
+	err = luffd_register(ctx, a, len, st, 0, LUFFD_REGISTER_WP);
+	ck_assert_msg(err == 0 || err == -EOPNOTSUPP, "register: %d", err);
+	if (err == -EOPNOTSUPP) {
+		/* Nothing was left registered. */
+		ck_assert_int_eq(luffd_register(ctx, a, len, st, 0, 0), 0);
+		ck_assert_int_eq(luffd_unregister(ctx, a, len), 0);
+	} else {
+		for (size_t i = 0; i < n; i++)
+			check_page(a, i, 0, len, 0);
+		for (size_t i = 0; i < n; i++)
+			write_page(a, i);
+		t_stats(ctx, &s);
+		ck_assert_uint_eq(s.faults[LUFFD_MINOR], n);
+		ck_assert_uint_eq(s.wp_faults, n);
+		for (size_t i = 0; i < n; i++)
+			check_page(a, i, 0, len, 1);
+		ck_assert_int_eq(luffd_unregister(ctx, a, len), 0);
+	}
+	luffd_store_put(st);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	munmap(a, len);
+	close(fd);
+	free(src);
+}
+END_TEST
+
 /* luffd_prefetch() and the background push: protected. */
 START_TEST(prefetch_and_push)
 {
@@ -632,6 +675,7 @@ static Suite *make(void)
 	tcase_add_test(tc, install_ahead);
 	tcase_add_test(tc, app_install);
 	tcase_add_test(tc, prefetch_and_push);
+	tcase_add_test(tc, shmem);
 	tcase_add_test(tc, flags);
 	tcase_add_test(tc, old_stats);
 	tcase_add_test(tc, threads);
