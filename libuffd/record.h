@@ -110,8 +110,9 @@ void luffd__serve_copy(struct luffd__records *rs, uint32_t i, const void *src,
 void luffd__serve_zero(struct luffd__records *rs, uint32_t i);
 /* SIGBUS (ERROR, err). */
 void luffd__serve_error(struct luffd__records *rs, uint32_t i, int err);
-/* A write-protect fault: lift the protection, which wakes the writer
- * (cls: LUFFD_WP, or how an unexpected one is recorded). */
+/* A write-protect fault: lift the protection, which wakes the writer,
+ * and record it as LUFFD_WP; a second writer of a page already
+ * un-protected is only woken (wp_joined). */
 void luffd__serve_unprotect(struct luffd__records *rs, uint32_t i);
 /* Dropped if its region is going away (true). */
 bool luffd__fault_drop_if_dead(struct luffd__records *rs, uint32_t i);

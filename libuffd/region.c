@@ -212,10 +212,10 @@ static struct luffd__region *region_new(struct luffd__rtab *t, uint64_t start,
 
 /*
  * UFFDIO_REGISTER [start, start+len) for missing pages, and with
- * LUFFD_REGISTER_WP for write-protect faults too.  A kernel (or memory
- * type: shmem without UFFD_FEATURE_WP_HUGETLBFS_SHMEM) that refuses WP mode
- * says -EINVAL, as for a bad range: the range is tried without it to tell
- * the two apart, and given back.
+ * LUFFD_REGISTER_WP for write-protect faults too.  A kernel (or a memory
+ * type: shmem on a kernel without uffd-wp pte markers) that refuses WP
+ * mode says -EINVAL, as for a bad range: the range is tried without it to
+ * tell the two apart, and given back.
  */
 static int uffd_register(int uffd, uint64_t start, uint64_t len,
 			 unsigned int flags, struct uffdio_register *reg)
