@@ -103,16 +103,28 @@ LUFFD_API luffd_print_fn luffd_set_print(luffd_print_fn fn);
  *  - MAJOR: the faulting thread waited for a store read: it started the
  *    read, or its page was part of a read already in flight (coalesced).
  *    Callback stores count as major: the thread waited for the callback.
+ * A write-protect fault is a kind of its own, not a missing page:
+ *  - WP: the first write to a page of a LUFFD_REGISTER_WP region since it
+ *    was installed (write-protected).  The page was present; libuffd lifts
+ *    the protection (which wakes the writer) and records the write.
+ *
+ * ABI: faults[] and latency[] of struct luffd_stats are sized by
+ * LUFFD_NR_CLASSES, which stays 4 so that binaries built against older
+ * headers keep reading the right fields.  LUFFD_WP therefore lies past it
+ * (5: LUFFD_NR_CLASSES itself means "all classes" to
+ * luffd_latency_percentile()), and its count and latency are the
+ * wp_faults and wp_latency fields at the end of struct luffd_stats.
  */
 enum luffd_class {
 	LUFFD_MINOR = 0,
 	LUFFD_MAJOR = 1,
 	LUFFD_ZERO = 2,
 	LUFFD_ERROR = 3,
-	LUFFD_NR_CLASSES
+	LUFFD_NR_CLASSES, /* 4: the classes with a slot in faults[] */
+	LUFFD_WP = 5,
 };
 
-/* Returns "minor", "major", "zero", "error" or "?". */
+/* Returns "minor", "major", "zero", "error", "wp" or "?". */
 LUFFD_API const char *luffd_class_name(enum luffd_class c);
 
 /* One served fault. */
@@ -122,7 +134,7 @@ struct luffd_fault {
 	uint64_t addr;       /* faulting page (page-aligned) */
 	uint32_t tid;        /* faulting thread, 0 without UFFD_FEATURE_THREAD_ID */
 	uint8_t write;       /* 1 for a write fault */
-	uint8_t cls;         /* enum luffd_class */
+	uint8_t cls;         /* enum luffd_class (LUFFD_WP: write is 1) */
 	uint16_t reserved;
 	int32_t error;       /* for LUFFD_ERROR: the negative errno (-ENXIO past
 				the end of the store) */
@@ -141,7 +153,8 @@ enum luffd_trace_format {
 	 * systemtap pfaults.stp lines:
 	 *   <us since start>:<tid>:<addr>:<r|w>:<minor|major>:<latency us>
 	 * addr in decimal.  Like the script, every class other than major
-	 * prints "minor" (zero and error faults are not major faults).
+	 * prints "minor" (zero, error and wp faults are not major faults:
+	 * a wp fault prints as a "w" minor fault).
 	 * "start" is the context's creation time.
 	 */
 	LUFFD_TRACE_PFAULTS = 1,
@@ -149,7 +162,7 @@ enum luffd_trace_format {
 	 * CSV with a header line:
 	 *   time_ns,tid,addr,rw,class,latency_ns,error
 	 * time_ns since the context's creation, addr in hex (0x...), class one
-	 * of minor|major|zero|error.
+	 * of minor|major|zero|error|wp.
 	 */
 	LUFFD_TRACE_CSV = 2,
 };
@@ -629,7 +642,7 @@ LUFFD_API void luffd_store_put(struct luffd_store *store);
  * Map length bytes of store, starting at offset, lazily, like
  * mmap(MAP_PRIVATE) of a file: writes stay private, nothing is written back.
  * prot is PROT_READ, optionally with PROT_WRITE and PROT_EXEC.  flags is 0
- * or LUFFD_MAP_PUSH (-EINVAL otherwise).  offset must be a multiple of the page size and length
+ * or any of LUFFD_MAP_PUSH and LUFFD_MAP_WP (-EINVAL otherwise).  offset must be a multiple of the page size and length
  * non-zero (-EINVAL); like mmap(), any length is taken and rounded up to
  * whole pages (luffd_unmap() takes the same length, or the rounded one).
  * offset must lie inside the store (-ENXIO), and
@@ -705,6 +718,46 @@ LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
 #define LUFFD_MAP_PUSH LUFFD_REGISTER_PUSH
 
 /*
+ * luffd_register() and luffd_map(): write tracking.  Every page libuffd
+ * installs in the region goes in write-protected (demand faults,
+ * read-around and install-ahead, luffd_install(), luffd_prefetch(), the
+ * background push, zero pages), so the first write to each page raises a
+ * write-protect fault: libuffd lifts the protection, which wakes the
+ * writer, and records the fault as LUFFD_WP (stats.wp_faults,
+ * stats.wp_latency, the trace: "w", class "wp").  A later write to the same
+ * page costs nothing more.  The cost: one more fault per page written, a
+ * user-space round trip like a minor fault.  A first touch that is a write
+ * takes two faults: the missing page goes in protected like any other and
+ * the write then faults as WP, so the WP faults are every page written,
+ * whatever touched it first.  Two threads writing one clean page at once
+ * raise a fault each: the one served second finds the page un-protected
+ * (/proc/self/pagemap), is only woken, and counts in stats.wp_joined.
+ * (pagemap is asked only about a page the handler un-protected before,
+ * remembered in one of 4096 slots by page number: a second writer is
+ * missed, and counted twice, only if a page of its slot was un-protected
+ * in between.)
+ *  - Zero pages (holes, a callback's 0) go in as a private page of zeroes
+ *    copied in protected (UFFDIO_COPY_MODE_WP), not as the shared zero
+ *    page: a zero page write-protected only after it is mapped would let a
+ *    write in between go untracked.
+ *  - Such a region never takes chunks (enum luffd_install): UFFDIO_MOVE
+ *    cannot move pages in write-protected, and a page moved in and
+ *    protected afterwards could be written in between unseen.  Its pages
+ *    are copied.
+ *  - Anonymous private memory (what luffd_map() creates), and for
+ *    luffd_register() shmem where the kernel can write-protect it (pte
+ *    markers, CONFIG_PTE_MARKER_UFFD_WP: it can on 6.18 here).
+ * Returns -EOPNOTSUPP, with nothing registered, when the kernel cannot
+ * write-protect the range (no UFFDIO_REGISTER_MODE_WP, or
+ * UFFDIO_WRITEPROTECT missing from the ioctls it reports for it).
+ * luffd_unregister() and luffd_unmap() lift every protection left (the
+ * kernel does it as the range is unregistered).
+ */
+#define LUFFD_REGISTER_WP (1u << 2)
+/* luffd_map(): the same, for a mapped region. */
+#define LUFFD_MAP_WP LUFFD_REGISTER_WP
+
+/*
  * Register [addr, addr+length), memory the application already owns (an
  * anonymous private mapping, or shmem, whose pages are not yet populated:
  * populated pages never fault), so its missing pages are served from store
@@ -712,8 +765,9 @@ LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
  * (-EINVAL); the range must not overlap a region of this context (-EEXIST)
  * and must not be registered with another userfaultfd (-EBUSY); offset must
  * lie inside the store (-ENXIO) and offset + length must not pass page 2^40
- * of the store (-EOVERFLOW); flags is 0 or LUFFD_REGISTER_SEAL_UNSERVED and
- * LUFFD_REGISTER_PUSH (-EINVAL otherwise).  Release with luffd_unregister(); the memory itself
+ * of the store (-EOVERFLOW); flags is 0 or any of LUFFD_REGISTER_SEAL_UNSERVED,
+ * LUFFD_REGISTER_PUSH and LUFFD_REGISTER_WP (-EINVAL otherwise;
+ * -EOPNOTSUPP when LUFFD_REGISTER_WP cannot be had).  Release with luffd_unregister(); the memory itself
  * stays the caller's.  Thread-safe.
  *
  * After the range is unregistered its missing pages behave as the kernel
@@ -889,7 +943,7 @@ struct luffd_latency {
  * go into bucket 0 with [1, 2) us, and the last bucket, 23, also takes
  * everything from 2^24 us (about 16.8 s) up.  The latency is the service
  * latency above, of every fault served (any class: the buckets add up to
- * faults[] summed); QEMU counts only the faults that asked the migration
+ * faults[] summed plus wp_faults); QEMU counts only the faults that asked the migration
  * source for a page.  The bucket count is QEMU's and stays 24.
  */
 #define LUFFD_LATENCY_DIST_BUCKETS 24
@@ -950,6 +1004,25 @@ struct luffd_stats {
 					   table full */
 	/* Faults per latency bucket (LUFFD_LATENCY_DIST_BUCKETS, above). */
 	uint64_t latency_dist[LUFFD_LATENCY_DIST_BUCKETS];
+	/* Write-protect faults (LUFFD_WP, LUFFD_REGISTER_WP): the class has
+	 * no slot in faults[] and latency[] (see enum luffd_class), so its
+	 * count and service latency (from reading the message to the
+	 * un-protect that wakes the writer) are here.  A caller whose sz
+	 * ends before them gets the rest. */
+	uint64_t wp_faults;
+	struct luffd_latency wp_latency;
+	/* Write-protect faults where none could be expected (outside every
+	 * region once the orphan wait is over, or in a region without
+	 * LUFFD_REGISTER_WP): the page was un-protected and the writer woken
+	 * so it cannot fault forever, and the print callback was told.  Not
+	 * counted in wp_faults. */
+	uint64_t wp_unexpected;
+	/* Write-protect faults on a page another thread's write had
+	 * un-protected by the time it was served (two threads writing one
+	 * clean page at once): woken and not counted in wp_faults, so
+	 * wp_faults counts the pages written.  They block their threads
+	 * (blocktime) but are not timed or traced. */
+	uint64_t wp_joined;
 };
 
 /*
@@ -966,8 +1039,9 @@ LUFFD_API int luffd_stats_get(const struct luffd_ctx *ctx,
 			      struct luffd_stats *st);
 
 /*
- * Any percentile p (0 < p <= 100) of the service latency of class cls, or
- * of all classes when cls is LUFFD_NR_CLASSES, into *ns.  Thread-safe.
+ * Any percentile p (0 < p <= 100) of the service latency of class cls
+ * (LUFFD_WP included), or of all classes (LUFFD_WP included) when cls is
+ * LUFFD_NR_CLASSES, into *ns.  Thread-safe.
  * Returns -ENODATA when no fault of that class has been served.
  */
 LUFFD_API int luffd_latency_percentile(const struct luffd_ctx *ctx,

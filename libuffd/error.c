@@ -65,14 +65,15 @@ const char *luffd_strerror(int err)
 
 const char *luffd_class_name(enum luffd_class c)
 {
-	static const char *const names[LUFFD_NR_CLASSES] = {
+	static const char *const names[LUFFD_WP + 1] = {
 		[LUFFD_MINOR] = "minor",
 		[LUFFD_MAJOR] = "major",
 		[LUFFD_ZERO] = "zero",
 		[LUFFD_ERROR] = "error",
+		[LUFFD_WP] = "wp",
 	};
 
-	if ((unsigned int)c >= LUFFD_NR_CLASSES)
+	if ((unsigned int)c > LUFFD_WP || !names[c])
 		return "?";
 	return names[c];
 }

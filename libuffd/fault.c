@@ -15,6 +15,7 @@
 #include "cache.h"
 #include "chunk.h"
 #include "fault.h"
+#include "install.h"
 #include "loop.h"
 #include "policy.h"
 #include "read.h"
@@ -179,6 +180,31 @@ static bool overtake(struct luffd__loop *l, uint32_t fi, uint64_t pg)
 	return true;
 }
 
+/*
+ * A write-protect fault: a kind of its own, whose page is present.  Only
+ * a LUFFD_REGISTER_WP region installs pages protected; one elsewhere (a
+ * region registered without WP mode cannot raise one, so this is a bug)
+ * is un-protected all the same, so its writer cannot fault forever, and
+ * counted apart.
+ */
+static void serve_wp(struct luffd__loop *l, uint32_t fi)
+{
+	struct luffd__fault *f = F(l, fi);
+	size_t ps = l->cfg->page_size;
+
+	if (likely(f->region->flags & LUFFD_REGISTER_WP)) {
+		luffd__serve_unprotect(&l->rs, fi);
+		return;
+	}
+	luffd__inc(l->stats.wp_unexpected, 1);
+	pr_warn("write-protect fault at %#llx in a region without "
+		"LUFFD_REGISTER_WP: un-protected\n",
+		(unsigned long long)f->addr);
+	if (luffd__pt_protect(l->uffd, f->addr, ps, false, 0))
+		luffd__pt_wake(l->uffd, f->addr, ps);
+	luffd__fault_drop(&l->rs, fi);
+}
+
 void luffd__fault_serve(struct luffd__loop *l, uint32_t fi)
 {
 	struct luffd__fault *f = F(l, fi);
@@ -191,6 +217,10 @@ void luffd__fault_serve(struct luffd__loop *l, uint32_t fi)
 
 	if (luffd__fault_drop_if_dead(&l->rs, fi))
 		return;
+	if (f->wp) {
+		serve_wp(l, fi);
+		return;
+	}
 	if (r->flags & LUFFD_REGISTER_PUSH)
 		luffd__push_fault(l, r, pg);
 	if (s->caps & LUFFD__CAP_DIRECT) {

@@ -14,6 +14,17 @@
 /* Pages in a 2 MiB window scanned by one mincore() call. */
 #define SCAN_PAGES 512
 
+/* The source of write-protected zero pages (LUFFD__PT_WP): in .bss,
+ * aligned for any page size up to 64 KiB, never written. */
+#define ZEROES (64 * 1024)
+static unsigned char zeroes[ZEROES] __attribute__((aligned(ZEROES)));
+
+static __u64 copy_mode(unsigned int mode)
+{
+	return ((mode & LUFFD__PT_DONTWAKE) ? UFFDIO_COPY_MODE_DONTWAKE : 0) |
+	       ((mode & LUFFD__PT_WP) ? UFFDIO_COPY_MODE_WP : 0);
+}
+
 int luffd__pt_copy(int uffd, uint64_t dst, const void *src, uint64_t len,
 		   unsigned int mode)
 {
@@ -21,13 +32,28 @@ int luffd__pt_copy(int uffd, uint64_t dst, const void *src, uint64_t len,
 		.dst = dst,
 		.src = (uint64_t)(uintptr_t)src,
 		.len = len,
-		.mode = (mode & LUFFD__PT_DONTWAKE) ? UFFDIO_COPY_MODE_DONTWAKE
-						    : 0,
+		.mode = copy_mode(mode),
 	};
 
 	if (ioctl(uffd, UFFDIO_COPY, &c) == 0)
 		return 0;
 	return c.copy < 0 ? (int)c.copy : -errno;
+}
+
+/* Zeroes copied in write-protected, ZEROES at a time; stops at the first
+ * error (-EEXIST for a present page, as UFFDIO_ZEROPAGE). */
+static int zero_wp(int uffd, uint64_t dst, uint64_t len, unsigned int mode)
+{
+	while (len) {
+		uint64_t n = len < ZEROES ? len : ZEROES;
+		int err = luffd__pt_copy(uffd, dst, zeroes, n, mode);
+
+		if (err)
+			return err;
+		dst += n;
+		len -= n;
+	}
+	return 0;
 }
 
 int luffd__pt_zero(int uffd, uint64_t dst, uint64_t len, unsigned int mode)
@@ -38,6 +64,8 @@ int luffd__pt_zero(int uffd, uint64_t dst, uint64_t len, unsigned int mode)
 			UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0,
 	};
 
+	if (mode & LUFFD__PT_WP)
+		return zero_wp(uffd, dst, len, mode);
 	if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) == 0)
 		return 0;
 	return z.zeropage < 0 ? (int)z.zeropage : -errno;
@@ -61,6 +89,29 @@ void luffd__pt_wake(int uffd, uint64_t dst, uint64_t len)
 	struct uffdio_range r = { .start = dst, .len = len };
 
 	ioctl(uffd, UFFDIO_WAKE, &r);
+}
+
+int luffd__pt_protect(int uffd, uint64_t dst, uint64_t len, bool wp,
+		      unsigned int mode)
+{
+	struct uffdio_writeprotect w = {
+		.range = { .start = dst, .len = len },
+		.mode = wp ? UFFDIO_WRITEPROTECT_MODE_WP
+			   : ((mode & LUFFD__PT_DONTWAKE) ?
+				      UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0),
+	};
+
+	return ioctl(uffd, UFFDIO_WRITEPROTECT, &w) ? -errno : 0;
+}
+
+int luffd__pt_protected(int pagemap_fd, uint64_t addr, unsigned int shift)
+{
+	uint64_t e;
+
+	if (pread(pagemap_fd, &e, sizeof(e), (off_t)((addr >> shift) * 8)) !=
+	    (ssize_t)sizeof(e))
+		return -EIO;
+	return (int)((e >> 57) & 1); /* PM_UFFD_WP */
 }
 
 /* Pages present in a row from addr on (at least 1: the one that said
@@ -91,8 +142,7 @@ uint64_t luffd__pt_copy_missing(int uffd, uint64_t dst, const void *src,
 	while (len) {
 		struct uffdio_copy c = {
 			.dst = dst, .src = s, .len = len,
-			.mode = (mode & LUFFD__PT_DONTWAKE) ?
-				UFFDIO_COPY_MODE_DONTWAKE : 0,
+			.mode = copy_mode(mode),
 		};
 		uint64_t step;
 

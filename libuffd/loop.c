@@ -361,6 +361,7 @@ int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
 	l->ctx = ctx;
 	l->cfg = cfg;
 	l->uffd = -1;
+	l->rs.pagemap = -1;
 	luffd__flist_init(&l->pending);
 	luffd__flist_init(&l->orphans);
 	atomic_init(&l->stop, false);

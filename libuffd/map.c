@@ -268,7 +268,8 @@ int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
 
 	if (addrp)
 		*addrp = NULL;
-	if (!ctx || !addrp || (flags & ~(unsigned int)LUFFD_MAP_PUSH))
+	if (!ctx || !addrp ||
+	    (flags & ~(unsigned int)(LUFFD_MAP_PUSH | LUFFD_MAP_WP)))
 		return -EINVAL;
 	if (!(prot & PROT_READ) ||
 	    (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)))
@@ -279,9 +280,11 @@ int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
 		return err;
 	/* Chunks (see enum luffd_install) move 2 MiB at a time, which needs
 	 * a writable mapping like the staging buffers, 2 MiB-aligned, where
-	 * a fault leaves the page-middle directory empty (MADV_HUGEPAGE). */
+	 * a fault leaves the page-middle directory empty (MADV_HUGEPAGE).
+	 * Not in a write-tracked region: a move cannot install pages
+	 * write-protected (see install.h). */
 	huge = ctx->cfg.hp_chunks && (store->caps & LUFFD__CAP_CHUNKS) &&
-	       prot == (PROT_READ | PROT_WRITE);
+	       prot == (PROT_READ | PROT_WRITE) && !(flags & LUFFD_MAP_WP);
 	addr = map_range(length, prot, huge);
 	if (!addr)
 		return -errno;
@@ -290,7 +293,7 @@ int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
 	 * the range gets SIGSEGV instead of wrong data. */
 	madvise(addr, length, MADV_DONTFORK);
 	err = add_region(ctx, (uint64_t)(uintptr_t)addr, length, store, offset,
-			 true, huge, flags & LUFFD_MAP_PUSH);
+			 true, huge, flags & (LUFFD_MAP_PUSH | LUFFD_MAP_WP));
 	if (err) {
 		munmap(addr, length);
 		return err;
@@ -313,7 +316,8 @@ int luffd_register(struct luffd_ctx *ctx, void *addr, size_t length,
 	int err;
 
 	if (!ctx || !addr ||
-	    (flags & ~(LUFFD_REGISTER_SEAL_UNSERVED | LUFFD_REGISTER_PUSH)))
+	    (flags & ~(LUFFD_REGISTER_SEAL_UNSERVED | LUFFD_REGISTER_PUSH |
+		       LUFFD_REGISTER_WP)))
 		return -EINVAL;
 	if (((uintptr_t)addr | length) & (ctx->cfg.page_size - 1))
 		return -EINVAL;

@@ -37,6 +37,22 @@ static void caught(struct luffd__loop *l, uint32_t fi)
 	luffd__fault_free(&l->rs, fi);
 }
 
+/* A write-protect fault outside every region: its page is present, so
+ * SIGBUS cannot be installed and a wake alone would have it fault again;
+ * lift the protection (which wakes the writer). */
+static void unexpected_wp(struct luffd__loop *l, uint32_t fi, uint64_t now)
+{
+	struct luffd__fault *f = F(l, fi);
+	size_t ps = l->cfg->page_size;
+
+	luffd__inc(l->stats.wp_unexpected, 1);
+	pr_warn("write-protect fault at %#llx outside every region: "
+		"un-protected\n", (unsigned long long)f->addr);
+	if (luffd__pt_protect(l->uffd, f->addr, ps, false, 0))
+		luffd__pt_wake(l->uffd, f->addr, ps);
+	luffd__fault_drop_at(&l->rs, fi, now);
+}
+
 /* Serve fault fi, whose region may not be known yet. */
 static void resolve(struct luffd__loop *l, uint32_t fi)
 {
@@ -47,7 +63,10 @@ static void resolve(struct luffd__loop *l, uint32_t fi)
 
 	f->region = luffd__region_hold(&l->rtab, f->addr, &how);
 	if (f->region) {
-		if (unlikely(luffd__pool_caught(l->cq->pool, f->tid, f->addr,
+		/* A write-protect fault needs nothing from a store: even a
+		 * callback worker's is served at once. */
+		if (unlikely(!f->wp &&
+			     luffd__pool_caught(l->cq->pool, f->tid, f->addr,
 						f->region))) {
 			caught(l, fi);
 			return;
@@ -73,6 +92,10 @@ static void resolve(struct luffd__loop *l, uint32_t fi)
 		return;
 	}
 	luffd__inc(l->stats.orphans, 1);
+	if (f->wp) {
+		unexpected_wp(l, fi, now);
+		return;
+	}
 	if (!l->cfg->has_poison || luffd__pt_poison(l->uffd, f->addr, ps, 0))
 		luffd__pt_wake(l->uffd, f->addr, ps);
 	luffd__fault_drop_at(&l->rs, fi, now);
@@ -101,6 +124,7 @@ static void new_fault(struct luffd__loop *l, const struct uffd_msg *m,
 		.next = LUFFD__NIL,
 		.bt = bt,
 		.write = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0,
+		.wp = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) != 0,
 	};
 	resolve(l, fi);
 }

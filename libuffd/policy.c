@@ -188,7 +188,8 @@ uint64_t luffd__install_ahead(struct luffd__loop *l, struct luffd__region *r,
 	size_t ps = l->cfg->page_size;
 	uint64_t end = (r->off + r->len) >> shift, n = l->cfg->ia_pages;
 	uint64_t first = pg + 1;
-	struct luffd__run run = LUFFD__RUN(l->uffd, LUFFD__PT_DONTWAKE);
+	struct luffd__run run = LUFFD__RUN(l->uffd, LUFFD__PT_DONTWAKE |
+						 luffd__pt_mode(r->flags));
 	bool around = false, trust_used;
 
 	/* Adaptive: as far as the stream has earned (its last window), at

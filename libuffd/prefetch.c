@@ -185,7 +185,7 @@ static uint64_t install_cached(struct luffd__loop *l, struct luffd__region *r,
 	struct luffd__cache *c = &l->cache;
 	unsigned int shift = l->cfg->page_shift;
 	size_t ps = l->cfg->page_size;
-	struct luffd__run run = LUFFD__RUN(l->uffd, 0);
+	struct luffd__run run = LUFFD__RUN(l->uffd, luffd__pt_mode(r->flags));
 
 	for (uint64_t p = pg; p < pg + n; p++) {
 		uint32_t slot = luffd__cache_find(c, r->store->id, p);
@@ -232,7 +232,8 @@ static bool step_direct(struct luffd__loop *l, struct luffd__pjob *j,
 		return true;
 	}
 	got = luffd__pt_copy_missing(l->uffd, r->start + off - r->off, src,
-				     m << shift, 0, NULL);
+				     m << shift, luffd__pt_mode(r->flags),
+				     NULL);
 	if (j->push) {
 		luffd__inc(l->stats.pushed, got);
 		j->clean = 0; /* the next pass looks (see step()) */
@@ -453,11 +454,12 @@ static void push_zero(struct luffd__loop *l, struct luffd__op *op)
 	size_t ps = l->cfg->page_size;
 	uint64_t dst = r->start + op->off - r->off;
 	uint64_t len = (uint64_t)op->npages * ps;
+	unsigned int mode = luffd__pt_mode(r->flags);
 
-	if (luffd__pt_zero(l->uffd, dst, len, 0) != -EEXIST)
+	if (luffd__pt_zero(l->uffd, dst, len, mode) != -EEXIST)
 		return;
 	for (uint64_t at = 0; at < len; at += ps)
-		luffd__pt_zero(l->uffd, dst + at, ps, 0);
+		luffd__pt_zero(l->uffd, dst + at, ps, mode);
 }
 
 void luffd__prefetch_done(struct luffd__loop *l, struct luffd__op *op,
@@ -684,8 +686,9 @@ ssize_t luffd_install(struct luffd_ctx *ctx, void *addr,
 		/* -EAGAIN: the address space is changing (a fork, an
 		 * mremap()); present pages are stepped over on the retry. */
 		for (int tries = 0; tries < 1000; tries++) {
-			got += luffd__pt_copy_missing(r->tab->uffd, cur, from,
-						      n, 0, &err);
+			got += luffd__pt_copy_missing(
+				r->tab->uffd, cur, from, n,
+				luffd__pt_mode(r->flags), &err);
 			if (err != -EAGAIN)
 				break;
 			sched_yield();

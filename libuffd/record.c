@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Fault records, their lists, and a fault's outcome. */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
@@ -45,6 +46,13 @@ int luffd__records_init(struct luffd__records *rs, int uffd,
 	rs->cfg = cfg;
 	rs->stats = st;
 	rs->trace = tr;
+	/* Tells a write-protect fault on a page still protected from one
+	 * whose page another thread's write un-protected first (see
+	 * luffd__serve_unprotect()); without it, both count. */
+	rs->pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	rs->wp_recent = calloc(LUFFD__WP_RECENT, sizeof(*rs->wp_recent));
+	if (!rs->wp_recent)
+		return -ENOMEM;
 	return grow(rs);
 }
 
@@ -52,6 +60,11 @@ void luffd__records_fini(struct luffd__records *rs)
 {
 	free(rs->f);
 	rs->f = NULL;
+	free(rs->wp_recent);
+	rs->wp_recent = NULL;
+	if (rs->pagemap >= 0)
+		close(rs->pagemap);
+	rs->pagemap = -1;
 }
 
 uint32_t luffd__fault_alloc(struct luffd__records *rs)
@@ -175,7 +188,9 @@ void luffd__serve_copy(struct luffd__records *rs, uint32_t i, const void *src,
 	if (rs->f[i].waited)
 		cls = LUFFD_MAJOR;
 	finish(rs, i, luffd__pt_copy(rs->uffd, rs->f[i].addr, src,
-				     rs->cfg->page_size, 0), cls, 0);
+				     rs->cfg->page_size,
+				     luffd__pt_mode(rs->f[i].region->flags)),
+	       cls, 0);
 }
 
 void luffd__serve_zero(struct luffd__records *rs, uint32_t i)
@@ -187,8 +202,12 @@ void luffd__serve_zero(struct luffd__records *rs, uint32_t i)
 	if (luffd__fault_drop_if_dead(rs, i))
 		return;
 	/* A write would fault again on the shared zero page to copy it:
-	 * install a private zeroed page for writes in one go. */
-	if (f->write)
+	 * install a private zeroed page for writes in one go.  A
+	 * write-tracked region gets private zeroed pages anyway (see
+	 * install.h). */
+	if (f->region->flags & LUFFD_REGISTER_WP)
+		ret = luffd__pt_zero(rs->uffd, f->addr, ps, LUFFD__PT_WP);
+	else if (f->write)
 		ret = luffd__pt_copy(rs->uffd, f->addr, rs->zero_page, ps, 0);
 	else
 		ret = luffd__pt_zero(rs->uffd, f->addr, ps, 0);
@@ -216,7 +235,8 @@ void luffd__serve_error(struct luffd__records *rs, uint32_t i, int err)
 		ret = (int)syscall(SYS_tgkill, getpid(), (pid_t)f->tid, SIGBUS);
 		ret = ret < 0 ? -errno : 0;
 	} else {
-		ret = luffd__pt_zero(rs->uffd, f->addr, ps, 0);
+		ret = luffd__pt_zero(rs->uffd, f->addr, ps,
+				     luffd__pt_mode(f->region->flags));
 	}
 	if (ret == -EAGAIN) {
 		luffd__inc(rs->stats->eagain, 1);
@@ -226,4 +246,45 @@ void luffd__serve_error(struct luffd__records *rs, uint32_t i, int err)
 	if (ret)
 		luffd__pt_wake(rs->uffd, f->addr, ps);
 	luffd__fault_record(rs, i, LUFFD_ERROR, err);
+}
+
+/*
+ * The first write to a write-protected page: the page is present, so
+ * lifting the protection is the whole service, and it wakes the writer.
+ * Nothing else may write-protect these pages meanwhile, so an error here
+ * is the range going away (as for a copy) or -EAGAIN.
+ *
+ * Two threads writing one clean page at once raise a fault each.  Only
+ * this thread lifts protections in the region, so a page that is no
+ * longer protected was un-protected for an earlier message: that write is
+ * counted already, this one is only woken (wp_joined), so wp_faults stays
+ * the number of pages written.  Asking pagemap costs a system call
+ * (about 1 us, a fifth of the fault), so it is asked only about a page
+ * un-protected before, as wp_recent remembers: a second writer comes
+ * within microseconds, and is missed (counted twice) only if a page of
+ * the same slot was un-protected in between.  (A page dropped meanwhile
+ * is not protected either: woken, its thread faults on the missing page.)
+ */
+void luffd__serve_unprotect(struct luffd__records *rs, uint32_t i)
+{
+	struct luffd__fault *f = &rs->f[i];
+	unsigned int shift = rs->cfg->page_shift;
+	uint64_t *seen = &rs->wp_recent[(f->addr >> shift) &
+					(LUFFD__WP_RECENT - 1)];
+	int ret;
+
+	if (luffd__fault_drop_if_dead(rs, i))
+		return;
+	if (*seen == f->addr && rs->pagemap >= 0 &&
+	    luffd__pt_protected(rs->pagemap, f->addr, shift) == 0) {
+		luffd__inc(rs->stats->wp_joined, 1);
+		luffd__pt_wake(rs->uffd, f->addr, rs->cfg->page_size);
+		luffd__fault_drop(rs, i);
+		return;
+	}
+	ret = luffd__pt_protect(rs->uffd, f->addr, rs->cfg->page_size, false,
+				0);
+	if (!ret)
+		*seen = f->addr;
+	finish(rs, i, ret, LUFFD_WP, 0);
 }

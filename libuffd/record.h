@@ -31,6 +31,7 @@ struct luffd__fault {
 	uint8_t parked; /* has waited for a free slot (counted once) */
 	uint8_t alone;  /* a shared read failed: read its page alone */
 	uint8_t nochunk; /* a chunk could not serve it: page path only */
+	uint8_t wp;     /* a write-protect fault (the page is present) */
 };
 
 struct luffd__flist { uint32_t head, tail; };
@@ -49,7 +50,12 @@ struct luffd__records {
 	struct luffd__bt *bt;        /* the context's blocktime */
 	unsigned char *zero_page;    /* a page of zeroes (write faults in
 					holes) */
+	int pagemap;                 /* /proc/self/pagemap, or -1 */
+	/* The page last un-protected in each slot (by page number), to
+	 * tell a second writer's WP fault (luffd__serve_unprotect()). */
+	uint64_t *wp_recent;
 };
+#define LUFFD__WP_RECENT 4096
 
 int luffd__records_init(struct luffd__records *rs, int uffd,
 			const struct luffd__cfg *cfg, struct luffd__stats *st,
@@ -104,6 +110,10 @@ void luffd__serve_copy(struct luffd__records *rs, uint32_t i, const void *src,
 void luffd__serve_zero(struct luffd__records *rs, uint32_t i);
 /* SIGBUS (ERROR, err). */
 void luffd__serve_error(struct luffd__records *rs, uint32_t i, int err);
+/* A write-protect fault: lift the protection, which wakes the writer,
+ * and record it as LUFFD_WP; a second writer of a page already
+ * un-protected is only woken (wp_joined). */
+void luffd__serve_unprotect(struct luffd__records *rs, uint32_t i);
 /* Dropped if its region is going away (true). */
 bool luffd__fault_drop_if_dead(struct luffd__records *rs, uint32_t i);
 

@@ -210,6 +210,36 @@ static struct luffd__region *region_new(struct luffd__rtab *t, uint64_t start,
 	return r;
 }
 
+/*
+ * UFFDIO_REGISTER [start, start+len) for missing pages, and with
+ * LUFFD_REGISTER_WP for write-protect faults too.  A kernel (or a memory
+ * type: shmem on a kernel without uffd-wp pte markers) that refuses WP
+ * mode says -EINVAL, as for a bad range: the range is tried without it to
+ * tell the two apart, and given back.
+ */
+static int uffd_register(int uffd, uint64_t start, uint64_t len,
+			 unsigned int flags, struct uffdio_register *reg)
+{
+	bool wp = flags & LUFFD_REGISTER_WP;
+	int err;
+
+	memset(reg, 0, sizeof(*reg));
+	reg->range.start = start;
+	reg->range.len = len;
+	reg->mode = UFFDIO_REGISTER_MODE_MISSING |
+		    (wp ? UFFDIO_REGISTER_MODE_WP : 0);
+	if (ioctl(uffd, UFFDIO_REGISTER, reg) == 0)
+		return 0;
+	err = -errno;
+	if (!wp || err != -EINVAL)
+		return err;
+	reg->mode = UFFDIO_REGISTER_MODE_MISSING;
+	if (ioctl(uffd, UFFDIO_REGISTER, reg) < 0)
+		return -errno;
+	ioctl(uffd, UFFDIO_UNREGISTER, &reg->range);
+	return -EOPNOTSUPP;
+}
+
 int luffd__region_add(struct luffd__rtab *t, uint64_t start, uint64_t len,
 		      struct luffd_store *store, uint64_t off, bool mapped,
 		      bool huge, uint64_t gid, unsigned int flags)
@@ -230,15 +260,12 @@ int luffd__region_add(struct luffd__rtab *t, uint64_t start, uint64_t len,
 	if (err)
 		goto fail_store;
 
-	memset(&reg, 0, sizeof(reg));
-	reg.range.start = start;
-	reg.range.len = len;
-	reg.mode = UFFDIO_REGISTER_MODE_MISSING;
-	if (ioctl(t->uffd, UFFDIO_REGISTER, &reg) < 0) {
-		err = -errno;
+	err = uffd_register(t->uffd, start, len, flags, &reg);
+	if (err)
 		goto fail_table;
-	}
-	if (!(reg.ioctls & (1ull << _UFFDIO_COPY))) {
+	if (!(reg.ioctls & (1ull << _UFFDIO_COPY)) ||
+	    ((flags & LUFFD_REGISTER_WP) &&
+	     !(reg.ioctls & (1ull << _UFFDIO_WRITEPROTECT)))) {
 		struct uffdio_range rg = { .start = start, .len = len };
 
 		ioctl(t->uffd, UFFDIO_UNREGISTER, &rg);

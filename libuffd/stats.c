@@ -65,13 +65,15 @@ unsigned int luffd__dist_bucket(uint64_t ns)
 void luffd__stats_init(struct luffd__stats *s)
 {
 	memset(s, 0, sizeof(*s));
-	for (int c = 0; c < LUFFD_NR_CLASSES; c++)
+	for (int c = 0; c < LUFFD__NCLS; c++)
 		atomic_init(&s->lat_min[c], UINT64_MAX);
 }
 
-void luffd__stats_record(struct luffd__stats *s, enum luffd_class c,
+void luffd__stats_record(struct luffd__stats *s, enum luffd_class cls,
 			 uint64_t lat)
 {
+	unsigned int c = luffd__cls_slot(cls);
+
 	luffd__inc(s->faults[c], 1);
 	luffd__inc(s->lat_sum[c], lat);
 	luffd__inc(s->hist[c][luffd__hist_index(lat)], 1);
@@ -84,7 +86,7 @@ void luffd__stats_record(struct luffd__stats *s, enum luffd_class c,
 				      memory_order_relaxed);
 }
 
-/* Sum the histograms of classes [c0, c1) over every loop into h. */
+/* Sum the histograms of class slots [c0, c1) over every loop into h. */
 static uint64_t sum_hist(const struct luffd_ctx *ctx, int c0, int c1,
 			 uint64_t *h)
 {
@@ -134,14 +136,15 @@ int luffd_latency_percentile(const struct luffd_ctx *ctx,
 			     enum luffd_class cls, double p, uint64_t *ns)
 {
 	uint64_t h[LUFFD__HIST_BUCKETS], total, lo = UINT64_MAX, hi = 0;
-	int c0 = cls, c1 = cls + 1;
+	int c0 = (int)luffd__cls_slot(cls), c1 = c0 + 1;
 
-	if (!ctx || !ns || (unsigned int)cls > LUFFD_NR_CLASSES ||
+	if (!ctx || !ns ||
+	    ((unsigned int)cls > LUFFD_NR_CLASSES && cls != LUFFD_WP) ||
 	    !(p > 0.0 && p <= 100.0))
 		return -EINVAL;
 	if (cls == LUFFD_NR_CLASSES) {
 		c0 = 0;
-		c1 = LUFFD_NR_CLASSES;
+		c1 = LUFFD__NCLS;
 	}
 	total = sum_hist(ctx, c0, c1, h);
 	if (!total)
@@ -158,10 +161,37 @@ int luffd_latency_percentile(const struct luffd_ctx *ctx,
 	return 0;
 }
 
+/* The latency summary of class slot c, over every loop. */
+static void latency_of(const struct luffd_ctx *ctx, int c,
+		       struct luffd_latency *lat)
+{
+	uint64_t h[LUFFD__HIST_BUCKETS];
+	uint64_t total, sum = 0, lo = UINT64_MAX, hi = 0;
+
+	total = sum_hist(ctx, c, c + 1, h);
+	if (!total)
+		return;
+	for (unsigned int i = 0; i < ctx->cfg.nloops; i++) {
+		struct luffd__stats *s = &ctx->loops[i].stats;
+		uint64_t mn = LD(s->lat_min[c]), mx = LD(s->lat_max[c]);
+
+		sum += LD(s->lat_sum[c]);
+		lo = mn < lo ? mn : lo;
+		hi = mx > hi ? mx : hi;
+	}
+	lat->count = total;
+	lat->min_ns = lo;
+	lat->max_ns = hi;
+	lat->mean_ns = sum / total;
+	lat->p50_ns = hist_pct(h, total, 50, lo, hi);
+	lat->p90_ns = hist_pct(h, total, 90, lo, hi);
+	lat->p99_ns = hist_pct(h, total, 99, lo, hi);
+	lat->p999_ns = hist_pct(h, total, 99.9, lo, hi);
+}
+
 int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
 {
 	struct luffd_stats st;
-	uint64_t h[LUFFD__HIST_BUCKETS];
 
 	if (!ctx || !out || out->sz < offsetof(struct luffd_stats, latency))
 		return -EINVAL;
@@ -195,33 +225,15 @@ int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
 		st.prefetched += LD(s->prefetched);
 		st.app_installed += LD(s->app_installed);
 		st.pushed += LD(s->pushed);
+		st.wp_faults += LD(s->faults[LUFFD_NR_CLASSES]);
+		st.wp_unexpected += LD(s->wp_unexpected);
+		st.wp_joined += LD(s->wp_joined);
 		for (int b = 0; b < LUFFD_LATENCY_DIST_BUCKETS; b++)
 			st.latency_dist[b] += LD(s->dist[b]);
 	}
-	for (int c = 0; c < LUFFD_NR_CLASSES; c++) {
-		struct luffd_latency *lat = &st.latency[c];
-		uint64_t total, sum = 0, lo = UINT64_MAX, hi = 0;
-
-		total = sum_hist(ctx, c, c + 1, h);
-		if (!total)
-			continue;
-		for (unsigned int i = 0; i < ctx->cfg.nloops; i++) {
-			struct luffd__stats *s = &ctx->loops[i].stats;
-			uint64_t mn = LD(s->lat_min[c]), mx = LD(s->lat_max[c]);
-
-			sum += LD(s->lat_sum[c]);
-			lo = mn < lo ? mn : lo;
-			hi = mx > hi ? mx : hi;
-		}
-		lat->count = total;
-		lat->min_ns = lo;
-		lat->max_ns = hi;
-		lat->mean_ns = sum / total;
-		lat->p50_ns = hist_pct(h, total, 50, lo, hi);
-		lat->p90_ns = hist_pct(h, total, 90, lo, hi);
-		lat->p99_ns = hist_pct(h, total, 99, lo, hi);
-		lat->p999_ns = hist_pct(h, total, 99.9, lo, hi);
-	}
+	for (int c = 0; c < LUFFD_NR_CLASSES; c++)
+		latency_of(ctx, c, &st.latency[c]);
+	latency_of(ctx, LUFFD_NR_CLASSES, &st.wp_latency);
 	luffd__bt_snapshot(ctx->bt, &st);
 	/* Copy what the caller's struct has room for. */
 	memcpy((char *)out + sizeof(out->sz), (char *)&st + sizeof(st.sz),

@@ -13,21 +13,30 @@
 #define LUFFD__HIST_BUCKETS 976 /* 16 linear + 60 octaves x 16 sub-buckets */
 #define LUFFD__TRACE_BUF (64 * 1024)
 
+/* Classes counted inside the library: the public ones with a slot in
+ * struct luffd_stats's arrays, then LUFFD_WP (which has none: see enum
+ * luffd_class). */
+#define LUFFD__NCLS (LUFFD_NR_CLASSES + 1)
+static inline unsigned int luffd__cls_slot(enum luffd_class c)
+{
+	return c == LUFFD_WP ? LUFFD_NR_CLASSES : (unsigned int)c;
+}
+
 struct luffd__stats {
 	/* Single writer (the handler thread), any number of readers: plain
 	 * relaxed loads and stores, never a locked instruction. */
-	_Atomic uint64_t faults[LUFFD_NR_CLASSES];
-	_Atomic uint64_t lat_sum[LUFFD_NR_CLASSES];
-	_Atomic uint64_t lat_min[LUFFD_NR_CLASSES];
-	_Atomic uint64_t lat_max[LUFFD_NR_CLASSES];
-	_Atomic uint64_t hist[LUFFD_NR_CLASSES][LUFFD__HIST_BUCKETS];
+	_Atomic uint64_t faults[LUFFD__NCLS]; /* by luffd__cls_slot() */
+	_Atomic uint64_t lat_sum[LUFFD__NCLS];
+	_Atomic uint64_t lat_min[LUFFD__NCLS];
+	_Atomic uint64_t lat_max[LUFFD__NCLS];
+	_Atomic uint64_t hist[LUFFD__NCLS][LUFFD__HIST_BUCKETS];
 	_Atomic uint64_t dist[LUFFD_LATENCY_DIST_BUCKETS]; /* QEMU's buckets */
 	_Atomic uint64_t bytes_read, reads, readahead_pages, coalesced;
 	_Atomic uint64_t evictions, eexist, eagain, waits, trace_errors;
 	_Atomic uint64_t ev_remove, ev_unmap, ev_remap, orphans, timeouts;
 	_Atomic uint64_t misuse, installed_ahead, moved_pages;
 	_Atomic uint64_t cancels, late, internal_errors, prefetched;
-	_Atomic uint64_t pushed;
+	_Atomic uint64_t pushed, wp_unexpected, wp_joined;
 	/* Written by application threads (luffd_install()): atomic adds. */
 	_Atomic uint64_t app_installed;
 };
