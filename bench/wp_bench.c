@@ -13,6 +13,14 @@
  * ratio of the p50s.
  *
  *   wp-bench [--size MIB] [--repeat N] [--spin-us US]
+ *   wp-bench --dirty PCT [--async] [--size MIB] [--repeat N]
+ *
+ * With --dirty: the cost of dirty tracking instead.  Every page of the
+ * region is read (installed, protected), PCT percent of its pages are
+ * written at random, and luffd_dirty() over the whole region is timed (the
+ * page-table scan plus one UFFDIO_WRITEPROTECT per range), then once more
+ * with nothing written (the scan alone).  --async: the context records
+ * writes in the kernel (LUFFD_WP_ASYNC), and the scan protects as it goes.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -99,10 +107,73 @@ static int round_once(struct luffd_ctx *ctx, struct luffd_store *st,
 	return 0;
 }
 
+/* --dirty: luffd_dirty() over n pages with pct% of them written. */
+static int dirty_bench(struct luffd_store *st, size_t n, size_t ps,
+		       size_t mib, double pct, unsigned int repeat,
+		       uint64_t *seed, enum luffd_wp_mode wp_mode)
+{
+	size_t cap = n + 1;
+	struct luffd_range *out = malloc(cap * sizeof(*out));
+
+	if (!out)
+		return 1;
+	printf("luffd_dirty() over %zu MiB (%zu pages), %.2f%% of the pages "
+	       "written at random, %s\n", mib, n, pct,
+	       wp_mode == LUFFD_WP_ASYNC ? "LUFFD_WP_ASYNC" : "LUFFD_WP_SYNC");
+	printf("round  pages written  ranges  scan+protect ms  "
+	       "scan alone ms\n");
+	for (unsigned int r = 0; r < repeat; r++) {
+		struct luffd_ctx *ctx;
+		uint64_t t0, t1, t2;
+		volatile char c;
+		size_t nw = (size_t)((double)n * pct / 100.0);
+		ssize_t k, k2;
+		char *m;
+		int err;
+
+		LUFFD_OPTS(luffd_ctx_opts, o, .wp_mode = wp_mode);
+
+		if (luffd_ctx_create(&o, &ctx))
+			return 1;
+		err = luffd_map(ctx, st, 0, n * ps, PROT_READ | PROT_WRITE,
+				LUFFD_MAP_WP, (void **)&m);
+		if (err) {
+			fprintf(stderr, "luffd_map: %s\n", luffd_strerror(err));
+			return err == -EOPNOTSUPP ? 77 : 1;
+		}
+		for (size_t i = 0; i < n; i++)
+			c = m[i * ps];
+		(void)c;
+		for (size_t i = 0; i < nw; i++) {
+			*seed ^= *seed << 13;
+			*seed ^= *seed >> 7;
+			*seed ^= *seed << 17;
+			m[(*seed % n) * ps] = 1;
+		}
+		t0 = now_ns();
+		k = luffd_dirty(ctx, m, n * ps, out, cap, 0);
+		t1 = now_ns();
+		k2 = luffd_dirty(ctx, m, n * ps, out, cap, 0);
+		t2 = now_ns();
+		if (k < 0 || k2 != 0) {
+			fprintf(stderr, "luffd_dirty: %zd then %zd\n", k, k2);
+			return 1;
+		}
+		printf("%5u  %13zu  %6zd  %15.2f  %13.2f\n", r, nw, k,
+		       (double)(t1 - t0) / 1e6, (double)(t2 - t1) / 1e6);
+		luffd_unmap(ctx, m, n * ps);
+		luffd_ctx_destroy(ctx);
+	}
+	free(out);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	size_t mib = 64, ps = (size_t)getpagesize(), n;
 	unsigned int repeat = 3, spin = 0;
+	double dirty_pct = -1;
+	int async = 0;
 	uint64_t seed = 0x9e3779b97f4a7c15ull;
 	struct luffd_ctx *ctx;
 	struct luffd_store *st;
@@ -120,9 +191,13 @@ int main(int argc, char **argv)
 			repeat = (unsigned int)strtoul(argv[++i], NULL, 0);
 		else if (!strcmp(argv[i], "--spin-us") && i + 1 < argc)
 			spin = (unsigned int)strtoul(argv[++i], NULL, 0);
+		else if (!strcmp(argv[i], "--dirty") && i + 1 < argc)
+			dirty_pct = strtod(argv[++i], NULL);
+		else if (!strcmp(argv[i], "--async"))
+			async = 1;
 		else {
 			fprintf(stderr, "usage: %s [--size MIB] [--repeat N] "
-				"[--spin-us US]\n", argv[0]);
+				"[--spin-us US] [--dirty PCT [--async]]\n", argv[0]);
 			return 2;
 		}
 	}
@@ -140,6 +215,9 @@ int main(int argc, char **argv)
 	err = luffd_store_memory(mem, n * ps, &st);
 	if (err)
 		return 1;
+	if (dirty_pct >= 0)
+		return dirty_bench(st, n, ps, mib, dirty_pct, repeat, &seed,
+				   async ? LUFFD_WP_ASYNC : LUFFD_WP_SYNC);
 	printf("%zu pages (%zu MiB), memory store, random order, "
 	       "spin_us %u (0: the default)\n", n, mib, spin);
 	printf("round  minor p50  wp p50  ratio  minor p99  wp p99  "

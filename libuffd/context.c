@@ -36,7 +36,10 @@ static int negotiate(struct luffd__cfg *c)
 
 	if (err)
 		return err;
-	c->features = c->kernel.features & WANTED_FEATURES & ~c->disable;
+	c->features = c->kernel.features &
+		      (WANTED_FEATURES |
+		       (c->wp_async ? UFFD_FEATURE_WP_ASYNC : 0)) &
+		      ~c->disable;
 	c->has_poison = c->features & UFFD_FEATURE_POISON;
 	/* UFFDIO_MOVE shows in a registration's ioctls, not UFFDIO_API's:
 	 * the feature bit is the promise.  A move refused all the same
@@ -151,6 +154,7 @@ int luffd_ctx_features(const struct luffd_ctx *ctx, struct luffd_features *f)
 	o.has_move = (ctx->cfg.features & UFFD_FEATURE_MOVE) != 0;
 	o.has_thread_id = (ctx->cfg.features & UFFD_FEATURE_THREAD_ID) != 0;
 	o.user_mode_only = o.opened_by == LUFFD_OPEN_USER_ONLY;
+	o.has_wp_async = (ctx->cfg.features & UFFD_FEATURE_WP_ASYNC) != 0;
 	memcpy((char *)f + sizeof(f->sz), (char *)&o + sizeof(o.sz),
 	       (f->sz < sizeof(o) ? f->sz : sizeof(o)) - sizeof(o.sz));
 	return 0;

@@ -155,6 +155,10 @@ static int resolve_threads(struct luffd__cfg *c, const struct luffd_ctx_opts *d)
 		return bad("blocktime_threads", "%u is more than %u",
 			   d->blocktime_threads, LUFFD_BLOCKTIME_MAX_THREADS);
 	c->bt_threads = d->blocktime_threads;
+	if ((unsigned int)d->wp_mode > LUFFD_WP_ASYNC)
+		return bad("wp_mode", "%u is not a luffd_wp_mode",
+			   (unsigned int)d->wp_mode);
+	c->wp_async = d->wp_mode == LUFFD_WP_ASYNC;
 	return 0;
 }
 

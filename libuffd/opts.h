@@ -26,6 +26,7 @@ struct luffd__cfg {
 	unsigned int read_timeout_ms; /* 0: none */
 	unsigned int workers;  /* callback worker threads, at most */
 	unsigned int bt_threads; /* blocktime's "all" (0: every thread) */
+	bool wp_async;           /* LUFFD_WP_ASYNC asked for */
 	enum luffd_open_mode open_mode;
 	uint64_t disable;      /* UFFD_FEATURE_* never to use */
 	luffd_trace_fn trace_fn;

@@ -614,8 +614,7 @@ void luffd__prefetch_fini(struct luffd__loop *l)
  * The application's calls
  * ---------------------------------------------------------------------- */
 
-/* The live region of ctx holding addr, held, and its handler. */
-static struct luffd__region *hold_at(struct luffd_ctx *ctx, uint64_t addr,
+struct luffd__region *luffd__hold_at(struct luffd_ctx *ctx, uint64_t addr,
 				     struct luffd__loop **lp)
 {
 	for (unsigned int i = 0; i < ctx->cfg.nloops; i++) {
@@ -636,7 +635,7 @@ static bool covered(struct luffd_ctx *ctx, uint64_t addr, uint64_t end)
 {
 	while (addr < end) {
 		struct luffd__loop *l;
-		struct luffd__region *r = hold_at(ctx, addr, &l);
+		struct luffd__region *r = luffd__hold_at(ctx, addr, &l);
 
 		if (!r)
 			return false;
@@ -646,7 +645,7 @@ static bool covered(struct luffd_ctx *ctx, uint64_t addr, uint64_t end)
 	return true;
 }
 
-static int check_range(struct luffd_ctx *ctx, const void *addr, size_t len,
+int luffd__check_range(struct luffd_ctx *ctx, const void *addr, size_t len,
 		       uint64_t *endp)
 {
 	uint64_t a = (uint64_t)(uintptr_t)addr;
@@ -669,12 +668,12 @@ ssize_t luffd_install(struct luffd_ctx *ctx, void *addr,
 
 	if (!src || flags || (ctx && len % ctx->cfg.page_size))
 		return -EINVAL;
-	err = check_range(ctx, addr, len, &end);
+	err = luffd__check_range(ctx, addr, len, &end);
 	if (err)
 		return err;
 	while (cur < end) {
 		struct luffd__loop *l;
-		struct luffd__region *r = hold_at(ctx, cur, &l);
+		struct luffd__region *r = luffd__hold_at(ctx, cur, &l);
 		const char *from = (const char *)src +
 				   (cur - (uint64_t)(uintptr_t)addr);
 		uint64_t n, got = 0;
@@ -735,7 +734,7 @@ int luffd_prefetch(struct luffd_ctx *ctx, void *addr, size_t len,
 
 	if (flags & ~(unsigned int)LUFFD_PREFETCH_WAIT)
 		return -EINVAL;
-	err = check_range(ctx, addr, len, &end);
+	err = luffd__check_range(ctx, addr, len, &end);
 	if (err)
 		return err;
 	/* A handler or a worker would wait for its own work. */
@@ -743,7 +742,7 @@ int luffd_prefetch(struct luffd_ctx *ctx, void *addr, size_t len,
 		return -EDEADLK;
 	while (cur < end) {
 		struct luffd__loop *l;
-		struct luffd__region *r = hold_at(ctx, cur, &l);
+		struct luffd__region *r = luffd__hold_at(ctx, cur, &l);
 		struct luffd__prefetch *p;
 		struct luffd__pjob *j;
 		uint64_t n;
@@ -819,7 +818,7 @@ int luffd_push_wait(struct luffd_ctx *ctx, void *addr, size_t len,
 
 	if (timeout_ms < -1)
 		return -EINVAL;
-	err = check_range(ctx, addr, len, &end);
+	err = luffd__check_range(ctx, addr, len, &end);
 	if (err)
 		return err;
 	if (timeout_ms && luffd__on_library_thread(ctx))
@@ -837,7 +836,7 @@ int luffd_push_wait(struct luffd_ctx *ctx, void *addr, size_t len,
 	/* Every region pushes, or none is waited for. */
 	for (uint64_t a = cur; a < end;) {
 		struct luffd__loop *l;
-		struct luffd__region *r = hold_at(ctx, a, &l);
+		struct luffd__region *r = luffd__hold_at(ctx, a, &l);
 		bool push;
 
 		if (!r)
@@ -850,7 +849,7 @@ int luffd_push_wait(struct luffd_ctx *ctx, void *addr, size_t len,
 	}
 	while (cur < end) {
 		struct luffd__loop *l;
-		struct luffd__region *r = hold_at(ctx, cur, &l);
+		struct luffd__region *r = luffd__hold_at(ctx, cur, &l);
 		uint64_t next;
 		int state;
 
@@ -862,7 +861,7 @@ int luffd_push_wait(struct luffd_ctx *ctx, void *addr, size_t len,
 		 * broadcast after it changes it: no wake-up is lost. */
 		pthread_mutex_lock(&l->lock);
 		for (;;) {
-			r = hold_at(ctx, cur, &l);
+			r = luffd__hold_at(ctx, cur, &l);
 			if (!r) {
 				err = -ECANCELED;
 				break;

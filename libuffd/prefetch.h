@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+struct luffd_ctx;
 struct luffd__loop;
 struct luffd__op;
 struct luffd__pjob;
@@ -50,6 +51,14 @@ void luffd__prefetch_joined(struct luffd__loop *l, struct luffd__op *op,
 			    uint64_t pg);
 /* Handler: regions died; their jobs end (-ECANCELED). */
 void luffd__prefetch_sweep(struct luffd__loop *l);
+/* The application's calls (prefetch.c, dirty.c): the live region of ctx
+ * holding addr, held, and its handler (NULL: none). */
+struct luffd__region *luffd__hold_at(struct luffd_ctx *ctx, uint64_t addr,
+				     struct luffd__loop **lp);
+/* addr page-aligned, len non-zero (-EINVAL), every page of it in regions of
+ * ctx (-ENOENT); *endp: the end, len rounded up to whole pages. */
+int luffd__check_range(struct luffd_ctx *ctx, const void *addr, size_t len,
+		       uint64_t *endp);
 /* The handler is gone: end every job (-ECANCELED). */
 void luffd__prefetch_fini(struct luffd__loop *l);
 

@@ -343,7 +343,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 
 	while (in.n && nops++ < 64) {
-		uint8_t op = U8(&in) % 20;
+		uint8_t op = U8(&in) % 21;
 		uint8_t a = U8(&in);
 
 		if (getenv("FUZZ_VERBOSE"))
@@ -429,7 +429,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				   (int)(U8(&in) & 7);
 			uint8_t f8 = U8(&in);
 			unsigned int fl = f8 & 0x80 ? U32(&in) :
-					  f8 & 0x40 ? LUFFD_MAP_PUSH : 0;
+					  (f8 & 0x40 ? LUFFD_MAP_PUSH : 0) |
+					  (f8 & 0x20 ? LUFFD_MAP_WP : 0);
 			void *addr = NULL;
 
 			rc = luffd_map(ctx, a & 0x80 ? NULL : s, off,
@@ -616,6 +617,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			rc_ok(n < 0 ? (int)n : 0);
 			if (n >= 0)
 				CHECK((size_t)n <= len && n % (ssize_t)ps == 0);
+			break;
+		}
+		case 20: { /* dirty ranges of a region (or garbage) */
+			char *at = nrg ? rg[a % nrg].addr +
+					 (U16(&in) % 16) * ps :
+					 (char *)(uintptr_t)U64(&in);
+			size_t len = a & 0x80 ? (size_t)U64(&in) :
+				     (size_t)U16(&in) * 64;
+			struct luffd_range out[8];
+			size_t n = U8(&in) % 9;
+			unsigned int fl = U8(&in) & 3;
+			ssize_t k = luffd_dirty(a & 0x20 ? NULL : ctx, at, len,
+						a & 0x10 ? NULL : out, n, fl);
+
+			rc_ok(k < 0 ? (int)k : 0);
+			if (k >= 0)
+				CHECK((size_t)k <= n);
 			break;
 		}
 		case 19: { /* wait for a push (or garbage), never long */
