@@ -224,6 +224,27 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
+/* One pre-copy round: the dirty pages reported, marked seen, their word
+ * copied out (as a round would send them).  The ranges reported. */
+static ssize_t copy_round(struct fixture *fx, struct luffd_range *r,
+			  unsigned char *seen, uint64_t *copy)
+{
+	ssize_t n = luffd_dirty(fx->ctx, fx->m, fx->len, r, 1024, 0);
+
+	ck_assert_int_ge(n, 0);
+	for (ssize_t i = 0; i < n; i++)
+		for (uint64_t a = r[i].addr; a < r[i].addr + r[i].len;
+		     a += t_ps) {
+			size_t p = (a - (uint64_t)(uintptr_t)fx->m) / t_ps;
+
+			seen[p] = 1;
+			copy[p] = __atomic_load_n(
+				(uint64_t *)(fx->m + p * t_ps + 64),
+				__ATOMIC_ACQUIRE);
+		}
+	return n;
+}
+
 /* A thread keeps writing while rounds are taken: every page written is
  * reported at least once, and after the writer stops and a last round is
  * taken, the value each round copied out matches the page's last write
@@ -249,41 +270,14 @@ START_TEST(dirty_concurrent_writer)
 	w->npg = npg;
 	ck_assert_int_eq(pthread_create(&w->t, NULL, writer_main, w), 0);
 	for (int round = 0; round < 200; round++) {
-		ssize_t n = luffd_dirty(fx.ctx, fx.m, fx.len, r, 1024, 0);
-
-		ck_assert_int_ge(n, 0);
-		for (ssize_t i = 0; i < n; i++)
-			for (uint64_t a = r[i].addr; a < r[i].addr + r[i].len;
-			     a += t_ps) {
-				size_t p = (a - (uint64_t)(uintptr_t)fx.m) /
-					   t_ps;
-
-				seen[p] = 1;
-				copy[p] = __atomic_load_n(
-					(uint64_t *)(fx.m + p * t_ps + 64),
-					__ATOMIC_ACQUIRE);
-			}
+		copy_round(&fx, r, seen, copy);
 		usleep(200);
 	}
 	atomic_store(&w->stop, true);
 	pthread_join(w->t, NULL);
-	/* The last round: whatever was written since. */
-	for (;;) {
-		ssize_t n = luffd_dirty(fx.ctx, fx.m, fx.len, r, 1024, 0);
-
-		ck_assert_int_ge(n, 0);
-		if (!n)
-			break;
-		for (ssize_t i = 0; i < n; i++)
-			for (uint64_t a = r[i].addr; a < r[i].addr + r[i].len;
-			     a += t_ps) {
-				size_t p = (a - (uint64_t)(uintptr_t)fx.m) /
-					   t_ps;
-
-				seen[p] = 1;
-				copy[p] = *(uint64_t *)(fx.m + p * t_ps + 64);
-			}
-	}
+	/* The last rounds: whatever was written since. */
+	while (copy_round(&fx, r, seen, copy))
+		;
 	for (size_t p = 0; p < npg; p++) {
 		if (!w->written[p])
 			continue;
