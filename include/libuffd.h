@@ -236,6 +236,13 @@ enum luffd_install {
 	LUFFD_INSTALL_COPY = 1,
 };
 
+/* luffd_ctx_opts.wp_mode: how writes to LUFFD_REGISTER_WP regions are
+ * recorded (see there and luffd_dirty()). */
+enum luffd_wp_mode {
+	LUFFD_WP_SYNC = 0,  /* a WP fault per first write, served by libuffd */
+	LUFFD_WP_ASYNC = 1, /* recorded by the kernel (UFFD_FEATURE_WP_ASYNC) */
+};
+
 struct luffd_ctx_opts {
 	size_t sz;
 	/* Handler threads, each with its own userfaultfd, io_uring, cache
@@ -360,10 +367,7 @@ struct luffd_ctx_opts {
 	 * faults are counted or traced, and luffd_dirty() reads and
 	 * protects again in one PAGEMAP_SCAN.  Where the kernel lacks it,
 	 * LUFFD_WP_SYNC is used (luffd_features.has_wp_async says which). */
-	enum luffd_wp_mode {
-		LUFFD_WP_SYNC = 0,
-		LUFFD_WP_ASYNC = 1,
-	} wp_mode;
+	enum luffd_wp_mode wp_mode;
 	unsigned int reserved1; /* 0 */
 };
 

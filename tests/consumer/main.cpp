@@ -8,5 +8,13 @@ int main()
 	st.sz = sizeof(st);
 	std::printf("%s %s\n", luffd_class_name(LUFFD_MAJOR),
 		    luffd_strerror(-LUFFD_E_UFFD_PERM));
+	/* Names of the newer API reachable at namespace scope from C++. */
+	struct luffd_ctx_opts o = {};
+	struct luffd_range r = {};
+	o.wp_mode = LUFFD_WP_ASYNC;
+	if (o.wp_mode != LUFFD_WP_ASYNC || (LUFFD_MAP_WP & LUFFD_MAP_PUSH) ||
+	    luffd_dirty(nullptr, nullptr, 0, &r, 1, 0) != -22 ||
+	    luffd_push_wait(nullptr, nullptr, 0, 0) != -22)
+		return 1;
 	return luffd_stats_get(nullptr, &st) == -22 ? 0 : 1;
 }
