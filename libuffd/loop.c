@@ -494,8 +494,6 @@ void luffd__loop_fini(struct luffd__loop *l)
 	if (l->cq) {
 		l->cq->ring = NULL;
 		luffd__cq_drop_polls(l->cq);
-	}
-	if (l->cq) {
 		leak = abandon_ring_reads(l) || l->ch.populating;
 		if (leak) {
 			pr_warn("destroying a context with a read stuck in "

@@ -5,27 +5,29 @@
  * Connections are made at creation (nbd_connect_uri(), which blocks for
  * the handshake): one, or NBD_CONNS where the server offers multi-conn (its
  * connections then see one another's writes, so any may serve any
- * request).  Demand faults get the first connection to themselves and
- * read-ahead, prefetch and push share the others, so that a thread's
- * page never waits in the socket behind megabytes of background replies
- * (QEMU's post-copy preempt channel, for the same reason).  The others are
- * driven by a thread of the store's own, not by the handlers: the
+ * request).  Demand faults and read-ahead (which a sequential reader waits
+ * for) have the first connection; prefetch and the push share the others,
+ * so that a thread's page never waits in the socket behind megabytes of
+ * background replies (QEMU's post-copy preempt channel, for the same
+ * reason).
+ *
+ * The first connection is driven from the handlers' rings: a request
+ * becomes one nbd_aio_pread_structured() per iovec, issued on the handler
+ * thread and returning at once; the handler that issued a command polls
+ * the socket (luffd__cq_poll()), and the poll's completion hands the
+ * socket's readiness to libnbd (nbd_aio_notify_read/write), which reads
+ * the replies in and runs their callbacks; the last one completes the
+ * request.  No thread blocks per request, and none of libuffd's is spent
+ * on the socket while nothing is in flight.
+ *
+ * The others are driven by a thread of the store's own, at nice 10: the
  * handler queues a background request to it and goes on, and the store
  * thread issues it, reads the replies in (the copy from the socket, which
  * would otherwise take the handler from its demand faults) and completes
  * the requests through the completion queue, as an asynchronous store
  * does.  The handler never touches those connections: libnbd holds a
  * handle's lock while it reads replies in, and a stream of background
- * replies kept a handler issuing on one waiting for 10 ms at a time.  A request
- * becomes one nbd_aio_pread_structured() per iovec, issued on the handler thread and returning at once; its
- * completion callbacks run on whichever thread drives the connection next,
- * under the handle's lock, and the last one completes the request.  The
- * connection is driven from the handlers' rings: the handler that issued a
- * command polls the socket (luffd__cq_poll()), and the poll's completion
- * hands the socket's readiness to libnbd (nbd_aio_notify_read/write),
- * which reads the replies in and runs their callbacks.  No thread blocks
- * per request, and none of libuffd's is spent on the socket while nothing
- * is in flight.
+ * replies kept a handler issuing on one waiting for 10 ms at a time.
  *
  * Structured replies: a hole reads as zeroes, and a request that was hole
  * from end to end answers 0 (its fault is ZERO).  A server error fails
