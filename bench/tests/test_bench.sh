@@ -331,6 +331,12 @@ t_store_delayus() {
 			"$TMP/err" || fail "$layout: filter not used: $(cat "$TMP/err")"
 		grep -q "^Overlap: --store nbd, 500 us" "$TMP/out" ||
 			fail "no 500 us NBD overlap table"
+		# The served delay, measured through libnbd alone with 4
+		# reads in flight: at least the 500 us asked for.
+		sd=$(awk '$1 == "rand" && $5 == "us" { print $4 }' "$TMP/out")
+		[ -n "$sd" ] || fail "no served delay for NBD"
+		[ "$(echo "$sd" | cut -d. -f1)" -ge 500 ] ||
+			fail "served delay $sd us against a 500 us server"
 		fps=$(awk '$1 == "rand" && $3 == "naive" { print $7 }' "$TMP/out")
 		[ -n "$fps" ] || fail "no naive row"
 		[ "$(echo "$fps" | cut -d. -f1)" -lt 2000 ] ||
