@@ -404,7 +404,12 @@ LUFFD_API int luffd_ctx_create(const struct luffd_ctx_opts *opts,
  * flushed, handler threads are joined, every fd and buffer is released.
  * ctx may be NULL.  Must not run concurrently with any other call on ctx.
  * Must not be called from a callback running on ctx's handler thread
- * (returns -EDEADLK).
+ * (returns -EDEADLK).  Write-back regions (LUFFD_MAP_WRITEBACK) are written
+ * back first, as by luffd_msync() without LUFFD_MSYNC_DURABLE; should a
+ * write fail, the context is destroyed all the same, the pages that could
+ * not be written are lost, the print callback is told, and the first
+ * error is returned (call luffd_msync() first to handle write errors).
+ * Otherwise returns 0.
  */
 LUFFD_API int luffd_ctx_destroy(struct luffd_ctx *ctx);
 
@@ -457,6 +462,12 @@ struct luffd_store;
  * the data in the page cache (a later run reads it from the device again).
  * Dirty cached pages are written back first, as for any O_DIRECT read. */
 #define LUFFD_FILE_CACHED (1u << 1)
+/* luffd_store_open(): open the file for reading and writing (O_RDWR), so
+ * write-back regions (LUFFD_MAP_WRITEBACK) can write to it.  For
+ * luffd_store_file() the descriptor's own access mode decides: a store over
+ * a descriptor open O_RDWR can be written, with or without this flag, and
+ * the flag over a read-only descriptor is -EBADF. */
+#define LUFFD_FILE_WRITE (1u << 2)
 
 /*
  * File store over fd, read through io_uring.  The store keeps its own
@@ -466,12 +477,17 @@ struct luffd_store;
  * the page cache, without LUFFD_FILE_CACHED, a second, O_DIRECT reopen for
  * cold chunks where the file system allows it; so the caller may close fd
  * at once.  fd must be a regular file or block device open for reading
- * (-EBADF, -EACCES, -EINVAL otherwise).  Release with luffd_store_put().
+ * (-EBADF, -EACCES, -EINVAL otherwise).  Over an fd open O_RDWR the store
+ * can be written back to (LUFFD_MAP_WRITEBACK): through io_uring writes
+ * from the calling thread's own ring, buffered (through the page cache,
+ * also when the store reads with O_DIRECT), and LUFFD_MSYNC_DURABLE adds
+ * fdatasync().  Release with luffd_store_put().
  */
 LUFFD_API int luffd_store_file(int fd, unsigned int flags,
 			       struct luffd_store **storep);
 
-/* The same, opening path read-only itself. */
+/* The same, opening path itself: read-only, or O_RDWR with
+ * LUFFD_FILE_WRITE. */
 LUFFD_API int luffd_store_open(const char *path, unsigned int flags,
 			       struct luffd_store **storep);
 
@@ -555,6 +571,22 @@ LUFFD_API int luffd_store_nbd(const char *uri, unsigned int flags,
  * size is the store's size in bytes (faults past it get SIGBUS), or
  * UINT64_MAX for unbounded.  destroy(arg), if not NULL, runs when the last
  * reference to the store is dropped, on whichever thread drops it.
+ *
+ * Writing (optional: write-back regions, LUFFD_MAP_WRITEBACK, need it).
+ * write(arg, offset, buf, len) stores len bytes at offset: offset is
+ * page-aligned, len a multiple of the page size except for a last page
+ * that ends at size, at most 256 KiB.  It runs on the thread that writes
+ * back (luffd_msync(), luffd_unmap(), luffd_ctx_destroy()), one call at a
+ * time per write-back, in address order, and may block as long as it
+ * needs: no timeout applies.  buf points into the region itself, which is
+ * write-protected while write() runs (a thread writing to the same page
+ * waits for a moment, and the page is then dirty again and written by the
+ * next write-back).  It returns the bytes stored (fewer than len: write()
+ * is called again for the rest) or a negative errno: the write-back
+ * returns that error and the pages stay dirty.  flush(arg), if not NULL,
+ * makes every write so far durable (LUFFD_MSYNC_DURABLE): 0 or a negative
+ * errno.  write() and flush() must not touch memory registered with the
+ * context other than buf.
  * Release with luffd_store_put().
  */
 struct luffd_callback_ops {
@@ -562,6 +594,9 @@ struct luffd_callback_ops {
 	ssize_t (*fill)(void *arg, uint64_t offset, void *buf, size_t len);
 	void (*destroy)(void *arg);
 	uint64_t size;
+	ssize_t (*write)(void *arg, uint64_t offset, const void *buf,
+			 size_t len);
+	int (*flush)(void *arg);
 };
 
 LUFFD_API int luffd_store_callback(const struct luffd_callback_ops *ops,
@@ -659,9 +694,11 @@ LUFFD_API void luffd_store_put(struct luffd_store *store);
 
 /*
  * Map length bytes of store, starting at offset, lazily, like
- * mmap(MAP_PRIVATE) of a file: writes stay private, nothing is written back.
+ * mmap(MAP_PRIVATE) of a file: writes stay private, nothing is written back
+ * (unless LUFFD_MAP_WRITEBACK).
  * prot is PROT_READ, optionally with PROT_WRITE and PROT_EXEC.  flags is 0
- * or any of LUFFD_MAP_PUSH and LUFFD_MAP_WP (-EINVAL otherwise).  offset must be a multiple of the page size and length
+ * or any of LUFFD_MAP_PUSH, LUFFD_MAP_WP and LUFFD_MAP_WRITEBACK (-EINVAL
+ * otherwise; see LUFFD_MAP_WRITEBACK for its errors).  offset must be a multiple of the page size and length
  * non-zero (-EINVAL); like mmap(), any length is taken and rounded up to
  * whole pages (luffd_unmap() takes the same length, or the rounded one).
  * offset must lie inside the store (-ENXIO), and
@@ -693,6 +730,11 @@ LUFFD_API int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
  * from a callback on the context's handler thread it returns -EDEADLK.
  */
 LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
+/* (luffd_unmap() of a LUFFD_MAP_WRITEBACK region writes its dirty pages back
+ * first, as luffd_msync() without LUFFD_MSYNC_DURABLE.  Should that fail,
+ * it returns the error and the region stays mapped and registered, its
+ * unwritten pages dirty: retry, or munmap() the range yourself to drop
+ * them.) */
 
 /* luffd_register(): when the range is unregistered (luffd_unregister(),
  * luffd_ctx_destroy()), make its pages that were never served inaccessible
@@ -775,6 +817,72 @@ LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
 #define LUFFD_REGISTER_WP (1u << 2)
 /* luffd_map(): the same, for a mapped region. */
 #define LUFFD_MAP_WP LUFFD_REGISTER_WP
+
+/*
+ * luffd_map() and luffd_register(): write-back, the part of
+ * mmap(MAP_SHARED) that libuffd can give (README.md, "Write-back", sets the
+ * two side by side).  The region is write-tracked (it implies
+ * LUFFD_REGISTER_WP, with its costs: a WP fault on the first write to each
+ * page since it was installed or last written back), and its written
+ * pages go back to the store on luffd_msync(), luffd_unmap() and
+ * luffd_ctx_destroy().  luffd_dirty() over such a region takes only
+ * LUFFD_DIRTY_KEEP (-EINVAL without it: protecting the pages it reports
+ * would take them away from write-back).
+ *
+ * The store must be one that can be written (-EACCES otherwise): a file
+ * store over a descriptor open O_RDWR (LUFFD_FILE_WRITE), a callback store
+ * with write().  The first write-back region over a store gives the store
+ * a cache key of its own (-EBUSY while another region uses the store or,
+ * for file stores, the same file through another store), so pages cached
+ * before a write are never served after it; other stores over the same
+ * file opened later do not share it either.  Data that libuffd installed
+ * or cached for other, read-only mappings of the same file is not updated
+ * by a write-back (a kernel MAP_PRIVATE mapping would see the write until
+ * its own first write to the page).
+ *
+ * What is written: whole pages, except that the last page of the store is
+ * written only up to the store's size (the tail beyond it is dropped, as
+ * for a shared mapping of a file); the store never grows.  A page dropped
+ * with madvise(MADV_DONTNEED) before it was written back loses what was
+ * written to it (it faults in again from the store), unlike
+ * mmap(MAP_SHARED), whose page cache keeps it; munmap() of the range
+ * without luffd_unmap() also drops what was not written back.
+ */
+#define LUFFD_REGISTER_WRITEBACK (1u << 3)
+/* luffd_map(): the same, for a mapped region. */
+#define LUFFD_MAP_WRITEBACK LUFFD_REGISTER_WRITEBACK
+
+/* luffd_msync(): make the writes durable once done (fdatasync() for a file
+ * store, the callback store's flush()). */
+#define LUFFD_MSYNC_DURABLE (1u << 0)
+
+/*
+ * Write back the dirty pages of [addr, addr+len), as msync(MS_SYNC) does
+ * for a shared mapping: every page written before the call is in the store
+ * when it returns 0.  Each run of dirty pages is write-protected again
+ * (so a write from now on is seen), then written to the store from the
+ * region itself (or, for a store whose writes can time out, from a copy
+ * taken after the protection), up to 16 writes of 256 KiB in flight.  A
+ * thread that writes to a page meanwhile is not stopped for long and its
+ * write is never lost: the page is dirty again, for the next call.
+ *
+ * Returns 0 (also when nothing was dirty), or the first error: a store
+ * write's (-EIO, -ENOSPC, the callback's errno; -ETIMEDOUT when a store
+ * whose writes can time out did not answer within read_timeout_ms), or
+ * LUFFD_MSYNC_DURABLE's flush.  The pages of a write that failed stay
+ * dirty (the next call tries them again); the other pages were written.
+ * stats.written_back, writeback_writes, writeback_errors and
+ * writeback_flushes count them.
+ *
+ * addr page-aligned and len non-zero (-EINVAL), every page in regions of
+ * ctx (-ENOENT) created with LUFFD_MAP_WRITEBACK (-EINVAL); flags 0 or
+ * LUFFD_MSYNC_DURABLE (-EINVAL).  Runs on the calling thread (the handler
+ * threads go on serving faults).  Thread-safe: write-backs of one context
+ * run one at a time, so each returns only once the pages it found are in
+ * the store.  -EDEADLK from one of ctx's own threads (a callback).
+ */
+LUFFD_API int luffd_msync(struct luffd_ctx *ctx, void *addr, size_t len,
+			  unsigned int flags);
 
 /* A range of pages (luffd_dirty()). */
 struct luffd_range {
@@ -1080,6 +1188,13 @@ struct luffd_stats {
 	 * wp_faults counts the pages written.  They block their threads
 	 * (blocktime) but are not timed or traced. */
 	uint64_t wp_joined;
+	/* Write-back (LUFFD_MAP_WRITEBACK): pages written to their store,
+	 * store writes issued, writes (and flushes) that failed, and
+	 * flushes (LUFFD_MSYNC_DURABLE). */
+	uint64_t written_back;
+	uint64_t writeback_writes;
+	uint64_t writeback_errors;
+	uint64_t writeback_flushes;
 };
 
 /*

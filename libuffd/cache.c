@@ -430,6 +430,34 @@ void luffd__cache_release(struct luffd__cache *c, uint32_t i)
 	c->nfree++;
 }
 
+void luffd__cache_drop_pages(struct luffd__cache *c, uint64_t store_id,
+			     uint64_t pg, uint64_t npg)
+{
+	uint32_t sidx = store_find(c, store_id);
+
+	if (sidx == LUFFD__NIL)
+		return; /* nothing of it here */
+	if (npg > c->nslots) {
+		/* Cheaper over the slots than over the pages. */
+		for (uint32_t i = 0; i < c->nslots; i++) {
+			uint64_t k = c->slots[i].key;
+
+			if ((k & 3) == LUFFD__SLOT_READY &&
+			    key_sidx(k) == sidx && k >> PG_SHIFT >= pg &&
+			    (k >> PG_SHIFT) - pg < npg)
+				luffd__cache_release(c, i);
+		}
+		return;
+	}
+	for (uint64_t p = pg; p < pg + npg; p++) {
+		uint32_t i = luffd__cache_find(c, store_id, p);
+
+		if (i != LUFFD__NIL &&
+		    luffd__cache_state(c, i) == LUFFD__SLOT_READY)
+			luffd__cache_release(c, i);
+	}
+}
+
 uint32_t luffd__cache_available(const struct luffd__cache *c)
 {
 	/* Every slot that is not in flight is free or evictable. */

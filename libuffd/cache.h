@@ -96,6 +96,10 @@ static inline bool luffd__cache_is_used(const struct luffd__cache *c,
 {
 	return c->used_map[i >> 6] >> (i & 63) & 1;
 }
+/* Drop the READY pages of store_id in [pg, pg+npg) (pages being read are
+ * left). */
+void luffd__cache_drop_pages(struct luffd__cache *c, uint64_t store_id,
+			     uint64_t pg, uint64_t npg);
 /* Slots that could be handed out now (free or evictable). */
 uint32_t luffd__cache_available(const struct luffd__cache *c);
 /* Bytes of bookkeeping (everything but the page data). */

@@ -11,6 +11,7 @@
 #include "map.h"
 #include "pool.h"
 #include "stats.h"
+#include "writeback.h"
 
 /* Features asked for when the kernel offers them.  FORK is not: a child
  * would need a handler of its own (see luffd_map()). */
@@ -24,6 +25,7 @@ static void ctx_free(struct luffd_ctx *ctx)
 	free(ctx->loops);
 	luffd__bt_free(ctx->bt);
 	pthread_mutex_destroy(&ctx->lock);
+	pthread_mutex_destroy(&ctx->wb_lock);
 	pthread_mutex_destroy(&ctx->guard_lock);
 	pthread_cond_destroy(&ctx->guard_cv);
 	free(ctx);
@@ -64,6 +66,7 @@ int luffd_ctx_create(const struct luffd_ctx_opts *opts, struct luffd_ctx **ctxp)
 	if (!ctx)
 		return -ENOMEM;
 	pthread_mutex_init(&ctx->lock, NULL);
+	pthread_mutex_init(&ctx->wb_lock, NULL);
 	pthread_mutex_init(&ctx->guard_lock, NULL);
 	pthread_cond_init(&ctx->guard_cv, NULL);
 	err = luffd__opts_resolve(&ctx->cfg, opts);
@@ -119,10 +122,18 @@ fail_loops:
 
 int luffd_ctx_destroy(struct luffd_ctx *ctx)
 {
+	int err;
+
 	if (!ctx)
 		return 0;
 	if (luffd__on_library_thread(ctx))
 		return -EDEADLK;
+	/* Write-back regions go back to their stores first, while the
+	 * handlers still serve (a write may fault a dropped page in). */
+	err = luffd__writeback_all(ctx);
+	if (err)
+		pr_warn("luffd_ctx_destroy: write-back failed (%d): the "
+			"pages not written are lost\n", err);
 	luffd__map_remove_all(ctx);
 	luffd__guard_stop(ctx);
 	for (unsigned int i = 0; i < ctx->cfg.nloops; i++)
@@ -134,7 +145,7 @@ int luffd_ctx_destroy(struct luffd_ctx *ctx)
 	for (unsigned int i = 0; i < ctx->cfg.nloops; i++)
 		luffd__loop_fini(&ctx->loops[i]);
 	ctx_free(ctx);
-	return 0;
+	return err;
 }
 
 int luffd_ctx_features(const struct luffd_ctx *ctx, struct luffd_features *f)

@@ -19,6 +19,7 @@ struct luffd_ctx {
 	pthread_mutex_t lock;  /* serialises region creation and removal */
 	uint64_t next_gid;     /* striped ranges made so far (lock) */
 	atomic_uint next_loop; /* the handler the next range goes to */
+	pthread_mutex_t wb_lock; /* one write-back at a time (writeback.c) */
 
 	/* The guard thread, started with the first region over a store
 	 * whose read() runs application code on the handler (guard.c). */

@@ -158,14 +158,44 @@ static int scan_read(struct scan *sc, int pm, uint64_t a, uint64_t end)
 	return 0;
 }
 
+ssize_t luffd__dirty_scan(struct luffd_ctx *ctx, uint64_t a, uint64_t end,
+			  struct luffd_range *out, size_t n, bool keep)
+{
+	struct scan sc = { .ctx = ctx, .out = out, .n = n, .keep = keep };
+	bool async;
+	int err, pm;
+
+	/* One open per call: a few microseconds against the scan itself. */
+	pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (pm < 0)
+		return -errno;
+	/* Asynchronous write tracking: the kernel reports and protects in
+	 * one walk, atomically against writers. */
+	async = (ctx->cfg.features & UFFD_FEATURE_WP_ASYNC) && !sc.keep &&
+		!luffd__dirty_no_scan;
+	if (async)
+		sc.keep = true; /* report() need not protect */
+	err = luffd__dirty_no_scan ? -ENOTTY
+				   : scan_ioctl(&sc, pm, a, end, async);
+	sc.keep = keep;
+	/* No PAGEMAP_SCAN here (its first call fails, before anything is
+	 * reported). */
+	if (!sc.got &&
+	    (err == -ENOTTY || err == -EINVAL || err == -EOPNOTSUPP))
+		err = scan_read(&sc, pm, a, end);
+	close(pm);
+	/* Ranges reported were protected again: they are the caller's now,
+	 * whatever failed after them (the rest is found next time). */
+	if (sc.got)
+		return (ssize_t)sc.got;
+	return err < 0 ? err : sc.err;
+}
+
 ssize_t luffd_dirty(struct luffd_ctx *ctx, void *addr, size_t len,
 		    struct luffd_range *out, size_t n, unsigned int flags)
 {
-	struct scan sc = { .ctx = ctx, .out = out, .n = n,
-			   .keep = flags & LUFFD_DIRTY_KEEP };
 	uint64_t a = (uint64_t)(uintptr_t)addr, end;
-	bool async;
-	int err, pm;
+	int err;
 
 	if (!out || !n || (flags & ~(unsigned int)LUFFD_DIRTY_KEEP))
 		return -EINVAL;
@@ -180,34 +210,14 @@ ssize_t luffd_dirty(struct luffd_ctx *ctx, void *addr, size_t len,
 
 		if (!r)
 			return -ENOENT;
-		wp = r->flags & LUFFD_REGISTER_WP;
+		wp = (r->flags & LUFFD_REGISTER_WP) &&
+		     (!(r->flags & LUFFD_REGISTER_WRITEBACK) ||
+		      (flags & LUFFD_DIRTY_KEEP));
 		at = r->start + r->len;
 		luffd__region_put(r);
 		if (!wp)
 			return -EINVAL;
 	}
-	/* One open per call: a few microseconds against the scan itself. */
-	pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	if (pm < 0)
-		return -errno;
-	/* Asynchronous write tracking: the kernel reports and protects in
-	 * one walk, atomically against writers. */
-	async = (ctx->cfg.features & UFFD_FEATURE_WP_ASYNC) && !sc.keep &&
-		!luffd__dirty_no_scan;
-	if (async)
-		sc.keep = true; /* report() need not protect */
-	err = luffd__dirty_no_scan ? -ENOTTY
-				   : scan_ioctl(&sc, pm, a, end, async);
-	sc.keep = flags & LUFFD_DIRTY_KEEP;
-	/* No PAGEMAP_SCAN here (its first call fails, before anything is
-	 * reported). */
-	if (!sc.got &&
-	    (err == -ENOTTY || err == -EINVAL || err == -EOPNOTSUPP))
-		err = scan_read(&sc, pm, a, end);
-	close(pm);
-	/* Ranges reported were protected again: they are the caller's now,
-	 * whatever failed after them (the rest is found next time). */
-	if (sc.got)
-		return (ssize_t)sc.got;
-	return err < 0 ? err : sc.err;
+	return luffd__dirty_scan(ctx, a, end, out, n,
+				 flags & LUFFD_DIRTY_KEEP);
 }

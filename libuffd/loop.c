@@ -272,6 +272,8 @@ static void turn(struct luffd__loop *l)
 	bool uffd_ready = false;
 	uint64_t wait = luffd__reads_expire(l), w2;
 
+	/* Before prefetch and install-ahead take pages from the cache. */
+	luffd__wb_inval_take(l);
 	w2 = luffd__faults_next_deadline(l, luffd__now_ns());
 	wait = w2 < wait ? w2 : wait;
 	/* Nothing in flight and nothing to retry: spin a while.  The faults
@@ -368,6 +370,7 @@ int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
 	pthread_mutex_init(&l->lock, NULL);
 	pthread_cond_init(&l->cv, NULL);
 	luffd__prefetch_init(&l->pf);
+	luffd__inval_init(&l->inval);
 	luffd__stats_init(&l->stats);
 	l->trace = (struct luffd__trace){
 		.fn = cfg->trace_fn, .arg = cfg->trace_arg,
@@ -525,6 +528,7 @@ void luffd__loop_fini(struct luffd__loop *l)
 	luffd__reads_fini(l);
 	luffd__records_fini(&l->rs);
 	luffd__prefetch_fini(l);
+	luffd__inval_fini(&l->inval);
 	free(l->stash);
 	l->stash = NULL;
 	luffd__rtab_fini(&l->rtab);

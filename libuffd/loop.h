@@ -24,6 +24,7 @@
 #include "region.h"
 #include "req.h"
 #include "stats.h"
+#include "writeback.h"
 
 #define LUFFD__MSG_BATCH 64
 
@@ -57,6 +58,7 @@ struct luffd__loop {
 	struct luffd__flist pending; /* waiting for a cache or read slot */
 	struct luffd__flist orphans; /* no region yet (see msg.c) */
 	struct luffd__prefetch pf;   /* luffd_prefetch() jobs */
+	struct luffd__inval inval;   /* cache pages write-back made stale */
 	unsigned char *bounce;       /* tail page of a memory store */
 
 	/* Callback guard (guard.c).  cb_since: when the callback running on

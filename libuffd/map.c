@@ -14,6 +14,7 @@
 #include "map.h"
 #include "region.h"
 #include "store.h"
+#include "writeback.h"
 
 static struct luffd__rtab *tab(struct luffd_ctx *ctx, unsigned int i)
 {
@@ -103,6 +104,11 @@ static int add_region(struct luffd_ctx *ctx, uint64_t start, uint64_t len,
 		if (err)
 			goto out;
 	}
+	if (flags & LUFFD_REGISTER_WRITEBACK) {
+		err = luffd__store_unshare(store);
+		if (err)
+			goto out;
+	}
 	if (stripe < len)
 		gid = ++ctx->next_gid;
 	first = atomic_fetch_add(&ctx->next_loop, 1);
@@ -165,6 +171,17 @@ static int remove_exact(struct luffd_ctx *ctx, void *addr, size_t length,
 		return -EINVAL;
 	if (luffd__on_library_thread(ctx))
 		return -EDEADLK;
+	/* Write-back regions in the range go back to the store first; on
+	 * an error nothing is removed (the pages not written stay dirty).
+	 * A write-back racing with this one is serialised by wb_lock; a
+	 * page written after this returns is the caller's race. */
+	if (length && start + length > start) {
+		err = luffd__writeback(ctx, start, start + length, false,
+				       false);
+		if (err)
+			return err;
+		err = -ENOENT;
+	}
 	pthread_mutex_lock(&ctx->lock);
 	reap(ctx);
 	for (unsigned int i = 0; i < ctx->cfg.nloops && err == -ENOENT; i++) {
@@ -269,7 +286,8 @@ int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
 	if (addrp)
 		*addrp = NULL;
 	if (!ctx || !addrp ||
-	    (flags & ~(unsigned int)(LUFFD_MAP_PUSH | LUFFD_MAP_WP)))
+	    (flags & ~(unsigned int)(LUFFD_MAP_PUSH | LUFFD_MAP_WP |
+				     LUFFD_MAP_WRITEBACK)))
 		return -EINVAL;
 	if (!(prot & PROT_READ) ||
 	    (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC)))
@@ -278,6 +296,11 @@ int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
 	err = check_range(ctx, store, offset, length);
 	if (err)
 		return err;
+	if (flags & LUFFD_MAP_WRITEBACK) {
+		if (!(store->caps & LUFFD__CAP_WRITE))
+			return -EACCES;
+		flags |= LUFFD_MAP_WP; /* dirty pages are the written ones */
+	}
 	/* Chunks (see enum luffd_install) move 2 MiB at a time, which needs
 	 * a writable mapping like the staging buffers, 2 MiB-aligned, where
 	 * a fault leaves the page-middle directory empty (MADV_HUGEPAGE).
@@ -293,7 +316,9 @@ int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
 	 * the range gets SIGSEGV instead of wrong data. */
 	madvise(addr, length, MADV_DONTFORK);
 	err = add_region(ctx, (uint64_t)(uintptr_t)addr, length, store, offset,
-			 true, huge, flags & (LUFFD_MAP_PUSH | LUFFD_MAP_WP));
+			 true, huge,
+			 flags & (LUFFD_MAP_PUSH | LUFFD_MAP_WP |
+				  LUFFD_MAP_WRITEBACK));
 	if (err) {
 		munmap(addr, length);
 		return err;
@@ -317,13 +342,18 @@ int luffd_register(struct luffd_ctx *ctx, void *addr, size_t length,
 
 	if (!ctx || !addr ||
 	    (flags & ~(LUFFD_REGISTER_SEAL_UNSERVED | LUFFD_REGISTER_PUSH |
-		       LUFFD_REGISTER_WP)))
+		       LUFFD_REGISTER_WP | LUFFD_REGISTER_WRITEBACK)))
 		return -EINVAL;
 	if (((uintptr_t)addr | length) & (ctx->cfg.page_size - 1))
 		return -EINVAL;
 	err = check_range(ctx, store, offset, length);
 	if (err)
 		return err;
+	if (flags & LUFFD_REGISTER_WRITEBACK) {
+		if (!(store->caps & LUFFD__CAP_WRITE))
+			return -EACCES;
+		flags |= LUFFD_REGISTER_WP;
+	}
 	return add_region(ctx, (uint64_t)(uintptr_t)addr, length, store,
 			  offset, false, false, flags);
 }

@@ -16,6 +16,7 @@
 #include "pool.h"
 #include "record.h"
 #include "region.h"
+#include "writeback.h"
 
 #define F(l, i) luffd__F(&(l)->rs, (i))
 #define ORPHAN_NS (100 * 1000000ull)
@@ -245,6 +246,9 @@ int luffd__msg_drain(struct luffd__loop *l)
 			break; /* EAGAIN: drained */
 		}
 		cnt = (size_t)n / sizeof(l->msgs[0]);
+		/* Cache pages that a write-back made stale go before any
+		 * fault read after it is served (writeback.c). */
+		luffd__wb_inval_take(l);
 		start_faults(l, l->msgs, cnt, t0, bt);
 		/* In order: an event changes how the faults after it
 		 * resolve. */

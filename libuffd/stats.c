@@ -228,6 +228,10 @@ int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
 		st.wp_faults += LD(s->faults[LUFFD_NR_CLASSES]);
 		st.wp_unexpected += LD(s->wp_unexpected);
 		st.wp_joined += LD(s->wp_joined);
+		st.written_back += LD(s->wb_pages);
+		st.writeback_writes += LD(s->wb_writes);
+		st.writeback_errors += LD(s->wb_errors);
+		st.writeback_flushes += LD(s->wb_flushes);
 		for (int b = 0; b < LUFFD_LATENCY_DIST_BUCKETS; b++)
 			st.latency_dist[b] += LD(s->dist[b]);
 	}

@@ -37,8 +37,10 @@ struct luffd__stats {
 	_Atomic uint64_t misuse, installed_ahead, moved_pages;
 	_Atomic uint64_t cancels, late, internal_errors, prefetched;
 	_Atomic uint64_t pushed, wp_unexpected, wp_joined;
-	/* Written by application threads (luffd_install()): atomic adds. */
+	/* Written by application threads (luffd_install(), write-back):
+	 * atomic adds. */
 	_Atomic uint64_t app_installed;
+	_Atomic uint64_t wb_pages, wb_writes, wb_errors, wb_flushes;
 };
 
 #define luffd__inc(field, n)                                                 \

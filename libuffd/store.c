@@ -4,6 +4,7 @@
  * store_file.c, store_mem.c and store_cb.c.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 
 #include "store.h"
@@ -25,6 +26,7 @@ struct luffd_store *luffd__store_new(const struct luffd__store_ops *ops,
 		return NULL;
 	atomic_init(&s->refs, 1);
 	atomic_init(&s->own_regions, 0);
+	atomic_init(&s->written, false);
 	s->nregions = &s->own_regions;
 	s->ops = ops;
 	s->caps = caps;
@@ -49,6 +51,30 @@ void luffd_store_put(struct luffd_store *s)
 	if (s->ops->destroy)
 		s->ops->destroy(s);
 	free(s);
+}
+
+int luffd__store_unshare(struct luffd_store *s)
+{
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	int err = 0;
+
+	if (atomic_load_explicit(&s->written, memory_order_acquire))
+		return 0;
+	pthread_mutex_lock(&lock);
+	if (atomic_load(&s->written))
+		goto out;
+	if (atomic_load(s->nregions)) {
+		err = -EBUSY;
+		goto out;
+	}
+	if (s->ops->unshare)
+		s->ops->unshare(s);
+	s->id = luffd__store_new_id();
+	s->nregions = &s->own_regions;
+	atomic_store_explicit(&s->written, true, memory_order_release);
+out:
+	pthread_mutex_unlock(&lock);
+	return err;
 }
 
 uint64_t luffd_store_size(const struct luffd_store *s)

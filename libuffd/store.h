@@ -45,11 +45,21 @@ struct luffd__poller;
 					    their own, past background
 					    ones: a fault overtakes a
 					    prefetch read of its page */
+#define LUFFD__CAP_WRITE (1u << 8)       /* write() can change the store's
+					    bytes (write-back regions) */
+#define LUFFD__CAP_WRITE_INPLACE (1u << 9) /* write() is done with the
+					    bytes by its completion, which
+					    always comes (a local file, a
+					    callback run on the caller's
+					    thread): written straight from
+					    the region, no copy, no
+					    timeout */
 /* Cache key of a read that overtakes a background one (its page is the
  * background read's under the store's own key). */
 #define LUFFD__ID_OVERTAKE (1ull << 63)
 
 struct luffd_store;
+struct luffd__wreq;
 
 struct luffd__store_ops {
 	/* Start request r (0: it completes later, possibly already has), or
@@ -71,6 +81,18 @@ struct luffd__store_ops {
 	 * (handler thread of p->cq): res is the poll's revents or -errno. */
 	void (*poll_done)(struct luffd_store *s, struct luffd__poller *p,
 			  int res);
+	/* CAP_WRITE: start writing w->len bytes at w->buf to store offset
+	 * w->off (0: it completes later through luffd__wreq_done(), from
+	 * any thread or inside this call), or fail at once (-errno: it never
+	 * completes).  Runs on the application thread that writes back
+	 * (writeback.c). */
+	int (*write)(struct luffd_store *s, struct luffd__wreq *w);
+	/* CAP_WRITE: make every write completed so far durable (fsync, NBD
+	 * flush).  Blocks; 0 or -errno.  NULL: nothing to do. */
+	int (*flush)(struct luffd_store *s);
+	/* The store is about to be written: later stores over the same
+	 * data must not share its cache key (NULL: they never do). */
+	void (*unshare)(struct luffd_store *s);
 	/* The last reference went (any thread). */
 	void (*destroy)(struct luffd_store *s);
 };
@@ -90,6 +112,7 @@ struct luffd_store {
 	 * sharing the id share. */
 	atomic_uint *nregions;
 	atomic_uint own_regions;
+	atomic_bool written;   /* unshared: write-back may change its bytes */
 };
 
 /* A store of the given kind with one reference (the caller's); NULL. */
@@ -99,5 +122,14 @@ struct luffd_store *luffd__store_new(const struct luffd__store_ops *ops,
 /* A new cache key (store ids are never reused). */
 uint64_t luffd__store_new_id(void);
 struct luffd_store *luffd__store_get(struct luffd_store *s);
+/*
+ * Before the first write-back region over s: give s a cache key of its
+ * own, so no cache holds its pages under a key that other stores (or
+ * other mappings of this one made earlier) share, and pages cached before
+ * a write are never served after it.  Once per store; later calls do
+ * nothing.  -EBUSY while regions (of any store sharing its key) exist:
+ * their handlers read the key.  Thread-safe.
+ */
+int luffd__store_unshare(struct luffd_store *s);
 
 #endif /* LUFFD_STORE_H */

@@ -9,6 +9,7 @@
 #include "pool.h"
 #include "req.h"
 #include "store.h"
+#include "writeback.h"
 
 struct cb_store {
 	struct luffd_callback_ops ops;
@@ -53,6 +54,31 @@ static void cb_cancel(struct luffd_store *s LUFFD__UNUSED,
 	luffd__pool_cancel(r->cq->pool, r);
 }
 
+/* On the writing thread itself, at once (see luffd_callback_ops). */
+static int cb_write(struct luffd_store *s, struct luffd__wreq *w)
+{
+	struct cb_store *cb = s->priv;
+	ssize_t n = cb->ops.write(cb->arg, w->off, w->buf, w->len);
+
+	if (n < 0 && n < -4095)
+		n = -EIO;
+	if ((size_t)n > w->len && n > 0)
+		n = (ssize_t)w->len;
+	luffd__wreq_done(w, n);
+	return 0;
+}
+
+static int cb_flush(struct luffd_store *s)
+{
+	struct cb_store *cb = s->priv;
+	int err;
+
+	if (!cb->ops.flush)
+		return 0;
+	err = cb->ops.flush(cb->arg);
+	return err < 0 ? (err < -4095 ? -EIO : err) : 0;
+}
+
 static void cb_destroy(struct luffd_store *s)
 {
 	struct cb_store *cb = s->priv;
@@ -65,6 +91,8 @@ static void cb_destroy(struct luffd_store *s)
 static const struct luffd__store_ops cb_ops = {
 	.read = cb_read,
 	.cancel = cb_cancel,
+	.write = cb_write,
+	.flush = cb_flush,
 	.destroy = cb_destroy,
 };
 
@@ -90,7 +118,9 @@ int luffd_store_callback(const struct luffd_callback_ops *ops, void *arg,
 		pr_warn("luffd_callback_ops: fill and size are required\n");
 		err = -EINVAL;
 	}
-	s = err ? NULL : luffd__store_new(&cb_ops, LUFFD__CAP_EMPTY_ZERO,
+	s = err ? NULL : luffd__store_new(&cb_ops, LUFFD__CAP_EMPTY_ZERO |
+					  (cb->ops.write ? LUFFD__CAP_WRITE |
+					   LUFFD__CAP_WRITE_INPLACE : 0),
 					  cb->ops.size,
 					  cb);
 	if (!s) {

@@ -19,9 +19,13 @@
 #include "compat.h"
 #include "req.h"
 #include "store.h"
+#include "writeback.h"
 
 struct file_store {
 	int fd;
+	int wfd;                 /* for writes (buffered), or -1: fd itself
+				    when it is open O_RDWR without O_DIRECT,
+				    else a reopen without O_DIRECT */
 	int dfd;                 /* O_DIRECT reopen for cold chunks, or -1 */
 	struct file_key *key;    /* the cache key shared with other stores
 				    on the file, or NULL */
@@ -236,6 +240,8 @@ struct file_key {
 	uint64_t id;
 	unsigned int stores;
 	atomic_uint nregions;
+	bool detached;           /* taken out of the registry: a store over
+				    the file was written (file_unshare()) */
 	struct file_key *next;
 };
 
@@ -277,12 +283,59 @@ static void key_put(struct file_key *k)
 		return;
 	pthread_mutex_lock(&keys_lock);
 	if (--k->stores == 0) {
-		for (pp = &keys; *pp != k; pp = &(*pp)->next)
-			;
-		*pp = k->next;
+		if (!k->detached) {
+			for (pp = &keys; *pp != k; pp = &(*pp)->next)
+				;
+			*pp = k->next;
+		}
 		free(k);
 	}
 	pthread_mutex_unlock(&keys_lock);
+}
+
+/* A store over the file is about to be written (luffd__store_unshare()):
+ * it leaves the file's key, and stores opened later get a new one, so no
+ * store shares cache pages read before the write. */
+static void file_unshare(struct luffd_store *s)
+{
+	struct file_store *f = F(s);
+	struct file_key *k = f->key, **pp;
+
+	if (!k)
+		return;
+	pthread_mutex_lock(&keys_lock);
+	if (!k->detached) {
+		for (pp = &keys; *pp != k; pp = &(*pp)->next)
+			;
+		*pp = k->next;
+		k->detached = true;
+	}
+	pthread_mutex_unlock(&keys_lock);
+	key_put(k);
+	f->key = NULL;
+}
+
+/* On the writing thread: through its own ring (writeback.c), or, without
+ * one, pwrite() at once. */
+static int file_write(struct luffd_store *s, struct luffd__wreq *w)
+{
+	struct file_store *f = F(s);
+	struct io_uring_sqe *sqe = luffd__wreq_sqe(w);
+	ssize_t n;
+
+	if (sqe) {
+		io_uring_prep_write(sqe, f->wfd, w->buf, (unsigned int)w->len,
+				    w->off);
+		return 0;
+	}
+	n = pwrite(f->wfd, w->buf, w->len, (off_t)w->off);
+	luffd__wreq_done(w, n < 0 ? -errno : n);
+	return 0;
+}
+
+static int file_flush(struct luffd_store *s)
+{
+	return fdatasync(F(s)->wfd) < 0 ? -errno : 0;
 }
 
 static void file_destroy(struct luffd_store *s)
@@ -290,6 +343,8 @@ static void file_destroy(struct luffd_store *s)
 	struct file_store *f = F(s);
 
 	key_put(f->key);
+	if (f->wfd >= 0 && f->wfd != f->fd)
+		close(f->wfd);
 	if (f->fd >= 0)
 		close(f->fd);
 	if (f->dfd >= 0)
@@ -309,15 +364,29 @@ static int reopen_direct(int fd)
 	return nfd < 0 ? -errno : nfd;
 }
 
+/* The same for buffered writes (fd open O_RDWR with O_DIRECT). */
+static int reopen_write(int fd)
+{
+	char path[64];
+	int nfd;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	nfd = open(path, O_RDWR | O_CLOEXEC);
+	return nfd < 0 ? -errno : nfd;
+}
+
 static const struct luffd__store_ops file_ops = {
 	.read = file_read,
 	.ring_done = file_ring_done,
 	.cancel = file_cancel,
 	.hole = file_hole,
+	.write = file_write,
+	.flush = file_flush,
+	.unshare = file_unshare,
 	.destroy = file_destroy,
 };
 
-#define FILE_FLAGS (LUFFD_FILE_DIRECT | LUFFD_FILE_CACHED)
+#define FILE_FLAGS (LUFFD_FILE_DIRECT | LUFFD_FILE_CACHED | LUFFD_FILE_WRITE)
 
 int luffd_store_file(int fd, unsigned int flags, struct luffd_store **storep)
 {
@@ -342,6 +411,10 @@ int luffd_store_file(int fd, unsigned int flags, struct luffd_store **storep)
 		return -errno;
 	if ((acc & O_ACCMODE) == O_WRONLY || (acc & O_PATH))
 		return -EACCES;
+	if ((flags & LUFFD_FILE_WRITE) && (acc & O_ACCMODE) != O_RDWR)
+		return -EBADF;
+	if ((acc & O_ACCMODE) == O_RDWR)
+		caps |= LUFFD__CAP_WRITE | LUFFD__CAP_WRITE_INPLACE;
 	if (S_ISREG(st.st_mode)) {
 		size = (uint64_t)st.st_size;
 		caps |= LUFFD__CAP_CHUNKS;
@@ -376,6 +449,19 @@ int luffd_store_file(int fd, unsigned int flags, struct luffd_store **storep)
 	}
 	f->fd = nfd;
 	f->dfd = -1;
+	f->wfd = -1;
+	if (caps & LUFFD__CAP_WRITE) {
+		/* Writes are buffered: O_DIRECT would need aligned lengths,
+		 * and the last page of a file ends where the file does. */
+		f->wfd = direct ? reopen_write(fd) : nfd;
+		if (f->wfd < 0) {
+			int err = f->wfd;
+
+			f->wfd = -1;
+			luffd_store_put(s);
+			return err;
+		}
+	}
 	f->key = key_get(st.st_dev, st.st_ino);
 	if (f->key) {
 		s->id = f->key->id;
@@ -402,7 +488,8 @@ int luffd_store_open(const char *path, unsigned int flags,
 		*storep = NULL;
 	if (!path || !storep || (flags & ~FILE_FLAGS))
 		return -EINVAL;
-	fd = open(path, O_RDONLY | O_CLOEXEC |
+	fd = open(path, ((flags & LUFFD_FILE_WRITE) ? O_RDWR : O_RDONLY) |
+			O_CLOEXEC |
 			((flags & LUFFD_FILE_DIRECT) ? O_DIRECT : 0));
 	if (fd < 0)
 		return -errno;

@@ -317,7 +317,7 @@ START_TEST(store_bad_args)
 	ck_assert_int_eq(luffd_store_file(fd, 0, NULL), -EINVAL);
 	ck_assert_int_eq(luffd_store_file(fd, 1u << 7, &st), -EINVAL);
 	ck_assert_int_eq(luffd_store_file(fd, ~0u, &st), -EINVAL);
-	ck_assert_int_eq(luffd_store_file(fd, LUFFD_FILE_CACHED | (1u << 2),
+	ck_assert_int_eq(luffd_store_file(fd, LUFFD_FILE_CACHED | (1u << 3),
 					  &st), -EINVAL);
 	ck_assert_int_eq(luffd_store_file(fd, LUFFD_FILE_CACHED, &st), 0);
 	luffd_store_put(st);

@@ -500,12 +500,12 @@ START_TEST(flags)
 	ck_assert_int_eq(luffd_latency_percentile(ctx, LUFFD_WP, 50, &ns),
 			 -ENODATA);
 	ck_assert_int_eq(luffd_store_memory(src, len, &st), 0);
-	ck_assert_int_eq(luffd_register(ctx, a, len, st, 0, 1u << 3),
+	ck_assert_int_eq(luffd_register(ctx, a, len, st, 0, 1u << 4),
 			 -EINVAL);
 	ck_assert_int_eq(luffd_register(ctx, a, len, st, 0,
-					LUFFD_REGISTER_WP | (1u << 3)),
+					LUFFD_REGISTER_WP | (1u << 4)),
 			 -EINVAL);
-	ck_assert_int_eq(luffd_map(ctx, st, 0, len, PROT_READ, 1u << 3,
+	ck_assert_int_eq(luffd_map(ctx, st, 0, len, PROT_READ, 1u << 4,
 				   (void **)&m), -EINVAL);
 	err = luffd_register(ctx, a, len, st, 0,
 			     LUFFD_REGISTER_WP | LUFFD_REGISTER_PUSH |
