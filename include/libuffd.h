@@ -369,6 +369,24 @@ struct luffd_ctx_opts {
 	 * LUFFD_WP_SYNC is used (luffd_features.has_wp_async says which). */
 	enum luffd_wp_mode wp_mode;
 	unsigned int reserved1; /* 0 */
+	/* Resident limit (bytes, a multiple of the page size; 0, the
+	 * default: none): the most memory that the pages installed in the
+	 * context's evictable regions may hold, summed over them.  Evictable:
+	 * write-tracked regions (LUFFD_MAP_WP, LUFFD_MAP_WRITEBACK), whose
+	 * written pages libuffd knows, and luffd_map() regions without
+	 * PROT_WRITE; other regions are neither counted nor evicted (a page
+	 * written there holds the only copy of that write).  Past 95% of the
+	 * limit, the context's evictor thread drops pages down to 85%: pages
+	 * not touched since the clock hand last passed first (CLOCK, from the
+	 * faults libuffd serves), clean before dirty; a dirty page of a
+	 * write-back region is written back first, and a dirty page of a
+	 * write-tracked region without write-back is never dropped.  A
+	 * dropped page faults in again when touched (minor while libuffd's
+	 * cache holds it) and counts in stats.refaults.  Needs LUFFD_WP_SYNC
+	 * (-EINVAL with LUFFD_WP_ASYNC: a write the kernel records by itself
+	 * could land between the check that a page is clean and its drop).
+	 * See "Resident limit" in README.md. */
+	size_t resident_bytes;
 };
 
 #define LUFFD_NO_INSTALL_AHEAD ((size_t)-1)
