@@ -372,17 +372,21 @@ struct luffd_ctx_opts {
 	/* Resident limit (bytes, a multiple of the page size; 0, the
 	 * default: none): the most memory that the pages installed in the
 	 * context's evictable regions may hold, summed over them.  Evictable:
-	 * write-tracked regions (LUFFD_MAP_WP, LUFFD_MAP_WRITEBACK), whose
-	 * written pages libuffd knows, and luffd_map() regions without
-	 * PROT_WRITE; other regions are neither counted nor evicted (a page
-	 * written there holds the only copy of that write).  Past 95% of the
-	 * limit, the context's evictor thread drops pages down to 85%: pages
-	 * not touched since the clock hand last passed first (CLOCK, from the
-	 * faults libuffd serves), clean before dirty; a dirty page of a
-	 * write-back region is written back first, and a dirty page of a
-	 * write-tracked region without write-back is never dropped.  A
-	 * dropped page faults in again when touched (minor while libuffd's
-	 * cache holds it) and counts in stats.refaults.  Needs LUFFD_WP_SYNC
+	 * write-back regions (LUFFD_MAP_WRITEBACK: a written page is written
+	 * back before it is dropped) and luffd_map() regions without
+	 * PROT_WRITE (which must not be made writable with mprotect());
+	 * other regions are neither counted nor evicted (a page written
+	 * there holds the only copy of that write; libuffd's cache and
+	 * staging buffers, cache_bytes, come on top).  Past 95% of the
+	 * limit, the context's evictor thread drops pages down to 85%:
+	 * CLOCK (second chance), a page faulted on since the hand last
+	 * passed stays one more round; clean pages first, then dirty ones,
+	 * written back first (a write to a page while the evictor decides
+	 * about it waits a moment).  A dropped page faults in again when
+	 * touched, from libuffd's cache if it holds the page (minor) or
+	 * from the store, and counts in stats.refaults.  The drops are
+	 * madvise(MADV_DONTNEED) calls (stats.events_remove counts them
+	 * too).  Needs LUFFD_WP_SYNC
 	 * (-EINVAL with LUFFD_WP_ASYNC: a write the kernel records by itself
 	 * could land between the check that a page is clean and its drop).
 	 * See "Resident limit" in README.md. */
@@ -1213,6 +1217,15 @@ struct luffd_stats {
 	uint64_t writeback_writes;
 	uint64_t writeback_errors;
 	uint64_t writeback_flushes;
+	/* Resident limit (luffd_ctx_opts.resident_bytes): pages the evictor
+	 * dropped, faults on pages it had dropped (refaults), the memory
+	 * its last count found in the evictable regions, and the most any
+	 * count found (counts come at least every 100 ms, and whenever the
+	 * handlers' estimate passes the high mark). */
+	uint64_t evicted;
+	uint64_t refaults;
+	uint64_t resident_bytes;
+	uint64_t resident_peak_bytes;
 };
 
 /*

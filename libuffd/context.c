@@ -6,6 +6,7 @@
 
 #include "blocktime.h"
 #include "context.h"
+#include "evict.h"
 #include "guard.h"
 #include "loop.h"
 #include "map.h"
@@ -42,6 +43,12 @@ static int negotiate(struct luffd__cfg *c)
 		      (WANTED_FEATURES |
 		       (c->wp_async ? UFFD_FEATURE_WP_ASYNC : 0)) &
 		      ~c->disable;
+	/* Under a resident limit the evictor drops pages all the time:
+	 * with REMOVE events each madvise() would wait for a handler to
+	 * read its event, and every install meanwhile fail with -EAGAIN.
+	 * libuffd only counts those events. */
+	if (c->resident_pages)
+		c->features &= ~(uint64_t)UFFD_FEATURE_EVENT_REMOVE;
 	c->has_poison = c->features & UFFD_FEATURE_POISON;
 	/* UFFDIO_MOVE shows in a registration's ioctls, not UFFDIO_API's:
 	 * the feature bit is the promise.  A move refused all the same
@@ -106,6 +113,9 @@ int luffd_ctx_create(const struct luffd_ctx_opts *opts, struct luffd_ctx **ctxp)
 		if (err)
 			goto fail_loops;
 	}
+	err = luffd__evict_start(ctx);
+	if (err)
+		goto fail_loops;
 	*ctxp = ctx;
 	return 0;
 
@@ -128,8 +138,10 @@ int luffd_ctx_destroy(struct luffd_ctx *ctx)
 		return 0;
 	if (luffd__on_library_thread(ctx))
 		return -EDEADLK;
-	/* Write-back regions go back to their stores first, while the
-	 * handlers still serve (a write may fault a dropped page in). */
+	/* The evictor first (it holds regions while it works); then the
+	 * write-back regions go back to their stores, while the handlers
+	 * still serve (a write may fault a dropped page in). */
+	luffd__evict_stop(ctx);
 	err = luffd__writeback_all(ctx);
 	if (err)
 		pr_warn("luffd_ctx_destroy: write-back failed (%d): the "

@@ -11,6 +11,7 @@
 #include "opts.h"
 
 struct luffd__bt;
+struct luffd__evictor;
 struct luffd__loop;
 struct luffd__pool;
 
@@ -31,6 +32,7 @@ struct luffd_ctx {
 	struct luffd__loop *loops; /* cfg.nloops of them */
 	struct luffd__pool *pool;  /* callback workers (pool.c) */
 	struct luffd__bt *bt;      /* blocktime, shared by the handlers */
+	struct luffd__evictor *ev; /* the resident limit's (evict.c), or NULL */
 };
 
 #endif /* LUFFD_CONTEXT_H */

@@ -14,6 +14,7 @@
 
 #include "cache.h"
 #include "chunk.h"
+#include "evict.h"
 #include "fault.h"
 #include "install.h"
 #include "loop.h"
@@ -193,7 +194,17 @@ static void serve_wp(struct luffd__loop *l, uint32_t fi)
 	size_t ps = l->cfg->page_size;
 
 	if (likely(f->region->flags & LUFFD_REGISTER_WP)) {
+		struct luffd__region *r = f->region;
+
+		/* The evictor is deciding whether to drop the page: the
+		 * write waits (retried, as after -EAGAIN). */
+		if (r->pst && !luffd__evict_wp_begin(r, f->addr)) {
+			luffd__flist_push(&l->rs, &l->rs.retry, fi);
+			return;
+		}
 		luffd__serve_unprotect(&l->rs, fi);
+		if (r->pst)
+			luffd__evict_wp_done(r, f->addr);
 		return;
 	}
 	luffd__inc(l->stats.wp_unexpected, 1);
@@ -220,6 +231,17 @@ void luffd__fault_serve(struct luffd__loop *l, uint32_t fi)
 	if (f->wp) {
 		serve_wp(l, fi);
 		return;
+	}
+	if (r->pst) {
+		/* Over the resident limit: the fault waits for the evictor
+		 * (retried every 50 us), as a thread in the kernel's direct
+		 * reclaim does, so memory stays bounded however fast the
+		 * faults come. */
+		if (luffd__evict_hold(l, f->t0)) {
+			luffd__flist_push(&l->rs, &l->rs.retry, fi);
+			return;
+		}
+		luffd__evict_touch(l, r, f->addr);
 	}
 	if (r->flags & LUFFD_REGISTER_PUSH)
 		luffd__push_fault(l, r, pg);

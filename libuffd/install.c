@@ -19,6 +19,8 @@
 #define ZEROES (64 * 1024)
 static unsigned char zeroes[ZEROES] __attribute__((aligned(ZEROES)));
 
+_Thread_local uint64_t luffd__tls_installed;
+
 static __u64 copy_mode(unsigned int mode)
 {
 	return ((mode & LUFFD__PT_DONTWAKE) ? UFFDIO_COPY_MODE_DONTWAKE : 0) |
@@ -35,8 +37,10 @@ int luffd__pt_copy(int uffd, uint64_t dst, const void *src, uint64_t len,
 		.mode = copy_mode(mode),
 	};
 
-	if (ioctl(uffd, UFFDIO_COPY, &c) == 0)
+	if (ioctl(uffd, UFFDIO_COPY, &c) == 0) {
+		luffd__tls_installed += len;
 		return 0;
+	}
 	return c.copy < 0 ? (int)c.copy : -errno;
 }
 
@@ -66,8 +70,10 @@ int luffd__pt_zero(int uffd, uint64_t dst, uint64_t len, unsigned int mode)
 
 	if (mode & LUFFD__PT_WP)
 		return zero_wp(uffd, dst, len, mode);
-	if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) == 0)
+	if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) == 0) {
+		luffd__tls_installed += len;
 		return 0;
+	}
 	return z.zeropage < 0 ? (int)z.zeropage : -errno;
 }
 
@@ -166,6 +172,7 @@ uint64_t luffd__pt_copy_missing(int uffd, uint64_t dst, const void *src,
 		s += step;
 		len -= step;
 	}
+	luffd__tls_installed += done;
 	return done >> shift;
 }
 

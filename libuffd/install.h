@@ -17,6 +17,10 @@
 
 #include "util.h"
 
+/* Bytes this thread installed (copies and zero pages), for the resident
+ * limit's estimate (evict.c): a plain thread-local add, no atomic. */
+extern _Thread_local uint64_t luffd__tls_installed;
+
 #define LUFFD__PT_DONTWAKE (1u << 0)
 #define LUFFD__PT_WP (1u << 1)
 

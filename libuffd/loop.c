@@ -28,6 +28,7 @@
 
 #include "fault.h"
 #include "context.h"
+#include "evict.h"
 #include "loop.h"
 #include "msg.h"
 #include "prefetch.h"
@@ -316,6 +317,8 @@ static void turn(struct luffd__loop *l)
 		luffd__msg_orphans(l);
 	/* Background work last: it starts only what demand leaves free. */
 	luffd__prefetch_run(l);
+	/* The resident limit's estimate: one add per turn (evict.c). */
+	luffd__evict_note(l);
 	/* What the retries started and the stores answered at once. */
 	luffd__fault_completions(l);
 }
@@ -384,7 +387,7 @@ int luffd__loop_init(struct luffd__loop *l, struct luffd_ctx *ctx,
 	l->cq->pool = ctx->pool;
 	err = luffd__uffd_open(cfg->open_mode, cfg->features, &l->uffd,
 			       &l->opened_by, &l->ioctls);
-	luffd__rtab_init(&l->rtab, l->uffd, l->cq);
+	luffd__rtab_init(&l->rtab, l->uffd, l->cq, cfg->page_shift);
 	if (err)
 		return err;
 	err = luffd__cache_init(&l->cache, cache_pages, cfg->page_shift);

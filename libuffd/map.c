@@ -301,6 +301,12 @@ int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
 			return -EACCES;
 		flags |= LUFFD_MAP_WP; /* dirty pages are the written ones */
 	}
+	/* Under the resident limit: pages that can be dropped without
+	 * losing a write (see evict.c). */
+	if (ctx->cfg.resident_pages &&
+	    ((flags & LUFFD_MAP_WRITEBACK) || !(prot & PROT_WRITE)))
+		flags |= LUFFD__REGION_EVICT |
+			 (prot & PROT_WRITE ? 0 : LUFFD__REGION_RO);
 	/* Chunks (see enum luffd_install) move 2 MiB at a time, which needs
 	 * a writable mapping like the staging buffers, 2 MiB-aligned, where
 	 * a fault leaves the page-middle directory empty (MADV_HUGEPAGE).
@@ -318,7 +324,8 @@ int luffd_map(struct luffd_ctx *ctx, struct luffd_store *store,
 	err = add_region(ctx, (uint64_t)(uintptr_t)addr, length, store, offset,
 			 true, huge,
 			 flags & (LUFFD_MAP_PUSH | LUFFD_MAP_WP |
-				  LUFFD_MAP_WRITEBACK));
+				  LUFFD_MAP_WRITEBACK | LUFFD__REGION_EVICT |
+				  LUFFD__REGION_RO));
 	if (err) {
 		munmap(addr, length);
 		return err;
@@ -353,6 +360,8 @@ int luffd_register(struct luffd_ctx *ctx, void *addr, size_t length,
 		if (!(store->caps & LUFFD__CAP_WRITE))
 			return -EACCES;
 		flags |= LUFFD_REGISTER_WP;
+		if (ctx->cfg.resident_pages)
+			flags |= LUFFD__REGION_EVICT;
 	}
 	return add_region(ctx, (uint64_t)(uintptr_t)addr, length, store,
 			  offset, false, false, flags);

@@ -159,6 +159,14 @@ static int resolve_threads(struct luffd__cfg *c, const struct luffd_ctx_opts *d)
 		return bad("wp_mode", "%u is not a luffd_wp_mode",
 			   (unsigned int)d->wp_mode);
 	c->wp_async = d->wp_mode == LUFFD_WP_ASYNC;
+	if (d->resident_bytes % c->page_size)
+		return bad("resident_bytes", "%zu is not a multiple of the "
+			   "page size (%zu)", d->resident_bytes, c->page_size);
+	if (d->resident_bytes && c->wp_async)
+		return bad("resident_bytes", "needs LUFFD_WP_SYNC (a write the "
+			   "kernel records by itself could land between the "
+			   "check that a page is clean and its drop)");
+	c->resident_pages = d->resident_bytes / c->page_size;
 	return 0;
 }
 

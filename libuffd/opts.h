@@ -27,6 +27,7 @@ struct luffd__cfg {
 	unsigned int workers;  /* callback worker threads, at most */
 	unsigned int bt_threads; /* blocktime's "all" (0: every thread) */
 	bool wp_async;           /* LUFFD_WP_ASYNC asked for */
+	uint64_t resident_pages; /* the resident limit, 0: none */
 	enum luffd_open_mode open_mode;
 	uint64_t disable;      /* UFFD_FEATURE_* never to use */
 	luffd_trace_fn trace_fn;

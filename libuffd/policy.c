@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 
 #include "cache.h"
+#include "evict.h"
 #include "chunk.h"
 #include "install.h"
 #include "loop.h"
@@ -203,6 +204,12 @@ uint64_t luffd__install_ahead(struct luffd__loop *l, struct luffd__region *r,
 		if (first < r->off >> shift)
 			first = r->off >> shift;
 		n = IA_MIN - (pg - first);
+	}
+	/* Under the resident limit, no further than the room left. */
+	if (r->pst) {
+		uint64_t room = luffd__evict_room(l, true);
+
+		n = n < room ? n : room;
 	}
 	if (n <= 1 || luffd__region_dead(r))
 		return 0;

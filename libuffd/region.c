@@ -24,8 +24,10 @@
 #include "req.h"
 #include "store.h"
 
-void luffd__rtab_init(struct luffd__rtab *t, int uffd, struct luffd__cq *cq)
+void luffd__rtab_init(struct luffd__rtab *t, int uffd, struct luffd__cq *cq,
+		      unsigned int page_shift)
 {
+	t->page_shift = page_shift;
 	pthread_mutex_init(&t->lock, NULL);
 	pthread_cond_init(&t->cv, NULL);
 	atomic_init(&t->removing, 0);
@@ -38,6 +40,7 @@ static void region_free(struct luffd__region *r)
 {
 	atomic_fetch_sub(r->store->nregions, 1);
 	luffd_store_put(r->store);
+	free((void *)r->pst);
 	free(r);
 }
 
@@ -205,6 +208,13 @@ static struct luffd__region *region_new(struct luffd__rtab *t, uint64_t start,
 	r->gid = gid;
 	r->flags = flags;
 	r->tab = t;
+	if (flags & LUFFD__REGION_EVICT) {
+		r->pst = calloc(len >> t->page_shift, 1);
+		if (!r->pst) {
+			free(r);
+			return NULL;
+		}
+	}
 	r->store = luffd__store_get(store);
 	atomic_fetch_add(store->nregions, 1);
 	return r;
@@ -430,6 +440,18 @@ static struct luffd__region *piece(struct luffd__region *r, uint64_t start,
 	/* born: the replaced region's, so events read since still apply. */
 	if (p) {
 		int st = atomic_load(&r->push_state);
+
+		/* The pages keep their state (moved with them on REMAP). */
+		if (p->pst && r->pst)
+			for (uint64_t i = 0; i < len >> r->tab->page_shift;
+			     i++)
+				atomic_store_explicit(
+					&p->pst[i],
+					atomic_load_explicit(
+						&r->pst[((start - r->start) >>
+							 r->tab->page_shift) + i],
+						memory_order_relaxed),
+					memory_order_relaxed);
 
 		p->born = r->born;
 		/* A piece of a region being pushed goes on being pushed (its

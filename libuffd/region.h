@@ -38,7 +38,12 @@ struct luffd__region {
 				  before that are about an older mapping */
 	uint64_t gid;          /* a stripe of a striped range (stripe_bytes):
 				  the range's group id; 0 otherwise */
-	unsigned int flags;    /* LUFFD_REGISTER_* */
+	unsigned int flags;    /* LUFFD_REGISTER_*, LUFFD__REGION_* */
+	/* The resident limit's per-page state (evict.c), one byte per page
+	 * (LUFFD__PS_*), for regions with LUFFD__REGION_EVICT; NULL
+	 * otherwise.  Whether a page is present, dirty or protected the
+	 * page tables say (pagemap): this keeps only what they do not. */
+	_Atomic uint8_t *pst;
 	/* Read-ahead stream state, handler thread only (policy.c). */
 	uint64_t ra_next;      /* store page after the last window */
 	uint64_t ra_mark;      /* a minor hit here reads the next window */
@@ -75,6 +80,7 @@ struct luffd__rtab {
 	size_t n, cap;
 	struct luffd__region *dying, *zombies;
 	int uffd;              /* the handler's userfaultfd */
+	unsigned int page_shift;
 	struct luffd__cq *cq;  /* wakes the handler */
 	/* Regions died since the handler last looked (it then lets go of
 	 * what it holds in them: see read.c). */
@@ -90,9 +96,14 @@ enum luffd__push_state {
 				or mremap() of part of it): starts at once */
 };
 
+/* Region flags of libuffd's own, above the LUFFD_REGISTER_* bits. */
+#define LUFFD__REGION_EVICT (1u << 16) /* under the resident limit */
+#define LUFFD__REGION_RO (1u << 17)    /* luffd_map() without PROT_WRITE */
+
 enum luffd__lookup { LUFFD__FOUND, LUFFD__DYING, LUFFD__UNKNOWN };
 
-void luffd__rtab_init(struct luffd__rtab *t, int uffd, struct luffd__cq *cq);
+void luffd__rtab_init(struct luffd__rtab *t, int uffd, struct luffd__cq *cq,
+		      unsigned int page_shift);
 /* Frees the table and the zombies left (handler gone, every region
  * removed). */
 void luffd__rtab_fini(struct luffd__rtab *t);

@@ -36,7 +36,7 @@ struct luffd__stats {
 	_Atomic uint64_t ev_remove, ev_unmap, ev_remap, orphans, timeouts;
 	_Atomic uint64_t misuse, installed_ahead, moved_pages;
 	_Atomic uint64_t cancels, late, internal_errors, prefetched;
-	_Atomic uint64_t pushed, wp_unexpected, wp_joined;
+	_Atomic uint64_t pushed, wp_unexpected, wp_joined, refaults;
 	/* Written by application threads (luffd_install(), write-back):
 	 * atomic adds. */
 	_Atomic uint64_t app_installed;

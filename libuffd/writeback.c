@@ -71,6 +71,8 @@ struct luffd__wbatch {
 	struct luffd__wreq reqs[WB_INFLIGHT];
 };
 
+static struct luffd__wbatch *batch_new(struct luffd_ctx *ctx);
+
 static void batch_put(struct luffd__wbatch *b)
 {
 	if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) != 1)
@@ -314,6 +316,52 @@ static int piece(struct luffd__wbatch *b, uint64_t addr, uint64_t len,
 	return 0;
 }
 
+/* ------------------------------------------------------------------------
+ * For the evictor: runs it knows are dirty, one batch for all of them
+ * ---------------------------------------------------------------------- */
+
+struct luffd__wbatch *luffd__wbatch_new(struct luffd_ctx *ctx)
+{
+	return batch_new(ctx);
+}
+
+void luffd__wbatch_free(struct luffd__wbatch *b)
+{
+	if (b)
+		batch_put(b);
+}
+
+int luffd__wbatch_run(struct luffd__wbatch *b, struct luffd__loop *l,
+		      struct luffd__region *r, uint64_t a, uint64_t len)
+{
+	int err;
+
+	b->r = r;
+	b->l = l;
+	/* Protected first: a write from now on faults (and waits while the
+	 * evictor decides), so the bytes written are the page's. */
+	err = luffd__pt_protect(r->tab->uffd, a, len, true, 0);
+	for (uint64_t at = a; !err && at < a + len; at += WB_PIECE) {
+		uint64_t n = a + len - at;
+
+		err = piece(b, at, n < WB_PIECE ? n : WB_PIECE, UINT64_MAX);
+		reap(b, false, UINT64_MAX);
+	}
+	if (err)
+		luffd__pt_protect(r->tab->uffd, a, len, false, 0);
+	return err;
+}
+
+int luffd__wbatch_drain(struct luffd__wbatch *b)
+{
+	int err;
+
+	drain(b, UINT64_MAX);
+	err = b->err;
+	b->err = 0;
+	return err;
+}
+
 /* Write back the dirty pages of region b->r in [lo, hi). */
 static int region_writeback(struct luffd__wbatch *b, uint64_t lo,
 			    uint64_t hi)
@@ -384,11 +432,13 @@ static struct luffd__wbatch *batch_new(struct luffd_ctx *ctx)
 	return b;
 }
 
+static int writeback_range(struct luffd_ctx *ctx, uint64_t start,
+			   uint64_t end, bool durable);
+
 int luffd__writeback(struct luffd_ctx *ctx, uint64_t start, uint64_t end,
 		     bool durable, bool strict)
 {
-	struct luffd__wbatch *b = NULL;
-	int err = 0;
+	int err;
 
 	if (strict) {
 		for (uint64_t at = start; at < end;) {
@@ -406,6 +456,24 @@ int luffd__writeback(struct luffd_ctx *ctx, uint64_t start, uint64_t end,
 		}
 	}
 	pthread_mutex_lock(&ctx->wb_lock);
+	err = writeback_range(ctx, start, end, durable);
+	pthread_mutex_unlock(&ctx->wb_lock);
+	return err;
+}
+
+int luffd__writeback_locked(struct luffd_ctx *ctx, uint64_t start,
+			    uint64_t end)
+{
+	return writeback_range(ctx, start, end, false);
+}
+
+/* wb_lock held. */
+static int writeback_range(struct luffd_ctx *ctx, uint64_t start,
+			   uint64_t end, bool durable)
+{
+	struct luffd__wbatch *b = NULL;
+	int err = 0;
+
 	for (uint64_t at = start; at < end && !err;) {
 		struct luffd__loop *l;
 		struct luffd__region *r = luffd__hold_at(ctx, at, &l);
@@ -454,7 +522,6 @@ int luffd__writeback(struct luffd_ctx *ctx, uint64_t start, uint64_t end,
 		at = hi;
 		luffd__region_put(r);
 	}
-	pthread_mutex_unlock(&ctx->wb_lock);
 	if (b)
 		batch_put(b);
 	return err;

@@ -17,6 +17,7 @@
 
 struct luffd_ctx;
 struct luffd__loop;
+struct luffd__region;
 struct luffd__wbatch;
 
 /*
@@ -81,6 +82,24 @@ struct io_uring_sqe *luffd__wreq_sqe(struct luffd__wreq *w);
  * write failed stay dirty. */
 int luffd__writeback(struct luffd_ctx *ctx, uint64_t start, uint64_t end,
 		     bool durable, bool strict);
+/* The same for [start, end) of write-back regions, ctx->wb_lock held by
+ * the caller (the evictor). */
+int luffd__writeback_locked(struct luffd_ctx *ctx, uint64_t start,
+			    uint64_t end);
+/*
+ * The evictor's: a batch kept for many write-backs (its ring set up once).
+ * luffd__wbatch_run() protects [a, a+len) of region r (held, of handler
+ * l; the caller knows the run is dirty and that no write can lift the
+ * protection meanwhile) and starts writing it; a run that could not be
+ * started is left dirty.  luffd__wbatch_drain() waits for every write
+ * started and returns the first error (failed runs are left dirty).
+ * wb_lock held throughout.
+ */
+struct luffd__wbatch *luffd__wbatch_new(struct luffd_ctx *ctx);
+void luffd__wbatch_free(struct luffd__wbatch *b);
+int luffd__wbatch_run(struct luffd__wbatch *b, struct luffd__loop *l,
+		      struct luffd__region *r, uint64_t a, uint64_t len);
+int luffd__wbatch_drain(struct luffd__wbatch *b);
 /* Every write-back region of ctx (luffd_ctx_destroy()). */
 int luffd__writeback_all(struct luffd_ctx *ctx);
 
