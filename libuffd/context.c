@@ -150,6 +150,7 @@ int luffd_ctx_destroy(struct luffd_ctx *ctx)
 	luffd__guard_stop(ctx);
 	for (unsigned int i = 0; i < ctx->cfg.nloops; i++)
 		luffd__loop_stop(&ctx->loops[i]);
+	luffd__evict_free(ctx); /* the handlers looked at it */
 	/* After the handlers (they look workers up), before their queues
 	 * close (work still queued is answered into them). */
 	luffd__pool_stop(ctx->pool);

@@ -80,7 +80,7 @@ struct luffd__evictor {
 	pthread_t th;
 	pthread_mutex_t lock;
 	pthread_cond_t cv;
-	bool stop;
+	atomic_bool stop;       /* no more runs: faults no longer wait */
 	atomic_bool kick;
 	_Atomic uint64_t est;   /* pages resident, estimated */
 	uint64_t high, low;     /* pages */
@@ -137,6 +137,7 @@ bool luffd__evict_hold(struct luffd__loop *l, uint64_t t0)
 	struct luffd__evictor *ev = l->ctx->ev;
 
 	if (luffd__evict_room(l, false) ||
+	    atomic_load_explicit(&ev->stop, memory_order_relaxed) ||
 	    luffd__now_ns() - t0 > EV_HOLD_MS * 1000000ull)
 		return false;
 	if (!atomic_exchange_explicit(&ev->kick, true, memory_order_acq_rel)) {
@@ -450,7 +451,7 @@ static void *evict_main(void *arg)
 	/* Calls that would wait for the evictor refuse (-EDEADLK). */
 	luffd__tls_ctx = ev->ctx;
 	pthread_mutex_lock(&ev->lock);
-	while (!ev->stop) {
+	while (!atomic_load(&ev->stop)) {
 		if (!atomic_load(&ev->kick)) {
 			struct timespec ts;
 
@@ -461,7 +462,7 @@ static void *evict_main(void *arg)
 				ts.tv_nsec -= 1000000000L;
 			}
 			pthread_cond_timedwait(&ev->cv, &ev->lock, &ts);
-			if (ev->stop)
+			if (atomic_load(&ev->stop))
 				break;
 		}
 		atomic_store(&ev->kick, false);
@@ -517,13 +518,22 @@ void luffd__evict_stop(struct luffd_ctx *ctx)
 {
 	struct luffd__evictor *ev = ctx->ev;
 
-	if (!ev)
+	if (!ev || atomic_load(&ev->stop))
 		return;
 	pthread_mutex_lock(&ev->lock);
-	ev->stop = true;
+	atomic_store(&ev->stop, true);
 	pthread_cond_signal(&ev->cv);
 	pthread_mutex_unlock(&ev->lock);
 	pthread_join(ev->th, NULL);
+}
+
+void luffd__evict_free(struct luffd_ctx *ctx)
+{
+	struct luffd__evictor *ev = ctx->ev;
+
+	if (!ev)
+		return;
+	luffd__evict_stop(ctx);
 	ctx->ev = NULL;
 	luffd__wbatch_free(ev->wb);
 	close(ev->pm);

@@ -26,9 +26,11 @@ struct luffd__region;
 				 a refault */
 
 /* Context set-up and teardown: the evictor runs while cfg.resident_pages
- * is not 0.  Stop it before the regions go. */
+ * is not 0.  Stop it (the thread: faults stop waiting for it) before the
+ * regions go, free it once the handlers are gone (they look at it). */
 int luffd__evict_start(struct luffd_ctx *ctx);
 void luffd__evict_stop(struct luffd_ctx *ctx);
+void luffd__evict_free(struct luffd_ctx *ctx);
 
 /* Handler, once per turn: publish the pages this thread installed since
  * (luffd__tls_installed) and wake the evictor past the high mark. */

@@ -195,6 +195,7 @@ static void serve_wp(struct luffd__loop *l, uint32_t fi)
 
 	if (likely(f->region->flags & LUFFD_REGISTER_WP)) {
 		struct luffd__region *r = f->region;
+		uint64_t addr;
 
 		/* The evictor is deciding whether to drop the page: the
 		 * write waits (retried, as after -EAGAIN). */
@@ -202,9 +203,17 @@ static void serve_wp(struct luffd__loop *l, uint32_t fi)
 			luffd__flist_push(&l->rs, &l->rs.retry, fi);
 			return;
 		}
+		if (!r->pst) {
+			luffd__serve_unprotect(&l->rs, fi);
+			return;
+		}
+		/* The fault lets go of r when served: r stays held until
+		 * its page's flag is cleared. */
+		luffd__region_hold_again(r);
+		addr = f->addr;
 		luffd__serve_unprotect(&l->rs, fi);
-		if (r->pst)
-			luffd__evict_wp_done(r, f->addr);
+		luffd__evict_wp_done(r, addr);
+		luffd__region_put(r);
 		return;
 	}
 	luffd__inc(l->stats.wp_unexpected, 1);
