@@ -89,8 +89,7 @@ struct luffd__evictor {
 	struct { uint64_t start, len; } *rg; /* evictable regions, by start */
 	struct luffd__wbatch *wb; /* for dirty pages (its ring kept) */
 	size_t nrg, caprg;
-	/* Counters (stats.c reads them). */
-	_Atomic uint64_t evicted, resident, peak, passes;
+	struct luffd__stats *st;  /* its counters: the first handler's */
 };
 
 /* ------------------------------------------------------------------------
@@ -424,21 +423,22 @@ static void run(struct luffd__evictor *ev)
 	pthread_mutex_lock(&ctx->wb_lock);
 	count = count_present(ev);
 	atomic_store_explicit(&ev->est, count, memory_order_relaxed);
-	atomic_store_explicit(&ev->resident, count, memory_order_relaxed);
-	if (count > atomic_load_explicit(&ev->peak, memory_order_relaxed))
-		atomic_store_explicit(&ev->peak, count, memory_order_relaxed);
+	/* The evictor is their only writer: plain relaxed stores. */
+	atomic_store_explicit(&ev->st->resident, count, memory_order_relaxed);
+	if (count > atomic_load_explicit(&ev->st->resident_peak,
+					 memory_order_relaxed))
+		atomic_store_explicit(&ev->st->resident_peak, count,
+				      memory_order_relaxed);
 	if (count >= ev->high) {
 		need = count - ev->low;
-		atomic_fetch_add_explicit(&ev->passes, 1, memory_order_relaxed);
 		dropped = sweep(ev, need, false);
 		/* Clean ones were not enough: dirty ones, written back. */
 		if (dropped < need)
 			dropped += sweep(ev, need - dropped, true);
-		atomic_fetch_add_explicit(&ev->evicted, dropped,
-					  memory_order_relaxed);
+		luffd__inc(ev->st->evicted, dropped);
 		atomic_fetch_sub_explicit(&ev->est, dropped,
 					  memory_order_relaxed);
-		atomic_store_explicit(&ev->resident, count - dropped,
+		atomic_store_explicit(&ev->st->resident, count - dropped,
 				      memory_order_relaxed);
 	}
 	pthread_mutex_unlock(&ctx->wb_lock);
@@ -486,6 +486,7 @@ int luffd__evict_start(struct luffd_ctx *ctx)
 	if (!ev)
 		return -ENOMEM;
 	ev->ctx = ctx;
+	ev->st = &ctx->loops[0].stats;
 	ev->high = ctx->cfg.resident_pages * 95 / 100;
 	ev->low = ctx->cfg.resident_pages * 85 / 100;
 	ev->pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -541,17 +542,4 @@ void luffd__evict_free(struct luffd_ctx *ctx)
 	pthread_mutex_destroy(&ev->lock);
 	pthread_cond_destroy(&ev->cv);
 	free(ev);
-}
-
-void luffd__evict_stats(const struct luffd_ctx *ctx, uint64_t *evicted,
-			uint64_t *resident, uint64_t *peak)
-{
-	const struct luffd__evictor *ev = ctx->ev;
-
-	*evicted = *resident = *peak = 0;
-	if (!ev)
-		return;
-	*evicted = atomic_load_explicit(&ev->evicted, memory_order_relaxed);
-	*resident = atomic_load_explicit(&ev->resident, memory_order_relaxed);
-	*peak = atomic_load_explicit(&ev->peak, memory_order_relaxed);
 }

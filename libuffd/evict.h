@@ -53,8 +53,4 @@ void luffd__evict_touch(struct luffd__loop *l, struct luffd__region *r,
 bool luffd__evict_wp_begin(struct luffd__region *r, uint64_t addr);
 void luffd__evict_wp_done(struct luffd__region *r, uint64_t addr);
 
-/* stats.c: pages dropped, resident at the last count, the most counted. */
-void luffd__evict_stats(const struct luffd_ctx *ctx, uint64_t *evicted,
-			uint64_t *resident, uint64_t *peak);
-
 #endif /* LUFFD_EVICT_H */

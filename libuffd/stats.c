@@ -18,7 +18,6 @@
 
 #include "blocktime.h"
 #include "context.h"
-#include "evict.h"
 #include "loop.h"
 #include "stats.h"
 
@@ -234,6 +233,9 @@ int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
 		st.writeback_errors += LD(s->wb_errors);
 		st.writeback_flushes += LD(s->wb_flushes);
 		st.refaults += LD(s->refaults);
+		st.evicted += LD(s->evicted);
+		st.resident_bytes += LD(s->resident);
+		st.resident_peak_bytes += LD(s->resident_peak);
 		for (int b = 0; b < LUFFD_LATENCY_DIST_BUCKETS; b++)
 			st.latency_dist[b] += LD(s->dist[b]);
 	}
@@ -241,14 +243,8 @@ int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
 		latency_of(ctx, c, &st.latency[c]);
 	latency_of(ctx, LUFFD_NR_CLASSES, &st.wp_latency);
 	luffd__bt_snapshot(ctx->bt, &st);
-	{
-		uint64_t ev, res, peak;
-
-		luffd__evict_stats(ctx, &ev, &res, &peak);
-		st.evicted = ev;
-		st.resident_bytes = res << ctx->cfg.page_shift;
-		st.resident_peak_bytes = peak << ctx->cfg.page_shift;
-	}
+	st.resident_bytes <<= ctx->cfg.page_shift;
+	st.resident_peak_bytes <<= ctx->cfg.page_shift;
 	/* Copy what the caller's struct has room for. */
 	memcpy((char *)out + sizeof(out->sz), (char *)&st + sizeof(st.sz),
 	       (out->sz < sizeof(st) ? out->sz : sizeof(st)) - sizeof(st.sz));

@@ -41,6 +41,8 @@ struct luffd__stats {
 	 * atomic adds. */
 	_Atomic uint64_t app_installed;
 	_Atomic uint64_t wb_pages, wb_writes, wb_errors, wb_flushes;
+	/* Written by the evictor (evict.c), in the first handler's only. */
+	_Atomic uint64_t evicted, resident, resident_peak;
 };
 
 #define luffd__inc(field, n)                                                 \
