@@ -677,12 +677,42 @@ struct luffd_request {
  * completion of the store's last request, on whichever thread that is.
  * Release with luffd_store_put().  On failure *storep is NULL.
  */
+/* One write asked of an asynchronous store (luffd_async_ops.write). */
+struct luffd_write {
+	uint64_t id;      /* names it to luffd_write_complete() */
+	uint64_t offset;  /* store offset, page-aligned */
+	uint64_t len;     /* bytes: whole pages, except for a last page that
+			     ends at the store's size; at most 256 KiB */
+	const void *buf;  /* the bytes: libuffd's copy, valid until the write
+			     is answered */
+};
+
+/*
+ * Writing (optional; write-back regions, LUFFD_MAP_WRITEBACK, need it).
+ * write(arg, w) runs on the thread that writes back (luffd_msync(),
+ * luffd_unmap(), luffd_ctx_destroy(), the resident limit's evictor), starts
+ * storing w->len bytes of w->buf at w->offset and returns at once: 0 when
+ * it will answer, or a negative errno to refuse it now (that write-back
+ * fails with it; the pages stay dirty).  Up to 16 writes are outstanding
+ * per write-back.  Any thread answers with luffd_write_complete(store,
+ * w->id, res): res the bytes stored (fewer than w->len: the rest is asked
+ * for again), or a negative errno (the pages stay dirty).  w and its
+ * buffer stay valid until answered.  A write-back waits read_timeout_ms
+ * for its answers, then returns -ETIMEDOUT with the pages still dirty; an
+ * answer that comes later is taken and dropped, and a write never answered
+ * keeps its copy and a reference to the store for good.  flush(arg), if
+ * not NULL, makes every write answered so far durable
+ * (LUFFD_MSYNC_DURABLE); it runs on the writing thread and may block: 0
+ * or a negative errno.  Neither may touch memory registered with libuffd.
+ */
 struct luffd_async_ops {
 	size_t sz;
 	int (*read)(void *arg, const struct luffd_request *req);
 	void (*cancel)(void *arg, const struct luffd_request *req);
 	void (*destroy)(void *arg);
 	uint64_t size;
+	int (*write)(void *arg, const struct luffd_write *w);
+	int (*flush)(void *arg);
 };
 
 LUFFD_API int luffd_store_async(const struct luffd_async_ops *ops, void *arg,
@@ -699,6 +729,15 @@ LUFFD_API int luffd_store_async(const struct luffd_async_ops *ops, void *arg,
  */
 LUFFD_API int luffd_request_complete(struct luffd_store *store, uint64_t id,
 				     ssize_t res);
+
+/*
+ * Answer write id of store (see luffd_async_ops.write) with res.  Any
+ * thread.  Returns 0, or -EINVAL, changing nothing, for an id that is not a
+ * write of store waiting for its answer (answered already, made up,
+ * another store's), or a res above the write's length or below -4095.
+ */
+LUFFD_API int luffd_write_complete(struct luffd_store *store, uint64_t id,
+				   ssize_t res);
 
 /* Size in bytes the store reported when it was created. */
 LUFFD_API uint64_t luffd_store_size(const struct luffd_store *store);
@@ -852,8 +891,8 @@ LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
  * would take them away from write-back).
  *
  * The store must be one that can be written (-EACCES otherwise): a file
- * store over a descriptor open O_RDWR (LUFFD_FILE_WRITE), a callback store
- * with write().  The first write-back region over a store gives the store
+ * store over a descriptor open O_RDWR (LUFFD_FILE_WRITE), a callback or
+ * asynchronous store with write().  The first write-back region over a store gives the store
  * a cache key of its own (-EBUSY while another region uses the store or,
  * for file stores, the same file through another store), so pages cached
  * before a write are never served after it; other stores over the same

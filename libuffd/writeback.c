@@ -68,6 +68,7 @@ struct luffd__wbatch {
 	unsigned int out;         /* writes not yet settled */
 	uint32_t free_mask;       /* of reqs[] */
 	int err;                  /* the first error */
+	uint64_t deadline;        /* the evictor's batch: of this window */
 	struct luffd__wreq reqs[WB_INFLIGHT];
 };
 
@@ -255,8 +256,12 @@ static void abandon(struct luffd__wbatch *b)
 	b->done = NULL;
 	pthread_mutex_unlock(&b->lock);
 	for (unsigned int i = 0; i < WB_INFLIGHT; i++)
-		if (!(b->free_mask & 1u << i))
+		if (!(b->free_mask & 1u << i)) {
 			keep_dirty(b, &b->reqs[i]);
+			/* A write given up on counts as failed. */
+			atomic_fetch_add_explicit(&b->l->stats.wb_errors, 1,
+						  memory_order_relaxed);
+		}
 }
 
 /* Wait for every write out; false on timeout. */
@@ -334,6 +339,7 @@ void luffd__wbatch_free(struct luffd__wbatch *b)
 int luffd__wbatch_run(struct luffd__wbatch *b, struct luffd__loop *l,
 		      struct luffd__region *r, uint64_t a, uint64_t len)
 {
+	uint64_t deadline = b->deadline;
 	int err;
 
 	b->r = r;
@@ -344,19 +350,35 @@ int luffd__wbatch_run(struct luffd__wbatch *b, struct luffd__loop *l,
 	for (uint64_t at = a; !err && at < a + len; at += WB_PIECE) {
 		uint64_t n = a + len - at;
 
-		err = piece(b, at, n < WB_PIECE ? n : WB_PIECE, UINT64_MAX);
-		reap(b, false, UINT64_MAX);
+		err = piece(b, at, n < WB_PIECE ? n : WB_PIECE, deadline);
+		reap(b, false, deadline);
 	}
 	if (err)
 		luffd__pt_protect(r->tab->uffd, a, len, false, 0);
 	return err;
 }
 
-int luffd__wbatch_drain(struct luffd__wbatch *b)
+void luffd__wbatch_begin(struct luffd__wbatch *b, struct luffd_store *s)
 {
+	b->deadline = (s->caps & LUFFD__CAP_WRITE_INPLACE) ?
+			      UINT64_MAX :
+			      luffd__deadline(&b->ctx->cfg, luffd__now_ns());
+}
+
+int luffd__wbatch_drain(struct luffd__wbatch **bp)
+{
+	struct luffd__wbatch *b = *bp;
+	struct luffd_ctx *ctx = b->ctx;
 	int err;
 
-	drain(b, UINT64_MAX);
+	if (!drain(b, b->deadline)) {
+		/* A store that does not answer: the writes out stay with
+		 * it (their pages dirty), a new batch goes on. */
+		abandon(b);
+		batch_put(b);
+		*bp = batch_new(ctx);
+		return -ETIMEDOUT;
+	}
 	err = b->err;
 	b->err = 0;
 	return err;
@@ -429,6 +451,7 @@ static struct luffd__wbatch *batch_new(struct luffd_ctx *ctx)
 	atomic_init(&b->refs, 1);
 	b->ctx = ctx;
 	b->free_mask = (1u << WB_INFLIGHT) - 1;
+	b->deadline = UINT64_MAX;
 	return b;
 }
 

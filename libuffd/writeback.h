@@ -18,6 +18,7 @@
 struct luffd_ctx;
 struct luffd__loop;
 struct luffd__region;
+struct luffd_store;
 struct luffd__wbatch;
 
 /*
@@ -97,9 +98,14 @@ int luffd__writeback_locked(struct luffd_ctx *ctx, uint64_t start,
  */
 struct luffd__wbatch *luffd__wbatch_new(struct luffd_ctx *ctx);
 void luffd__wbatch_free(struct luffd__wbatch *b);
+/* Before a window's runs over store s: their deadline (read_timeout_ms
+ * from now for a store whose writes can hang). */
+void luffd__wbatch_begin(struct luffd__wbatch *b, struct luffd_store *s);
 int luffd__wbatch_run(struct luffd__wbatch *b, struct luffd__loop *l,
 		      struct luffd__region *r, uint64_t a, uint64_t len);
-int luffd__wbatch_drain(struct luffd__wbatch *b);
+/* -ETIMEDOUT: the store did not answer in time; *bp is then a new batch
+ * (NULL if memory ran out), the old one left to the late answers. */
+int luffd__wbatch_drain(struct luffd__wbatch **bp);
 /* Every write-back region of ctx (luffd_ctx_destroy()). */
 int luffd__writeback_all(struct luffd_ctx *ctx);
 

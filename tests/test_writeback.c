@@ -441,6 +441,232 @@ out:
 }
 END_TEST
 
+/* An asynchronous store: reads answered inside read(), writes queued and
+ * answered by a thread of the test's (or left unanswered on request). */
+struct ast {
+	char *mem;
+	size_t len;
+	struct luffd_store *st;
+	pthread_mutex_t lock;
+	pthread_cond_t cv;
+	struct luffd_write q[64];
+	int nq;
+	bool hold;       /* leave writes unanswered */
+	bool stop;
+	bool shorten;    /* answer a page short once per write */
+	atomic_int flushes;
+	pthread_t th;
+};
+
+static int ast_read(void *arg, const struct luffd_request *r)
+{
+	struct ast *a = arg;
+	uint64_t off = r->offset;
+
+	for (int i = 0; i < r->iovcnt; i++) {
+		memcpy(r->iov[i].iov_base, a->mem + off, r->iov[i].iov_len);
+		off += r->iov[i].iov_len;
+	}
+	ck_assert_int_eq(luffd_request_complete(a->st, r->id,
+						(ssize_t)r->len), 0);
+	return 0;
+}
+
+static int ast_write(void *arg, const struct luffd_write *w)
+{
+	struct ast *a = arg;
+
+	pthread_mutex_lock(&a->lock);
+	ck_assert_int_lt(a->nq, 64);
+	a->q[a->nq++] = *w;
+	pthread_cond_signal(&a->cv);
+	pthread_mutex_unlock(&a->lock);
+	return 0;
+}
+
+static int ast_flush(void *arg)
+{
+	struct ast *a = arg;
+
+	atomic_fetch_add(&a->flushes, 1);
+	return 0;
+}
+
+static void *ast_main(void *arg)
+{
+	struct ast *a = arg;
+
+	pthread_mutex_lock(&a->lock);
+	while (!a->stop) {
+		if (!a->nq || a->hold) {
+			pthread_cond_wait(&a->cv, &a->lock);
+			continue;
+		}
+		struct luffd_write w = a->q[--a->nq];
+		size_t n = w.len;
+
+		pthread_mutex_unlock(&a->lock);
+		if (a->shorten && n > t_ps)
+			n -= t_ps;
+		memcpy(a->mem + w.offset, w.buf, n);
+		ck_assert_int_eq(luffd_write_complete(a->st, w.id, (ssize_t)n),
+				 0);
+		/* Twice: refused, nothing changes. */
+		ck_assert_int_eq(luffd_write_complete(a->st, w.id, (ssize_t)n),
+				 -EINVAL);
+		pthread_mutex_lock(&a->lock);
+	}
+	pthread_mutex_unlock(&a->lock);
+	return NULL;
+}
+
+static void ast_set(struct ast *a, bool hold)
+{
+	pthread_mutex_lock(&a->lock);
+	a->hold = hold;
+	pthread_cond_signal(&a->cv);
+	pthread_mutex_unlock(&a->lock);
+}
+
+START_TEST(wb_async_store)
+{
+	struct ast a = { .len = 64 * t_ps, .shorten = true };
+	struct luffd_async_ops ops = { .sz = sizeof(ops), .read = ast_read,
+				       .write = ast_write, .flush = ast_flush,
+				       .size = 64 * t_ps };
+	LUFFD_OPTS(luffd_ctx_opts, o, .read_timeout_ms = 300);
+	struct luffd_ctx *ctx = t_ctx(&o);
+	LUFFD_OPTS(luffd_stats, s);
+	char *m;
+	double t0;
+	int err;
+
+	a.mem = malloc(a.len);
+	t_pattern(a.mem, 0, a.len, SEED);
+	pthread_mutex_init(&a.lock, NULL);
+	pthread_cond_init(&a.cv, NULL);
+	ck_assert_int_eq(luffd_store_async(&ops, &a, &a.st), 0);
+	ck_assert_int_eq(pthread_create(&a.th, NULL, ast_main, &a), 0);
+	err = luffd_map(ctx, a.st, 0, a.len, PROT_READ | PROT_WRITE,
+			LUFFD_MAP_WRITEBACK, (void **)&m);
+	if (err == -EOPNOTSUPP)
+		goto out;
+	ck_assert_int_eq(err, 0);
+	memset(m, 0x44, 40 * t_ps);
+	ck_assert_int_eq(luffd_msync(ctx, m, a.len, LUFFD_MSYNC_DURABLE), 0);
+	ck_assert_int_ge(atomic_load(&a.flushes), 1);
+	for (size_t i = 0; i < 40 * t_ps; i++)
+		ck_assert_int_eq(a.mem[i], 0x44);
+	ck_assert_int_lt(t_page_diff(a.mem + 40 * t_ps, 40 * t_ps, a.len,
+				     SEED), 0);
+	/* A store that stops answering: -ETIMEDOUT after read_timeout_ms,
+	 * the pages still dirty; late answers are taken and dropped. */
+	ast_set(&a, true);
+	memset(m, 0x55, 8 * t_ps);
+	t0 = t_now_s();
+	ck_assert_int_eq(luffd_msync(ctx, m, a.len, 0), -ETIMEDOUT);
+	ck_assert(t_now_s() - t0 < 5);
+	ck_assert_int_ne(a.mem[0], 0x55);
+	ck_assert_int_eq(luffd_write_complete(a.st, 1u << 30, 0), -EINVAL);
+	ast_set(&a, false);
+	ck_assert_int_eq(luffd_msync(ctx, m, a.len, 0), 0);
+	for (size_t i = 0; i < 8 * t_ps; i++)
+		ck_assert_int_eq(a.mem[i], 0x55);
+	t_stats(ctx, &s);
+	ck_assert_uint_ge(s.writeback_errors, 1);
+	ck_assert_int_eq(luffd_unmap(ctx, m, a.len), 0);
+out:
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	pthread_mutex_lock(&a.lock);
+	a.stop = true;
+	pthread_cond_signal(&a.cv);
+	pthread_mutex_unlock(&a.lock);
+	pthread_join(a.th, NULL);
+	luffd_store_put(a.st);
+	free(a.mem);
+}
+END_TEST
+
+/* luffd_unmap() while another thread writes back through a slow store:
+ * both finish, nothing is lost. */
+struct slow {
+	char *mem;
+	atomic_int writes;
+};
+
+static ssize_t slow_fill(void *arg, uint64_t off, void *buf, size_t len)
+{
+	memcpy(buf, ((struct slow *)arg)->mem + off, len);
+	return (ssize_t)len;
+}
+
+static ssize_t slow_write(void *arg, uint64_t off, const void *buf,
+			  size_t len)
+{
+	struct slow *s = arg;
+
+	usleep(2000);
+	memcpy(s->mem + off, buf, len);
+	atomic_fetch_add(&s->writes, 1);
+	return (ssize_t)len;
+}
+
+struct syncer {
+	struct luffd_ctx *ctx;
+	char *m;
+	size_t len;
+	int err;
+};
+
+static void *syncer_main(void *arg)
+{
+	struct syncer *y = arg;
+
+	y->err = luffd_msync(y->ctx, y->m, y->len, 0);
+	return NULL;
+}
+
+START_TEST(wb_unmap_during_writeback)
+{
+	size_t len = 64 * t_ps;
+	struct slow sl = { .mem = malloc(len) };
+	struct luffd_callback_ops ops = { .sz = sizeof(ops), .fill = slow_fill,
+					  .write = slow_write, .size = len };
+	struct luffd_ctx *ctx = t_ctx(NULL);
+	struct luffd_store *st;
+	struct syncer y;
+	pthread_t th;
+	char *m;
+	int err;
+
+	memset(sl.mem, 0, len);
+	ck_assert_int_eq(luffd_store_callback(&ops, &sl, &st), 0);
+	err = luffd_map(ctx, st, 0, len, PROT_READ | PROT_WRITE,
+			LUFFD_MAP_WRITEBACK, (void **)&m);
+	if (err == -EOPNOTSUPP)
+		goto out;
+	ck_assert_int_eq(err, 0);
+	/* Every other page: 32 runs, 32 slow writes. */
+	for (size_t p = 0; p < 64; p += 2)
+		memset(m + p * t_ps, (int)p + 1, t_ps);
+	y = (struct syncer){ ctx, m, len, 1 };
+	ck_assert_int_eq(pthread_create(&th, NULL, syncer_main, &y), 0);
+	usleep(5000); /* the write-back is under way */
+	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
+	pthread_join(th, NULL);
+	/* It ran before the unmap's write-back, or found the region gone. */
+	ck_assert(y.err == 0 || y.err == -ENOENT);
+	ck_assert_int_eq(atomic_load(&sl.writes), 32);
+	for (size_t p = 0; p < 64; p++)
+		ck_assert_int_eq(sl.mem[p * t_ps + t_ps - 1],
+				 p % 2 ? 0 : (int)p + 1);
+out:
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	luffd_store_put(st);
+	free(sl.mem);
+}
+END_TEST
+
 START_TEST(wb_validation)
 {
 	struct fixture fx;
@@ -505,6 +731,8 @@ static Suite *make(void)
 	tcase_add_test(tc, wb_callback_errors);
 	tcase_add_test(tc, wb_enospc);
 	tcase_add_test(tc, wb_validation);
+	tcase_add_test(tc, wb_async_store);
+	tcase_add_test(tc, wb_unmap_during_writeback);
 	tc = t_tcase(s, "async");
 	tcase_add_test(tc, wb_exact_async);
 	tcase_add_test(tc, wb_concurrent_writers_async);
