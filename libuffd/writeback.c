@@ -490,6 +490,27 @@ int luffd__writeback_locked(struct luffd_ctx *ctx, uint64_t start,
 	return writeback_range(ctx, start, end, false);
 }
 
+/* The start of the first region of ctx above addr, or UINT64_MAX: a
+ * range with holes is walked region by region, not page by page. */
+static uint64_t next_region(struct luffd_ctx *ctx, uint64_t addr)
+{
+	uint64_t best = UINT64_MAX;
+
+	for (unsigned int i = 0; i < ctx->cfg.nloops; i++) {
+		struct luffd__rtab *t = &ctx->loops[i].rtab;
+
+		pthread_mutex_lock(&t->lock);
+		for (size_t j = 0; j < t->n; j++)
+			if (t->regions[j]->start > addr &&
+			    t->regions[j]->start < best) {
+				best = t->regions[j]->start;
+				break; /* sorted by start */
+			}
+		pthread_mutex_unlock(&t->lock);
+	}
+	return best;
+}
+
 /* wb_lock held. */
 static int writeback_range(struct luffd_ctx *ctx, uint64_t start,
 			   uint64_t end, bool durable)
@@ -505,7 +526,7 @@ static int writeback_range(struct luffd_ctx *ctx, uint64_t start,
 		int e;
 
 		if (!r) {
-			at += ctx->cfg.page_size; /* not a region (any more) */
+			at = next_region(ctx, at); /* not a region (any more) */
 			continue;
 		}
 		hi = r->start + r->len < end ? r->start + r->len : end;

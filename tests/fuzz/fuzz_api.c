@@ -168,6 +168,16 @@ static ssize_t cb_fill(void *arg, uint64_t off, void *buf, size_t len)
 	}
 }
 
+static ssize_t cb_write(void *arg, uint64_t off, const void *buf,
+			size_t len)
+{
+	struct cbmode *m = arg;
+
+	(void)off;
+	(void)buf;
+	return m->how & 1 ? -EIO : (ssize_t)len;
+}
+
 static void cb_destroy(void *arg)
 {
 	CHECK(arg >= (void *)cb_modes && arg < (void *)(cb_modes + 8));
@@ -311,6 +321,8 @@ static int fuzz_ctx(struct in *in, struct luffd_ctx **ctxp)
 	case 2: o.stripe_bytes = (size_t)U8(in) << 21; break;
 	default: o.stripe_bytes = (size_t)U32(in); break;
 	}
+	o.resident_bytes = sel & 128 ? (size_t)U32(in) :
+			   (size_t)(U8(in) % 16) * 64 * ps;
 	u.o = o;
 	rc = luffd_ctx_create(&u.o, ctxp);
 	rc_ok(rc);
@@ -343,7 +355,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 
 	while (in.n && nops++ < 64) {
-		uint8_t op = U8(&in) % 21;
+		uint8_t op = U8(&in) % 22;
 		uint8_t a = U8(&in);
 
 		if (getenv("FUZZ_VERBOSE"))
@@ -369,7 +381,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 1: { /* file store by path */
 			const char *paths[] = { g_path, "/dev/null", "/tmp",
 						"/nonexistent", "", NULL };
-			unsigned int fl = U8(&in) % 3;
+			unsigned int fl = U8(&in) % 8; /* with FILE_WRITE */
 
 			luffd_store_put(*sp);
 			*sp = NULL;
@@ -404,6 +416,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			ops.o.sz = sizeof(ops.o);
 			ops.o.fill = cb_fill;
 			ops.o.destroy = a & 0x40 ? cb_destroy : NULL;
+			ops.o.write = a & 0x10 ? cb_write : NULL;
 			ops.o.size = k & 0x80 ? UINT64_MAX : size_arg(&in);
 			if (k & 0x40)
 				ops.o.sz = U8(&in) % sizeof(ops);
@@ -430,7 +443,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			uint8_t f8 = U8(&in);
 			unsigned int fl = f8 & 0x80 ? U32(&in) :
 					  (f8 & 0x40 ? LUFFD_MAP_PUSH : 0) |
-					  (f8 & 0x20 ? LUFFD_MAP_WP : 0);
+					  (f8 & 0x20 ? LUFFD_MAP_WP : 0) |
+					  (f8 & 0x10 ? LUFFD_MAP_WRITEBACK : 0);
 			void *addr = NULL;
 
 			rc = luffd_map(ctx, a & 0x80 ? NULL : s, off,
@@ -617,6 +631,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			rc_ok(n < 0 ? (int)n : 0);
 			if (n >= 0)
 				CHECK((size_t)n <= len && n % (ssize_t)ps == 0);
+			break;
+		}
+		case 21: { /* write back a region (or garbage) */
+			char *at = nrg ? rg[a % nrg].addr +
+					 (U16(&in) % 16) * ps :
+					 (char *)(uintptr_t)U64(&in);
+			size_t len = a & 0x80 ? (size_t)U64(&in) :
+				     (size_t)U16(&in) * 64;
+
+			rc_ok(luffd_msync(a & 0x20 ? NULL : ctx, at, len,
+					  U8(&in) & 3));
 			break;
 		}
 		case 20: { /* dirty ranges of a region (or garbage) */

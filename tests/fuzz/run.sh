@@ -32,7 +32,7 @@ rnd = random.Random(1234)
 def put(name, b):
     with open(os.path.join(out, name), "wb") as f:
         f.write(bytes(b))
-for op in range(21):
+for op in range(22):
     # mode 0: shared context; a file store in slot 0, a mapping, the op
     put("op%02d" % op, [0, 0, 0, 0, 0,            # store_file(fd 0)
                         5, 0, 0, 4 << 2, 1, 0,     # map 4 pages, PROT_READ
