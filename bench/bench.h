@@ -253,9 +253,13 @@ void nbd_sync_close(void *h);
 uint64_t nbd_served_delay(const char *uri, unsigned int depth, uint64_t size);
 int run_nbdcopy(const struct config *cfg, struct run *r);
 
+uint64_t splitmix64(uint64_t *state);
+uint64_t rand_below(uint64_t *st, uint64_t n);
 uint64_t expected_word(uint64_t off);
 void expected_page(const struct config *cfg, uint64_t pg, void *buf);
 int generate_file(struct config *cfg, char *dir, size_t dirlen);
+/* Write the generated contents over the file again (and fsync it). */
+int rewrite_file(const struct config *cfg);
 int build_order(const struct config *cfg, const struct pattern *pat,
 		uint32_t **orderp, uint64_t *np);
 int make_cold(const struct config *cfg, int fd, uint64_t *resident);
