@@ -28,6 +28,7 @@
  * the last write (a dirty page dropped without write-back and read back
  * from the file, say) is counted and fails the run.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -38,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -491,9 +493,10 @@ static void child_main(struct bench_ctx *b, struct run *r,
 	bool lost;
 	int err;
 
+	/* The parent times the run out (and first says what its threads
+	 * were doing); should the parent die, so does the run. */
 	bench_child_init();
-	if (cfg->timeout_s)
-		alarm(cfg->timeout_s);
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (!w) {
 		set_err(r, "out of memory");
 		return;
@@ -557,6 +560,61 @@ static uint64_t statm_rss(int fd, size_t page)
 	return (uint64_t)res * page;
 }
 
+/* Up to n bytes of a small /proc file, without its last newline; "?" if
+ * it cannot be read. */
+static void proc_read(const char *path, char *buf, size_t n)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t got = fd < 0 ? -1 : read(fd, buf, n - 1);
+
+	if (fd >= 0)
+		close(fd);
+	if (got <= 0) {
+		snprintf(buf, n, "?");
+		return;
+	}
+	buf[got] = 0;
+	while (got > 0 && buf[got - 1] == '\n')
+		buf[--got] = 0;
+}
+
+/* A run past its timeout: what each of its threads is doing (state, wait
+ * channel, the top of its kernel stack), for the report of a hang. */
+static void dump_threads(pid_t pid)
+{
+	char dir[64], path[128], comm[64], st[512], wchan[128], stack[1024];
+	DIR *d;
+	struct dirent *e;
+
+	snprintf(dir, sizeof(dir), "/proc/%d/task", (int)pid);
+	d = opendir(dir);
+	if (!d)
+		return;
+	fprintf(stderr, "uffd-bench: the run's threads at the timeout (tid, "
+		"name, state, wait channel: kernel stack):\n");
+	while ((e = readdir(d))) {
+		char *p, state = '?';
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/%.20s/comm", dir, e->d_name);
+		proc_read(path, comm, sizeof(comm));
+		snprintf(path, sizeof(path), "%s/%.20s/stat", dir, e->d_name);
+		proc_read(path, st, sizeof(st));
+		if ((p = strrchr(st, ')')) && p[1] == ' ')
+			state = p[2];
+		snprintf(path, sizeof(path), "%s/%.20s/wchan", dir, e->d_name);
+		proc_read(path, wchan, sizeof(wchan));
+		snprintf(path, sizeof(path), "%s/%.20s/stack", dir, e->d_name);
+		proc_read(path, stack, sizeof(stack));
+		for (p = stack; (p = strchr(p, '\n')); )
+			*p = ' ';
+		fprintf(stderr, "  %s %s %c %s: %.300s\n", e->d_name, comm,
+			state, wchan, stack);
+	}
+	closedir(d);
+}
+
 /* Sample the child every SAMPLE_US until it exits (or the timeout kills
  * it); its wait status in *status. */
 static void watch(const struct config *cfg, pid_t pid, const struct cgroup *cg,
@@ -587,6 +645,7 @@ static void watch(const struct config *cfg, pid_t pid, const struct cgroup *cg,
 		r->ooc.samples++;
 		if (cfg->timeout_s && !*timed_out &&
 		    now_ns() - start > (uint64_t)cfg->timeout_s * 1000000000u) {
+			dump_threads(pid);
 			kill(pid, SIGKILL);
 			*timed_out = true;
 		}
