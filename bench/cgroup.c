@@ -177,7 +177,7 @@ enum cg_version cg_detect(const char **why)
 		g_base.ver = CG_V1;
 		goto out;
 	}
-	snprintf(g_base.why, sizeof(g_base.why), "%s%sno cgroup v1 memory "
+	snprintf(g_base.why, sizeof(g_base.why), "%.400s%sno cgroup v1 memory "
 		 "controller mounted", v2why, v2why[0] ? "; " : "");
 out:
 	if (why)
