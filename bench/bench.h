@@ -3,8 +3,9 @@
  * uffd-bench internals: shared between main.c (arguments, orchestration,
  * table), data.c (backing file, access patterns, page cache control,
  * verification), engines.c (libuffd, mmap, naive, pread, fill, bare),
- * util.c (helpers shared with uring-reg-bench) and report.c (statistics,
- * JSON, plot).
+ * ooc.c (--workload ooc: write-back under a memory limit), cgroup.c (its
+ * memory cgroups), util.c (helpers shared with uring-reg-bench) and
+ * report.c (statistics, JSON, plot).
  */
 #ifndef UFFD_BENCH_H
 #define UFFD_BENCH_H
@@ -49,7 +50,23 @@ enum engine {
 	/* Not a fault engine: nbdcopy of the export to null: (--store nbd),
 	 * libnbd's own copy tool, the ceiling over NBD.  Only on request. */
 	ENG_NBDCOPY = 7,
+	/* --workload ooc only: the kernel's own write-back, a read-write
+	 * mmap(MAP_SHARED) of the file, written back by msync(MS_SYNC). */
+	ENG_MMAP_SHARED = 8,
 	NR_ENGINES
+};
+
+/* --workload */
+enum workload {
+	WL_TOUCH, /* every page touched once, read (the default) */
+	WL_OOC,   /* ooc.c: random reads and writes under a memory limit */
+};
+
+/* cgroup.c: which memory controller a run's cgroup uses. */
+enum cg_version {
+	CG_NONE = 0,
+	CG_V1 = 1, /* memory.limit_in_bytes */
+	CG_V2 = 2, /* memory.max */
 };
 
 /* Is e one of the engines that run libuffd? */
@@ -141,8 +158,25 @@ struct config {
 	bool quiet;
 	bool progress_tty;
 
+	/* --workload ooc (ooc.c). */
+	enum workload workload;
+	uint64_t resident_bytes; /* --resident: libuffd's resident_bytes */
+	double write_ratio;      /* --write-ratio: fraction of touches that
+				    write */
+	unsigned int passes;     /* --passes: touches per page */
+	bool mmap_random;        /* --mmap-advice random: MADV_RANDOM */
+	uint64_t memory_limit;   /* --memory-limit: each run's cgroup limit
+				    (default resident_bytes; 0: none) */
+	enum cg_version cg_ver;  /* the cgroups the runs get (CG_NONE: no
+				    limit but libuffd's own) */
+	const char *cg_why;      /* CG_NONE: why */
+	bool resident_effective; /* does this libuffd honour resident_bytes
+				    (ooc_setup()'s probe)? */
+	char resident_why[256];  /* what the probe saw */
+
 	/* Testing hooks. */
 	int64_t corrupt_page; /* -1: none */
+	bool lose_write;      /* --lose-write: undo one write (ooc) */
 	unsigned int timeout_s;
 };
 
@@ -158,6 +192,25 @@ struct cdf {
 	size_t n;
 	float *x_us;
 	float *y;
+};
+
+/* What an ooc run adds to struct run (ooc.c). */
+struct ooc_run {
+	uint64_t touches, writes;
+	uint64_t read_mismatches; /* reads that did not see the last write */
+	uint64_t lost_writes;     /* pages whose last write the file lacks */
+	uint64_t touch_ns, sync_ns; /* wall_ns is their sum */
+	double touches_per_s;       /* over wall_ns */
+	uint64_t limit;             /* the cgroup's limit (0: none) */
+	bool cgroup;                /* the run had a cgroup */
+	uint64_t peak_rss;          /* VmRSS, the most of the samples */
+	uint64_t rss_hwm;           /* the child's VmHWM at its end */
+	uint64_t samples;
+	uint64_t cg_peak;           /* the cgroup's own peak usage */
+	uint64_t cg_peak_sampled;   /* the most of the sampled usage */
+	uint64_t cg_failcnt, cg_oom_kills;
+	uint64_t dev_read, dev_write; /* the child's /proc/self/io */
+	bool finished;              /* the child got to its end */
 };
 
 /* One engine, one pattern, one cache state, one repetition. */
@@ -220,6 +273,9 @@ struct run {
 				 the comparison */
 	bool has_naive;
 	struct latsum naive_svc;
+
+	bool has_ooc;
+	struct ooc_run ooc;
 };
 
 /* ---- data.c (now_ns() and parse_size() are in util.c) ---- */
@@ -253,9 +309,13 @@ void nbd_sync_close(void *h);
 uint64_t nbd_served_delay(const char *uri, unsigned int depth, uint64_t size);
 int run_nbdcopy(const struct config *cfg, struct run *r);
 
+uint64_t splitmix64(uint64_t *state);
+uint64_t rand_below(uint64_t *st, uint64_t n);
 uint64_t expected_word(uint64_t off);
 void expected_page(const struct config *cfg, uint64_t pg, void *buf);
 int generate_file(struct config *cfg, char *dir, size_t dirlen);
+/* Write the generated contents over the file again (and fsync it). */
+int rewrite_file(const struct config *cfg);
 int build_order(const struct config *cfg, const struct pattern *pat,
 		uint32_t **orderp, uint64_t *np);
 int make_cold(const struct config *cfg, int fd, uint64_t *resident);
@@ -274,6 +334,15 @@ struct bench_ctx {
 };
 
 int run_engine(struct bench_ctx *b, struct run *r);
+/* The libuffd settings the flags asked for (the trace aside). */
+void libuffd_opts(const struct config *cfg, struct luffd_ctx_opts *o);
+/* Touch and free the run's size of memory (see engines.c). */
+void warm_memory(const struct config *cfg);
+/* A run's child process (ooc): to be killed, and its cgroup removed, on
+ * an interrupt (pid 0: none). */
+void set_cleanup_child(pid_t pid, const char *cgdir);
+/* In a child: forget the parent's cleanup (the file is the parent's). */
+void bench_child_init(void);
 /* Create and destroy one context with the libuffd flags: 0, or
  * luffd_ctx_create()'s error (-EINVAL: a setting the library refuses). */
 int libuffd_settings_check(const struct config *cfg);
@@ -281,6 +350,36 @@ int uffd_available(char *why, size_t len);
 void set_run_label(const char *label);
 void install_signal_handlers(void);
 void set_cleanup_paths(const char *file, const char *dir);
+
+/* ---- ooc.c ---- */
+/* Before the first ooc run: which cgroups the runs get, whether libuffd
+ * honours resident_bytes (a probe), the model.  0 or -errno. */
+int ooc_setup(struct config *cfg);
+/* One ooc run, in a child process; fills r (its ooc part too). */
+int run_ooc(struct bench_ctx *b, struct run *r);
+
+/* ---- cgroup.c ---- */
+struct cgroup {
+	enum cg_version ver;
+	char dir[4096]; /* empty: none */
+};
+/* The controller children of the bench's own cgroup can get (CG_NONE:
+ * *why says why not, if why).  Looked up once. */
+enum cg_version cg_detect(const char **why);
+/* The bench's own memory cgroup (a directory). */
+const char *cg_base_dir(void);
+/* A child cgroup name of the bench's, with this memory limit; remove it
+ * with cg_destroy().  0 or -errno (-ENOTSUP: no controller). */
+int cg_create(struct cgroup *cg, const char *name, uint64_t limit);
+int cg_enter(const struct cgroup *cg, pid_t pid);
+uint64_t cg_usage(const struct cgroup *cg);
+uint64_t cg_peak(const struct cgroup *cg);
+uint64_t cg_failcnt(const struct cgroup *cg);
+uint64_t cg_oom_kills(const struct cgroup *cg);
+/* Reclaim what it holds (v1) and remove it (it must have no tasks). */
+int cg_destroy(struct cgroup *cg);
+/* Can a child memory cgroup be made here?  1, or 0 with why set. */
+int cg_check(char *why, size_t n);
 
 /* ---- report.c ---- */
 void latsum_from(uint32_t *samples, uint64_t n, struct latsum *ls);
@@ -293,6 +392,8 @@ int write_plot(const struct config *cfg, const struct run *runs, size_t nruns,
 	       const char *path);
 void print_table(FILE *out, const struct config *cfg, const struct run *runs,
 		 size_t nruns);
+/* --workload ooc: how the limit is applied, and to what. */
+void ooc_notes(FILE *out, const struct config *cfg);
 
 /* Ratios between engines for one (pattern, cache state): from the median
  * wall time over the repetitions. */

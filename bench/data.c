@@ -18,7 +18,7 @@
 
 #include "bench.h"
 
-static uint64_t splitmix64(uint64_t *state)
+uint64_t splitmix64(uint64_t *state)
 {
 	uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
 
@@ -55,30 +55,16 @@ void expected_page(const struct config *cfg, uint64_t pg, void *buf)
 	}
 }
 
-int generate_file(struct config *cfg, char *dir, size_t dirlen)
+/* Write the generated contents over the whole of fd (cfg->size bytes). */
+static int write_expected(const struct config *cfg, int fd)
 {
-	const char *tmp = getenv("TMPDIR");
 	size_t chunk = 1u << 20;
 	uint64_t off;
-	char *buf;
-	int fd, err = 0;
+	char *buf = aligned_alloc(cfg->page, chunk);
+	int err = 0;
 
-	if (!tmp || !*tmp)
-		tmp = "/tmp";
-	if ((size_t)snprintf(dir, dirlen, "%s/uffd-bench.XXXXXX", tmp) >= dirlen)
-		return -ENAMETOOLONG;
-	if (!mkdtemp(dir))
-		return -errno;
-	snprintf(cfg->path, sizeof(cfg->path), "%s/data", dir);
-	set_cleanup_paths(cfg->path, dir);
-	fd = open(cfg->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return -errno;
-	buf = aligned_alloc(cfg->page, chunk);
-	if (!buf) {
-		close(fd);
+	if (!buf)
 		return -ENOMEM;
-	}
 	for (off = 0; off < cfg->size && !err; off += chunk) {
 		size_t len = cfg->size - off < chunk ? (size_t)(cfg->size - off)
 						     : chunk;
@@ -100,6 +86,40 @@ int generate_file(struct config *cfg, char *dir, size_t dirlen)
 		}
 	}
 	free(buf);
+	return err;
+}
+
+int generate_file(struct config *cfg, char *dir, size_t dirlen)
+{
+	const char *tmp = getenv("TMPDIR");
+	int fd, err;
+
+	if (!tmp || !*tmp)
+		tmp = "/tmp";
+	if ((size_t)snprintf(dir, dirlen, "%s/uffd-bench.XXXXXX", tmp) >= dirlen)
+		return -ENAMETOOLONG;
+	if (!mkdtemp(dir))
+		return -errno;
+	snprintf(cfg->path, sizeof(cfg->path), "%s/data", dir);
+	set_cleanup_paths(cfg->path, dir);
+	fd = open(cfg->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	err = write_expected(cfg, fd);
+	if (close(fd) < 0 && !err)
+		err = -errno;
+	return err;
+}
+
+int rewrite_file(const struct config *cfg)
+{
+	int fd = open(cfg->path, O_WRONLY | O_CLOEXEC), err;
+
+	if (fd < 0)
+		return -errno;
+	err = write_expected(cfg, fd);
+	if (!err && fsync(fd) < 0)
+		err = -errno;
 	if (close(fd) < 0 && !err)
 		err = -errno;
 	return err;
@@ -109,7 +129,7 @@ int generate_file(struct config *cfg, char *dir, size_t dirlen)
  * Access patterns: the order in which pages are first touched.
  * ---------------------------------------------------------------------- */
 
-static uint64_t rand_below(uint64_t *st, uint64_t n)
+uint64_t rand_below(uint64_t *st, uint64_t n)
 {
 	/* Lemire's multiply-shift (a GCC/Clang 128-bit product); the bias for
 	 * n < 2^32 is negligible here. */

@@ -19,6 +19,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -40,6 +41,8 @@ static char g_label[128] = "setup";
 static char g_file[4096];
 static char g_dir[4096];
 static unsigned int g_timeout;
+static volatile pid_t g_child;
+static char g_cgdir[4096];
 
 void set_run_label(const char *label)
 {
@@ -52,8 +55,31 @@ void set_cleanup_paths(const char *file, const char *dir)
 	snprintf(g_dir, sizeof(g_dir), "%s", dir ? dir : "");
 }
 
+void set_cleanup_child(pid_t pid, const char *cgdir)
+{
+	g_child = 0;
+	snprintf(g_cgdir, sizeof(g_cgdir), "%s", cgdir ? cgdir : "");
+	g_child = pid;
+}
+
+void bench_child_init(void)
+{
+	g_file[0] = g_dir[0] = g_cgdir[0] = 0;
+	g_child = 0;
+}
+
+/* Also from signal handlers: only async-signal-safe calls.  A run's child
+ * goes first, so its cgroup can be removed and the file it maps unlinked. */
 static void cleanup_files(void)
 {
+	if (g_child > 0) {
+		kill(g_child, SIGKILL);
+		waitpid(g_child, NULL, 0);
+		g_child = 0;
+	}
+	if (g_cgdir[0])
+		rmdir(g_cgdir);
+	g_cgdir[0] = 0;
 	if (g_file[0])
 		unlink(g_file);
 	if (g_dir[0])
@@ -839,8 +865,7 @@ static void split_by_class(struct bench_ctx *b, struct run *r, bool want_cdf)
 	}
 }
 
-/* The libuffd settings the flags asked for (the trace aside). */
-static void libuffd_opts(const struct config *cfg, struct luffd_ctx_opts *o)
+void libuffd_opts(const struct config *cfg, struct luffd_ctx_opts *o)
 {
 	o->handler_threads = cfg->handler_threads;
 	o->queue_depth = cfg->queue_depth;
@@ -1095,7 +1120,7 @@ static int run_pread(struct bench_ctx *b, struct run *r, bool fill)
  * it and the others do not.  Freed just before the run, the memory is
  * still backed when the run allocates it.
  */
-static void warm_memory(const struct config *cfg)
+void warm_memory(const struct config *cfg)
 {
 	const size_t hp = 2u << 20;
 	size_t len = (size_t)(cfg->npages * cfg->page) + 2 * hp;
@@ -1110,15 +1135,37 @@ static void warm_memory(const struct config *cfg)
 	munmap(m, len);
 }
 
+/* Faults in all, GB/s and faults/s of a finished run. */
+static void rates(struct run *r)
+{
+	r->faults_total = 0;
+	for (int c = 0; c < LUFFD_NR_CLASSES; c++)
+		r->faults_total += r->faults[c];
+	if (r->wall_ns) {
+		r->gbps = (double)r->bytes / (double)r->wall_ns;
+		r->faults_per_s = (double)r->faults_total * 1e9 /
+				  (double)r->wall_ns;
+	}
+}
+
 int run_engine(struct bench_ctx *b, struct run *r)
 {
 	const struct config *cfg = b->cfg;
-	int c, ret;
+	int ret;
 
 	r->ok = true;
 	r->pages = b->n;
 	r->bytes = b->n * cfg->page;
 	set_run_label(r->label);
+	if (cfg->workload == WL_OOC) {
+		/* In a child process, timed out by the parent. */
+		ret = run_ooc(b, r);
+		set_run_label("between runs");
+		if (ret < 0)
+			r->ok = false;
+		rates(r);
+		return ret;
+	}
 	if (!cfg->no_memory_warm)
 		warm_memory(cfg);
 	if (cfg->timeout_s)
@@ -1154,14 +1201,7 @@ int run_engine(struct bench_ctx *b, struct run *r)
 		r->ok = false;
 		return ret;
 	}
-	r->faults_total = 0;
-	for (c = 0; c < LUFFD_NR_CLASSES; c++)
-		r->faults_total += r->faults[c];
-	if (r->wall_ns) {
-		r->gbps = (double)r->bytes / (double)r->wall_ns;
-		r->faults_per_s = (double)r->faults_total * 1e9 /
-				  (double)r->wall_ns;
-	}
+	rates(r);
 	latsum_from(b->lat, b->n, &r->lat);
 	if (cfg->plot_path)
 		cdf_from_sorted(b->lat, b->n, &r->cdf);

@@ -46,7 +46,8 @@ static void usage(FILE *f)
 "  --engine LIST          comma list of libuffd, mmap, naive, pread,\n"
 "                         fill, bare, prefetch (libuffd with a prefetch\n"
 "                         of the whole mapping started first), or all\n"
-"                         (the first three; default)\n"
+"                         (the first three; default); with --workload\n"
+"                         ooc: libuffd, mmap-shared or all (both)\n"
 "  --warm                 page cache warm only (file read first)\n"
 "  --cold                 page cache cold only (file dropped before each\n"
 "                         engine)\n"
@@ -54,6 +55,26 @@ static void usage(FILE *f)
 "  --repeat N             repeat every run N times (default 1)\n"
 "  --no-memory-warm       do not touch and free the run's size of memory\n"
 "                         before each run (see bench/README.md)\n"
+"  --workload W           touch (default: every page touched once, read)\n"
+"                         or ooc: out of core, random reads and writes\n"
+"                         of a generated file larger than a memory limit\n"
+"\n"
+"Out of core (--workload ooc; any of these flags implies it):\n"
+"  --resident BYTES       the limit: libuffd's resident_bytes, and each\n"
+"                         run's memory cgroup (default a quarter of --size)\n"
+"  --write-ratio R        fraction of the touches that write (default 0.5)\n"
+"  --passes N             touches per page, each pass in a new random order\n"
+"                         (default 1)\n"
+"  --memory-limit BYTES   the cgroup's limit, if not --resident (0: no\n"
+"                         cgroup, the RSS only)\n"
+"  --mmap-advice A        random (default: madvise(MADV_RANDOM), no\n"
+"                         read-around) or normal (the kernel's default)\n"
+"                         for mmap-shared\n"
+"  Engines libuffd (LUFFD_MAP_WRITEBACK) and mmap-shared (the kernel's\n"
+"  mmap(MAP_SHARED)), the default; each run in a child process in a memory\n"
+"  cgroup of its own, always cold, its peak RSS sampled; the file is then\n"
+"  checked against a model of every write.  libuffd's --cache-size defaults\n"
+"  to a 32nd of the limit here (see bench/README.md).\n"
 "\n"
 "libuffd settings (absent = the library's default):\n"
 "  --handler-threads N    handler threads\n"
@@ -106,6 +127,10 @@ static void usage(FILE *f)
 "  --corrupt-page N       libuffd serves page N with one byte flipped (the\n"
 "                         run must then fail verification)\n"
 "  --check-uffd           exit 0 if a userfaultfd can be opened, else 77\n"
+"  --check-cgroup         exit 0 if a memory cgroup can be made for a run\n"
+"                         (--workload ooc), else 77\n"
+"  --lose-write           ooc: undo one write of each run (the run must\n"
+"                         then fail verification)\n"
 "\n"
 "Exit status: 0 all runs verified, 1 a run failed, 2 bad arguments.\n");
 }
@@ -211,6 +236,18 @@ static void parse_engines(struct config *cfg, const char *arg)
 	cfg->nengines = 0;
 	for (tok = strtok_r(dup, ",", &save); tok;
 	     tok = strtok_r(NULL, ",", &save)) {
+		if (!strcmp(tok, "all") && cfg->workload == WL_OOC) {
+			for (e = 0; e < 2; e++) {
+				enum engine x = e ? ENG_MMAP_SHARED
+						  : ENG_LIBUFFD;
+
+				if (!seen[x]) {
+					seen[x] = true;
+					cfg->engines[cfg->nengines++] = x;
+				}
+			}
+			continue;
+		}
 		if (!strcmp(tok, "all")) {
 			for (e = 0; e < NR_FAULT_ENGINES; e++)
 				if (!seen[e]) {
@@ -226,7 +263,7 @@ static void parse_engines(struct config *cfg, const char *arg)
 		if (e == NR_ENGINES)
 			bad_arg("--engine: unknown engine '%s' (libuffd, "
 				"mmap, naive, pread, fill, bare, prefetch, "
-				"nbdcopy, all)", tok);
+				"nbdcopy, mmap-shared, all)", tok);
 		if (!seen[e]) {
 			seen[e] = true;
 			cfg->engines[cfg->nengines++] = (enum engine)e;
@@ -244,7 +281,8 @@ enum {
 	OPT_TFMT, OPT_JSON, OPT_PLOT, OPT_QUIET, OPT_HELP, OPT_TIMEOUT,
 	OPT_CORRUPT, OPT_CHECK, OPT_RAMODE, OPT_IA, OPT_INSTALL, OPT_PROT,
 	OPT_NOMEMWARM, OPT_STORE, OPT_HCPUS, OPT_TCPUS, OPT_STRIPE,
-	OPT_STORELAT,
+	OPT_STORELAT, OPT_WORKLOAD, OPT_RESIDENT, OPT_WRATIO, OPT_PASSES,
+	OPT_MEMLIMIT, OPT_LOSEWRITE, OPT_CHECKCG, OPT_MADV,
 };
 
 static const struct option long_opts[] = {
@@ -285,6 +323,14 @@ static const struct option long_opts[] = {
 	{ "handler-cpus", required_argument, NULL, OPT_HCPUS },
 	{ "thread-cpus", required_argument, NULL, OPT_TCPUS },
 	{ "stripe-bytes", required_argument, NULL, OPT_STRIPE },
+	{ "workload", required_argument, NULL, OPT_WORKLOAD },
+	{ "resident", required_argument, NULL, OPT_RESIDENT },
+	{ "write-ratio", required_argument, NULL, OPT_WRATIO },
+	{ "passes", required_argument, NULL, OPT_PASSES },
+	{ "memory-limit", required_argument, NULL, OPT_MEMLIMIT },
+	{ "lose-write", no_argument, NULL, OPT_LOSEWRITE },
+	{ "mmap-advice", required_argument, NULL, OPT_MADV },
+	{ "check-cgroup", no_argument, NULL, OPT_CHECKCG },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -298,9 +344,93 @@ static bool has_engine(const struct config *cfg, enum engine e)
 	return false;
 }
 
+/* What the command line said, where the ooc workload needs to know. */
+struct given {
+	bool warm, warm_and_cold, size, pattern, prot, store, cache;
+	bool resident, memory_limit;
+	int workload;           /* -1: not given */
+	const char *ooc_flag;   /* an ooc flag given (it implies ooc) */
+	const char *engines;    /* --engine, parsed once the workload is
+				   known */
+};
+
+static double parse_ratio(const char *opt, const char *s)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || *end || !(v >= 0 && v <= 1))
+		bad_arg("%s: '%s' is not a number in [0, 1]", opt, s);
+	return v;
+}
+
+/* --workload ooc: its defaults, and what it cannot take. */
+static void check_ooc(struct config *cfg, const struct given *g)
+{
+	uint64_t lim;
+
+	if (cfg->file)
+		bad_arg("--workload ooc writes to its file: it takes a "
+			"generated one (--size), not --file");
+	if (g->pattern && (cfg->npats != 1 || cfg->pats[0].kind != PAT_RAND))
+		bad_arg("--workload ooc touches in random order: --pattern "
+			"rand only");
+	if (g->warm || g->warm_and_cold)
+		bad_arg("--workload ooc runs cold only: the file leaves the "
+			"page cache before each run, so that its pages are "
+			"charged to the run's cgroup");
+	if (cfg->store != STORE_FILE)
+		bad_arg("--workload ooc: --store file only (libuffd writes "
+			"back to the file)");
+	if (!(cfg->prot & PROT_WRITE))
+		bad_arg("--workload ooc writes: --prot rw only");
+	if (cfg->trace_path || cfg->plot_path || cfg->corrupt_page >= 0)
+		bad_arg("--workload ooc takes no --trace, --plot or "
+			"--corrupt-page");
+	for (int e = 0; e < cfg->nengines; e++)
+		if (cfg->engines[e] != ENG_LIBUFFD &&
+		    cfg->engines[e] != ENG_MMAP_SHARED)
+			bad_arg("--workload ooc: engines libuffd and "
+				"mmap-shared only, not %s",
+				engine_name(cfg->engines[e]));
+	if (cfg->size % cfg->page)
+		bad_arg("--workload ooc: --size must be a multiple of the "
+			"page size (%zu)", cfg->page);
+	if (!g->resident)
+		cfg->resident_bytes = cfg->size / 4 / cfg->page * cfg->page;
+	if (cfg->resident_bytes % cfg->page ||
+	    cfg->resident_bytes < 16 * cfg->page)
+		bad_arg("--resident: a multiple of the page size (%zu), at "
+			"least 16 pages", cfg->page);
+	if (cfg->resident_bytes >= cfg->size)
+		bad_arg("--resident %" PRIu64 " holds the whole file (--size "
+			"%" PRIu64 "): out of core needs a larger file",
+			cfg->resident_bytes, cfg->size);
+	if (!g->memory_limit)
+		cfg->memory_limit = cfg->resident_bytes;
+	/* libuffd's cache is not part of resident_bytes but is in the
+	 * cgroup's limit: a 32nd of it by default (the library's 64 MiB
+	 * would take a quarter of a 256 MiB limit). */
+	lim = cfg->memory_limit ? cfg->memory_limit : cfg->resident_bytes;
+	if (!g->cache) {
+		cfg->cache_bytes = lim / 32 / cfg->page * cfg->page;
+		if (cfg->cache_bytes > (64ull << 20))
+			cfg->cache_bytes = 64ull << 20;
+		if (cfg->cache_bytes < (1ull << 20))
+			cfg->cache_bytes = 1ull << 20;
+	}
+	cfg->pats[0] = (struct pattern){ .kind = PAT_RAND, .name = "rand" };
+	cfg->npats = 1;
+	cfg->do_warm = false;
+	cfg->do_cold = true;
+}
+
 static void parse_args(struct config *cfg, int argc, char **argv)
 {
 	bool warm = false, cold = false, size_set = false, lat_set = false;
+	struct given g = { .workload = -1 };
 	int c;
 
 	opterr = 0;
@@ -319,6 +449,7 @@ static void parse_args(struct config *cfg, int argc, char **argv)
 			break;
 		case OPT_PATTERN:
 			parse_patterns(cfg, optarg);
+			g.pattern = true;
 			break;
 		case OPT_SEED:
 			cfg->seed = parse_uint("--seed", optarg, 0, UINT64_MAX);
@@ -329,17 +460,69 @@ static void parse_args(struct config *cfg, int argc, char **argv)
 								1024);
 			break;
 		case OPT_ENGINE:
-			parse_engines(cfg, optarg);
+			g.engines = optarg;
 			break;
 		case OPT_WARM:
-			warm = true;
+			warm = g.warm = true;
 			break;
 		case OPT_COLD:
 			cold = true;
 			break;
 		case OPT_BOTH:
-			warm = cold = true;
+			warm = cold = g.warm_and_cold = true;
 			break;
+		case OPT_WORKLOAD:
+			if (!strcmp(optarg, "touch"))
+				g.workload = WL_TOUCH;
+			else if (!strcmp(optarg, "ooc"))
+				g.workload = WL_OOC;
+			else
+				bad_arg("--workload: touch or ooc, not '%s'",
+					optarg);
+			break;
+		case OPT_RESIDENT:
+			cfg->resident_bytes = parse_bytes("--resident", optarg,
+							  1, 1ull << 40);
+			g.resident = true;
+			g.ooc_flag = "--resident";
+			break;
+		case OPT_WRATIO:
+			cfg->write_ratio = parse_ratio("--write-ratio", optarg);
+			g.ooc_flag = "--write-ratio";
+			break;
+		case OPT_PASSES:
+			cfg->passes = (unsigned int)parse_uint("--passes",
+							       optarg, 1, 1000);
+			g.ooc_flag = "--passes";
+			break;
+		case OPT_MEMLIMIT:
+			cfg->memory_limit = parse_bytes("--memory-limit",
+							optarg, 0, 1ull << 50);
+			g.memory_limit = true;
+			g.ooc_flag = "--memory-limit";
+			break;
+		case OPT_MADV:
+			if (!strcmp(optarg, "random"))
+				cfg->mmap_random = true;
+			else if (!strcmp(optarg, "normal"))
+				cfg->mmap_random = false;
+			else
+				bad_arg("--mmap-advice: random or normal, not "
+					"'%s'", optarg);
+			g.ooc_flag = "--mmap-advice";
+			break;
+		case OPT_LOSEWRITE:
+			cfg->lose_write = true;
+			g.ooc_flag = "--lose-write";
+			break;
+		case OPT_CHECKCG: {
+			char why[1024];
+
+			if (cg_check(why, sizeof(why)))
+				exit(0);
+			fprintf(stderr, "uffd-bench: %s\n", why);
+			exit(EXIT_SKIP);
+		}
 		case OPT_REPEAT:
 			cfg->repeat = (unsigned int)parse_uint("--repeat",
 							       optarg, 1, 1000);
@@ -351,6 +534,7 @@ static void parse_args(struct config *cfg, int argc, char **argv)
 		case OPT_CACHE:
 			cfg->cache_bytes = parse_bytes("--cache-size", optarg,
 						       1, UINT64_MAX);
+			g.cache = true;
 			break;
 		case OPT_RA: {
 			uint64_t v = parse_bytes("--readahead", optarg, 0,
@@ -396,6 +580,7 @@ static void parse_args(struct config *cfg, int argc, char **argv)
 				cfg->prot = PROT_READ;
 			else
 				bad_arg("--prot: r or rw, not '%s'", optarg);
+			g.prot = true;
 			break;
 		case OPT_HCPUS:
 			cfg->handler_cpus = parse_uint("--handler-cpus",
@@ -515,7 +700,22 @@ static void parse_args(struct config *cfg, int argc, char **argv)
 		bad_arg("unexpected argument '%s'", argv[optind]);
 	if (cfg->file && size_set)
 		bad_arg("--file and --size exclude each other");
-	if (warm || cold) {
+	cfg->workload = g.workload == WL_OOC ||
+			(g.workload < 0 && g.ooc_flag) ? WL_OOC : WL_TOUCH;
+	if (cfg->workload == WL_OOC) {
+		cfg->engines[0] = ENG_LIBUFFD;
+		cfg->engines[1] = ENG_MMAP_SHARED;
+		cfg->nengines = 2;
+	}
+	if (g.engines)
+		parse_engines(cfg, g.engines);
+	if (g.workload == WL_TOUCH && g.ooc_flag)
+		bad_arg("%s needs --workload ooc", g.ooc_flag);
+	if (cfg->workload == WL_OOC)
+		check_ooc(cfg, &g);
+	else if (has_engine(cfg, ENG_MMAP_SHARED))
+		bad_arg("--engine mmap-shared needs --workload ooc");
+	if ((warm || cold) && cfg->workload != WL_OOC) {
 		cfg->do_warm = warm;
 		cfg->do_cold = cold;
 	}
@@ -685,6 +885,9 @@ int main(int argc, char **argv)
 		.corrupt_page = -1,
 		.timeout_s = 300,
 		.prot = PROT_READ | PROT_WRITE,
+		.write_ratio = 0.5,
+		.passes = 1,
+		.mmap_random = true,
 	};
 	uint32_t *orders[MAX_PATTERNS];
 	uint64_t norders[MAX_PATTERNS];
@@ -771,6 +974,16 @@ int main(int argc, char **argv)
 				cfg.store_lat_us / 1000);
 	}
 
+	if (cfg.workload == WL_OOC) {
+		err = ooc_setup(&cfg);
+		if (err) {
+			fprintf(stderr, "uffd-bench: --workload ooc: %s\n",
+				strerror(-err));
+			return EXIT_RUN_FAILED;
+		}
+		if (!cfg.quiet)
+			ooc_notes(stderr, &cfg);
+	}
 	for (p = 0; p < cfg.npats; p++) {
 		err = build_order(&cfg, &cfg.pats[p], &orders[p], &norders[p]);
 		if (err) {
@@ -870,8 +1083,11 @@ int main(int argc, char **argv)
 					prepare_cache(&cfg, fd, r);
 					io0 = io_read_bytes();
 					run_engine(&b, r);
-					read_amp(r, io_read_bytes() - io0,
-						 cfg.page);
+					/* ooc: the run's own process counts. */
+					if (cfg.workload != WL_OOC)
+						read_amp(r,
+							 io_read_bytes() - io0,
+							 cfg.page);
 					idx++;
 					if (!r->ok) {
 						all_ok = false;

@@ -20,7 +20,8 @@ const char *engine_name(enum engine e)
 {
 	static const char *const names[] = { "libuffd", "mmap", "naive",
 					     "pread", "fill", "bare",
-					     "prefetch", "nbdcopy" };
+					     "prefetch", "nbdcopy",
+					     "mmap-shared" };
 
 	return (unsigned int)e < NR_ENGINES ? names[e] : "?";
 }
@@ -149,6 +150,8 @@ static int cmp_dbl(const void *a, const void *b)
 #define M_CALIB_FPS 6  /* faults/s of the zero-latency calibration runs */
 #define M_DELAY 7      /* the store's served delay (median), ns */
 #define M_READ_AMP 8   /* bytes read / bytes touched */
+#define M_TPS 9        /* ooc: touches/s */
+#define M_RSS 10       /* ooc: peak RSS, sampled */
 
 static double median_of(const struct config *cfg, const struct run *runs,
 			size_t nruns, enum engine eng, int pat, bool cold,
@@ -173,6 +176,8 @@ static double median_of(const struct config *cfg, const struct run *runs,
 				 (double)r->lat_cls[LUFFD_MAJOR].p50 :
 			 metric == M_DELAY ? (double)r->store_delay_p50 :
 			 metric == M_READ_AMP ? r->read_amp :
+			 metric == M_TPS ? r->ooc.touches_per_s :
+			 metric == M_RSS ? (double)r->ooc.peak_rss :
 				 r->faults_per_s;
 	}
 	(void)cfg;
@@ -198,7 +203,8 @@ static double div_or_nan(double a, double b)
 }
 
 static const enum engine dens[] = { ENG_MMAP, ENG_NAIVE, ENG_PREAD,
-				    ENG_FILL, ENG_BARE, ENG_NBDCOPY };
+				    ENG_FILL, ENG_BARE, ENG_NBDCOPY,
+				    ENG_MMAP_SHARED };
 #define NR_DENS (sizeof(dens) / sizeof(dens[0]))
 /* Room for every ratio: each pattern, warm and cold, each denominator. */
 #define MAX_RATIOS (MAX_PATTERNS * 2 * NR_DENS)
@@ -514,6 +520,127 @@ static void print_blocktime(FILE *out, const struct config *cfg,
 	}
 }
 
+/* ------------------------------------------------------------------------
+ * --workload ooc
+ * ---------------------------------------------------------------------- */
+
+#define MIB(b) ((double)(b) / 1048576.0)
+#define US(ns) ((double)(ns) / 1000.0)
+
+void ooc_notes(FILE *out, const struct config *cfg)
+{
+	bool luffd = has_engine(cfg, ENG_LIBUFFD);
+
+	fprintf(out, "Out of core: a %.1f MiB file, %u thread(s), write ratio "
+		"%.2f, %u pass(es) in random order.\n", MIB(cfg->size),
+		cfg->threads, cfg->write_ratio, cfg->passes);
+	if (cfg->cg_ver != CG_NONE)
+		fprintf(out, "The limit: every run is a child process in a "
+			"memory cgroup of its own (cgroup %s, %s %.1f MiB: "
+			"page cache and\nanonymous memory alike)%s",
+			cfg->cg_ver == CG_V1 ? "v1" : "v2",
+			cfg->cg_ver == CG_V1 ? "memory.limit_in_bytes"
+					     : "memory.max",
+			MIB(cfg->memory_limit), luffd ? "; " : ".\n");
+	else
+		fprintf(out, "No memory cgroup (%s): mmap-shared is not held "
+			"to the limit, its peak RSS is reported beside it%s",
+			cfg->cg_why ? cfg->cg_why : "?", luffd ? "; " : ".\n");
+	if (luffd)
+		fprintf(out, "libuffd %skeeps itself under resident_bytes "
+			"= %.1f MiB (its cache: %.1f MiB).\n",
+			cfg->cg_ver != CG_NONE ? "also " : "",
+			MIB(cfg->resident_bytes), MIB(cfg->cache_bytes));
+	if (luffd && !cfg->resident_effective)
+		fprintf(out, "libuffd: resident_bytes has no effect in this "
+			"build (%s): before the evictor.\nlibuffd runs without "
+			"the cgroup (it would be OOM-killed); its peak RSS is "
+			"reported, not held.\n", cfg->resident_why);
+}
+
+static void print_ooc(FILE *out, const struct config *cfg,
+		      const struct run *runs, size_t nruns)
+{
+	struct ratio rat[MAX_RATIOS];
+	size_t i, n;
+
+	fputc('\n', out);
+	ooc_notes(out, cfg);
+	fprintf(out, "\nTimes: touch = the touches, sync = the write-back "
+		"after them (libuffd: luffd_msync(LUFFD_MSYNC_DURABLE),\n"
+		"mmap-shared: msync(MS_SYNC)); touches/s and GB/s (touched "
+		"bytes, 1 GB = 1e9 B) over both.  Latency: of\none touch, as "
+		"its thread saw it (us).  Memory (MiB): RSS = VmRSS sampled "
+		"every %d ms, hwm = the run's\nVmHWM, cgroup = the cgroup's "
+		"own peak usage (page cache included), limit = the cgroup's "
+		"(- : none).\n\n", 5);
+	fprintf(out, "%-11s %3s %9s %8s %10s %6s %7s %7s %8s %8s %8s %8s "
+		"%8s %6s  %s\n", "engine", "rep", "touch ms", "sync ms",
+		"touches/s", "GB/s", "p50", "p99", "max", "RSS", "hwm",
+		"cgroup", "limit", "lost", "result");
+	for (i = 0; i < nruns; i++) {
+		const struct run *r = &runs[i];
+		const struct ooc_run *o = &r->ooc;
+		char cgp[16] = "-", lim[16] = "-";
+
+		if (o->cgroup) {
+			snprintf(cgp, sizeof(cgp), "%.1f", MIB(o->cg_peak));
+			snprintf(lim, sizeof(lim), "%.1f", MIB(o->limit));
+		}
+		fprintf(out, "%-11s %3u %9.1f %8.1f %10.0f %6.3f %7.1f %7.1f "
+			"%8.1f %8.1f %8.1f %8s %8s %6" PRIu64 "  %s\n",
+			engine_name(r->eng), r->rep + 1,
+			(double)o->touch_ns / 1e6, (double)o->sync_ns / 1e6,
+			o->touches_per_s, r->gbps, US(r->lat.p50),
+			US(r->lat.p99), US(r->lat.max), MIB(o->peak_rss),
+			MIB(o->rss_hwm), cgp, lim, o->lost_writes,
+			r->ok ? "ok" : "FAILED");
+	}
+	fputc('\n', out);
+	for (i = 0; i < nruns; i++) {
+		const struct run *r = &runs[i];
+		const struct luffd_stats *s = &r->st;
+
+		if (r->has_luffd)
+			fprintf(out, "%-11s %3u touches %" PRIu64 ", writes %"
+				PRIu64 "; faults minor %" PRIu64 " major %"
+				PRIu64 " wp %" PRIu64 "; reads %" PRIu64
+				" (%.1f MiB); written back %" PRIu64
+				" pages in %" PRIu64 " writes; cache "
+				"evictions %" PRIu64 "\n", engine_name(r->eng),
+				r->rep + 1, r->ooc.touches, r->ooc.writes,
+				s->faults[LUFFD_MINOR], s->faults[LUFFD_MAJOR],
+				s->wp_faults, s->reads, MIB(s->bytes_read),
+				s->written_back, s->writeback_writes,
+				s->evictions);
+		else
+			fprintf(out, "%-11s %3u touches %" PRIu64 ", writes %"
+				PRIu64 "; faults minor %" PRIu64 " major %"
+				PRIu64 " (getrusage); device read %.1f MiB, "
+				"written %.1f MiB\n", engine_name(r->eng),
+				r->rep + 1, r->ooc.touches, r->ooc.writes,
+				r->faults[LUFFD_MINOR], r->faults[LUFFD_MAJOR],
+				MIB(r->ooc.dev_read), MIB(r->ooc.dev_write));
+	}
+	n = compute_ratios(cfg, runs, nruns, rat, MAX_RATIOS);
+	for (i = 0; i < n; i++)
+		if (rat[i].den == ENG_MMAP_SHARED)
+			fprintf(out, "\nlibuffd/mmap-shared (medians over %u "
+				"repetition(s)): throughput %.3f (touches/s, "
+				"above 1: libuffd faster), p50 latency %.3f, "
+				"p99 %.3f\n", cfg->repeat,
+				rat[i].throughput_ratio, rat[i].p50_ratio,
+				rat[i].p99_ratio);
+	for (int e = 0; e < cfg->nengines; e++) {
+		double rss = median_of(cfg, runs, nruns, cfg->engines[e], 0,
+				       true, M_RSS);
+
+		fprintf(out, "%s peak RSS / resident limit (median): %.3f\n",
+			engine_name(cfg->engines[e]),
+			div_or_nan(rss, (double)cfg->resident_bytes));
+	}
+}
+
 static void fmt_ratio(char *b, size_t n, double v)
 {
 	if (isnan(v))
@@ -522,8 +649,6 @@ static void fmt_ratio(char *b, size_t n, double v)
 		snprintf(b, n, v < 10 ? "%.3gx" : "%.0fx", v);
 }
 
-#define US(ns) ((double)(ns) / 1000.0)
-
 void print_table(FILE *out, const struct config *cfg, const struct run *runs,
 		 size_t nruns)
 {
@@ -531,6 +656,10 @@ void print_table(FILE *out, const struct config *cfg, const struct run *runs,
 	size_t i, nrat;
 	bool any_luffd = false;
 
+	if (cfg->workload == WL_OOC) {
+		print_ooc(out, cfg, runs, nruns);
+		return;
+	}
 	fprintf(out, "\nFirst-touch latency as the faulting thread saw it "
 		"(exact percentiles over every touched page, us); faults as "
 		"each engine counts them\n(mmap: getrusage; zero/err: n/a for "
@@ -777,6 +906,49 @@ static const char *trace_fmt_name(enum luffd_trace_format f)
 	return f == LUFFD_TRACE_CSV ? "csv" : "pfaults";
 }
 
+static void j_ooc(struct jw *j, const struct config *cfg, const struct run *r)
+{
+	const struct ooc_run *o = &r->ooc;
+
+	j_open(j, "ooc", '{');
+	j_u64(j, "file_size", cfg->size);
+	j_u64(j, "threads", cfg->threads);
+	j_dbl(j, "write_ratio", cfg->write_ratio);
+	j_u64(j, "passes", cfg->passes);
+	j_u64(j, "resident_bytes", cfg->resident_bytes);
+	j_u64(j, "touches", o->touches);
+	j_u64(j, "writes", o->writes);
+	j_u64(j, "reads", o->touches - o->writes);
+	j_u64(j, "read_mismatches", o->read_mismatches);
+	j_u64(j, "lost_writes", o->lost_writes);
+	j_u64(j, "touch_ns", o->touch_ns);
+	j_u64(j, "sync_ns", o->sync_ns);
+	j_u64(j, "wall_ns", r->wall_ns);
+	j_dbl(j, "touches_per_s", o->touches_per_s);
+	j_dbl(j, "gbps", r->gbps);
+	j_u64(j, "peak_rss_bytes", o->peak_rss);
+	j_u64(j, "rss_hwm_bytes", o->rss_hwm);
+	j_u64(j, "rss_samples", o->samples);
+	j_u64(j, "sample_interval_us", 5000);
+	j_bool(j, "rss_within_limit",
+	       (double)o->peak_rss <= 1.05 * (double)cfg->resident_bytes);
+	j_u64(j, "device_read_bytes", o->dev_read);
+	j_u64(j, "device_write_bytes", o->dev_write);
+	if (o->cgroup) {
+		j_open(j, "cgroup", '{');
+		j_str(j, "version", cfg->cg_ver == CG_V1 ? "v1" : "v2");
+		j_u64(j, "limit_bytes", o->limit);
+		j_u64(j, "peak_bytes", o->cg_peak);
+		j_u64(j, "sampled_peak_bytes", o->cg_peak_sampled);
+		j_u64(j, "failcnt", o->cg_failcnt);
+		j_u64(j, "oom_kills", o->cg_oom_kills);
+		j_close(j, '}');
+	} else {
+		j_str(j, "cgroup", NULL);
+	}
+	j_close(j, '}');
+}
+
 static void j_run(struct jw *j, const struct config *cfg, const struct run *r)
 {
 	int c;
@@ -800,7 +972,8 @@ static void j_run(struct jw *j, const struct config *cfg, const struct run *r)
 	j_dbl(j, "faults_per_s", r->faults_per_s);
 	j_open(j, "faults", '{');
 	for (c = 0; c < LUFFD_NR_CLASSES; c++) {
-		if (r->eng == ENG_MMAP && c >= LUFFD_ZERO)
+		if ((r->eng == ENG_MMAP || r->eng == ENG_MMAP_SHARED) &&
+		    c >= LUFFD_ZERO)
 			j_str(j, luffd_class_name((enum luffd_class)c), NULL);
 		else
 			j_u64(j, luffd_class_name((enum luffd_class)c),
@@ -836,6 +1009,11 @@ static void j_run(struct jw *j, const struct config *cfg, const struct run *r)
 		j_u64(j, "prefetched", s->prefetched);
 		j_u64(j, "requests_cancelled", s->requests_cancelled);
 		j_u64(j, "read_timeouts", s->read_timeouts);
+		j_u64(j, "wp_faults", s->wp_faults);
+		j_u64(j, "written_back", s->written_back);
+		j_u64(j, "writeback_writes", s->writeback_writes);
+		j_u64(j, "writeback_errors", s->writeback_errors);
+		j_u64(j, "writeback_flushes", s->writeback_flushes);
 		j_close(j, '}');
 		j_open(j, "service_latency_ns", '{');
 		for (c = 0; c < LUFFD_NR_CLASSES; c++)
@@ -865,6 +1043,8 @@ static void j_run(struct jw *j, const struct config *cfg, const struct run *r)
 		j_close(j, ']');
 		j_close(j, '}');
 	}
+	if (r->has_ooc)
+		j_ooc(j, cfg, r);
 	if (r->has_naive) {
 		j_open(j, "naive", '{');
 		j_latsum(j, "service_latency_ns", &r->naive_svc);
@@ -960,6 +1140,26 @@ int write_json(const struct config *cfg, const struct run *runs, size_t nruns,
 		j_u64(&j, "corrupt_page", (uint64_t)cfg->corrupt_page);
 	else
 		j_str(&j, "corrupt_page", NULL);
+	j_str(&j, "workload", cfg->workload == WL_OOC ? "ooc" : "touch");
+	if (cfg->workload == WL_OOC) {
+		j_open(&j, "ooc", '{');
+		j_u64(&j, "resident_bytes", cfg->resident_bytes);
+		j_dbl(&j, "write_ratio", cfg->write_ratio);
+		j_u64(&j, "passes", cfg->passes);
+		j_u64(&j, "memory_limit_bytes", cfg->memory_limit);
+		j_str(&j, "mmap_advice", cfg->mmap_random ? "random" : "normal");
+		j_str(&j, "cgroup", cfg->cg_ver == CG_V1 ? "v1" :
+				   cfg->cg_ver == CG_V2 ? "v2" : NULL);
+		j_str(&j, "cgroup_unavailable",
+		      cfg->cg_ver == CG_NONE ? cfg->cg_why : NULL);
+		j_bool(&j, "resident_limit_in_effect", cfg->resident_effective);
+		j_str(&j, "resident_probe", cfg->resident_why[0] ?
+					    cfg->resident_why : NULL);
+		j_bool(&j, "lose_write", cfg->lose_write);
+		j_close(&j, '}');
+	} else {
+		j_str(&j, "ooc", NULL);
+	}
 	j_close(&j, '}');
 
 	j_open(&j, "runs", '[');
@@ -1088,7 +1288,7 @@ int write_plot(const struct config *cfg, const struct run *runs, size_t nruns,
 {
 	static const char *const eng_color[NR_ENGINES] = {
 		"#7b1fa2", "#e69f00", "#0072b2", "#333333", "#009e73",
-		"#cc79a7", "#56b4e9", "#f0e442" };
+		"#cc79a7", "#56b4e9", "#f0e442", "#d55e00" };
 	static const char *const cls_color[NR_TCLASSES] = {
 		"#009e73", "#d55e00", "#999999", "#cc0000", "#56b4e9" };
 	int panels = 0, cols, rows, p, s, st;

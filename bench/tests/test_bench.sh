@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: MIT
 #
 # Tests for uffd-bench.  Usage: test_bench.sh PATH/TO/uffd-bench TEST
-# TEST is one of: args json corrupt small trace store (or "all").
-# Exit 0 pass, 1 fail, 77 skipped (no userfaultfd, or no python3 for json).
+# TEST is one of: args json corrupt small trace store ooc (or "all").
+# Exit 0 pass, 1 fail, 77 skipped (no userfaultfd, no python3 for json and
+# ooc, no memory cgroup for ooc).
 set -u
 
 BENCH=${1:?usage: test_bench.sh PATH/TO/uffd-bench TEST}
@@ -42,6 +43,23 @@ t_args() {
 	expect_exit 2 --size 1M --corrupt-page 256
 	expect_exit 2 --engine mmap --trace "$TMP/t"
 	expect_exit 2 extra-argument
+	# The out-of-core workload's own errors.
+	expect_exit 2 --workload bogus
+	expect_exit 2 --workload ooc --file /etc/hostname
+	expect_exit 2 --workload touch --resident 8M
+	expect_exit 2 --engine mmap-shared
+	expect_exit 2 --workload ooc --engine naive
+	expect_exit 2 --write-ratio 1.5
+	expect_exit 2 --write-ratio x
+	expect_exit 2 --passes 0
+	expect_exit 2 --size 4M --resident 4M
+	expect_exit 2 --size 4M --resident 100000
+	expect_exit 2 --workload ooc --size 1000000
+	expect_exit 2 --workload ooc --warm
+	expect_exit 2 --workload ooc --pattern seq
+	expect_exit 2 --workload ooc --prot r
+	expect_exit 2 --workload ooc --store memory
+	expect_exit 2 --mmap-advice sometimes
 	expect_exit 2 --size 1M --store memory --corrupt-page 3
 	# CPU 63 only, on a machine with fewer CPUs.
 	[ "$(nproc --all)" -lt 64 ] &&
@@ -344,6 +362,84 @@ t_store_delayus() {
 	done
 }
 
+# The out-of-core workload, tiny: both engines verified against the model
+# of their writes, the JSON's fields, and a lost write caught.
+t_ooc() {
+	need_uffd
+	command -v python3 >/dev/null || { echo "SKIP: no python3" >&2; exit 77; }
+	if ! "$BENCH" --check-cgroup 2>"$TMP/why"; then
+		echo "SKIP: $(cat "$TMP/why")" >&2
+		exit 77
+	fi
+	# 32 MiB file, 8 MiB resident limit; the cgroups get 16 MiB, room
+	# for the bench's own memory and libuffd's cache besides.  Two
+	# passes: pages are read again after they were written (and, with
+	# the limit in effect, after they were evicted).
+	expect_exit 0 --workload ooc --size 32M --resident 8M \
+		--memory-limit 16M --threads 2 --write-ratio 0.5 --passes 2 \
+		--json "$TMP/o.json"
+	grep -q "libuffd also keeps itself under resident_bytes" "$TMP/out" ||
+		fail "the output does not say how libuffd is held"
+	grep -q "^mmap-shared  *1 .* ok$" "$TMP/out" || fail "no mmap-shared row"
+	python3 - "$TMP/o.json" <<'EOF' || fail "ooc JSON report invalid"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert d["result"] == "ok", d["failures"]
+c = d["config"]
+assert c["workload"] == "ooc" and c["threads"] == 2, c
+o = c["ooc"]
+for k in ("resident_bytes", "write_ratio", "passes", "memory_limit_bytes",
+          "mmap_advice", "cgroup", "cgroup_unavailable",
+          "resident_limit_in_effect", "resident_probe", "lose_write"):
+    assert k in o, "missing config.ooc key " + k
+assert o["resident_bytes"] == 8 << 20 and o["memory_limit_bytes"] == 16 << 20
+assert o["write_ratio"] == 0.5 and o["passes"] == 2
+assert o["cgroup"] in ("v1", "v2"), o
+assert sorted(r["engine"] for r in d["runs"]) == ["libuffd", "mmap-shared"]
+for r in d["runs"]:
+    assert r["ok"] and r["verified"] and r["bad_pages"] == 0, r["error"]
+    x = r["ooc"]
+    for k in ("file_size", "threads", "write_ratio", "passes",
+              "resident_bytes", "touches", "writes", "reads",
+              "read_mismatches", "lost_writes", "touch_ns", "sync_ns",
+              "wall_ns", "touches_per_s", "gbps", "peak_rss_bytes",
+              "rss_hwm_bytes", "rss_samples", "sample_interval_us",
+              "rss_within_limit", "device_read_bytes",
+              "device_write_bytes", "cgroup"):
+        assert k in x, "missing ooc key " + k
+    assert x["file_size"] == 32 << 20 and x["threads"] == 2
+    assert x["touches"] == 2 * 8192, x["touches"]
+    assert 0 < x["writes"] < x["touches"]
+    assert x["reads"] == x["touches"] - x["writes"]
+    assert x["read_mismatches"] == 0 and x["lost_writes"] == 0
+    assert x["wall_ns"] == x["touch_ns"] + x["sync_ns"] == r["wall_ns"]
+    assert x["touch_ns"] > 0 and x["sync_ns"] > 0
+    assert x["touches_per_s"] > 0 and x["gbps"] > 0
+    assert x["peak_rss_bytes"] > 0 and x["rss_hwm_bytes"] > 0
+    assert x["rss_samples"] > 0
+    limited = r["engine"] == "mmap-shared" or o["resident_limit_in_effect"]
+    assert (x["cgroup"] is not None) == limited, (r["engine"], x["cgroup"])
+    if limited:
+        g = x["cgroup"]
+        assert g["limit_bytes"] == 16 << 20
+        assert 0 < g["peak_bytes"] <= g["limit_bytes"], g
+        assert g["oom_kills"] == 0, g
+    if r["engine"] == "libuffd":
+        assert r["libuffd"]["stats"]["written_back"] > 0, r["libuffd"]
+assert [q["denominator"] for q in d["ratios"]] == ["mmap-shared"]
+assert d["ratios"][0]["throughput_ratio"] > 0
+EOF
+	# A lost write fails the run (exit 1) with a message naming the page,
+	# for each engine, and the next repetition starts from a good file.
+	for e in libuffd mmap-shared; do
+		expect_exit 1 --workload ooc --size 8M --resident 1M \
+			--memory-limit 16M --threads 2 --engine "$e" \
+			--repeat 2 --lose-write --quiet
+		n=$(grep -c "FAILED: verification failed: engine $e (repetition [12]): page [0-9]* (file offset 0x[0-9a-f]*): lost write" "$TMP/err")
+		[ "$n" -eq 2 ] || fail "$e: $n lost writes reported: $(cat "$TMP/err")"
+	done
+}
+
 case "$TEST" in
 args) t_args ;;
 json) t_json ;;
@@ -351,7 +447,8 @@ corrupt) t_corrupt ;;
 small) t_small ;;
 trace) t_trace ;;
 store) t_store ;;
-all) t_args; t_json; t_corrupt; t_small; t_trace; t_store ;;
+ooc) t_ooc ;;
+all) t_args; t_json; t_corrupt; t_small; t_trace; t_store; t_ooc ;;
 *) echo "unknown test $TEST" >&2; exit 2 ;;
 esac
 echo "PASS: $TEST"
