@@ -884,7 +884,10 @@ LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
  * mmap(MAP_SHARED) that libuffd can give (README.md, "Write-back", sets the
  * two side by side).  The region is write-tracked (it implies
  * LUFFD_REGISTER_WP, with its costs: a WP fault on the first write to each
- * page since it was installed or last written back), and its written
+ * page since it was installed or last written back; but a write that finds
+ * its page missing gets it writable at once, one fault instead of two, so
+ * here stats.wp_faults counts only writes to pages already present), and
+ * its written
  * pages go back to the store on luffd_msync(), luffd_unmap() and
  * luffd_ctx_destroy().  luffd_dirty() over such a region takes only
  * LUFFD_DIRTY_KEEP (-EINVAL without it: protecting the pages it reports

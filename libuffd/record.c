@@ -180,6 +180,23 @@ static void finish(struct luffd__records *rs, uint32_t i, int ret,
 	luffd__fault_record(rs, i, cls, err);
 }
 
+/*
+ * The install mode for fault f's own page.  In a write-back region a write
+ * that finds the page missing gets it writable at once: the page is dirty
+ * from that write on anyway, and the write fault that a protected page
+ * would raise next costs as much as the first fault.  (Write-back reads
+ * "written" from the page tables, so the page is written back all the
+ * same.)
+ */
+static unsigned int fault_mode(const struct luffd__fault *f)
+{
+	unsigned int fl = f->region->flags;
+
+	if (f->write && (fl & LUFFD_REGISTER_WRITEBACK))
+		return 0;
+	return luffd__pt_mode(fl);
+}
+
 void luffd__serve_copy(struct luffd__records *rs, uint32_t i, const void *src,
 		       enum luffd_class cls)
 {
@@ -188,8 +205,7 @@ void luffd__serve_copy(struct luffd__records *rs, uint32_t i, const void *src,
 	if (rs->f[i].waited)
 		cls = LUFFD_MAJOR;
 	finish(rs, i, luffd__pt_copy(rs->uffd, rs->f[i].addr, src,
-				     rs->cfg->page_size,
-				     luffd__pt_mode(rs->f[i].region->flags)),
+				     rs->cfg->page_size, fault_mode(&rs->f[i])),
 	       cls, 0);
 }
 
@@ -205,7 +221,7 @@ void luffd__serve_zero(struct luffd__records *rs, uint32_t i)
 	 * install a private zeroed page for writes in one go.  A
 	 * write-tracked region gets private zeroed pages anyway (see
 	 * install.h). */
-	if (f->region->flags & LUFFD_REGISTER_WP)
+	if (fault_mode(f) & LUFFD__PT_WP)
 		ret = luffd__pt_zero(rs->uffd, f->addr, ps, LUFFD__PT_WP);
 	else if (f->write)
 		ret = luffd__pt_copy(rs->uffd, f->addr, rs->zero_page, ps, 0);
@@ -235,8 +251,7 @@ void luffd__serve_error(struct luffd__records *rs, uint32_t i, int err)
 		ret = (int)syscall(SYS_tgkill, getpid(), (pid_t)f->tid, SIGBUS);
 		ret = ret < 0 ? -errno : 0;
 	} else {
-		ret = luffd__pt_zero(rs->uffd, f->addr, ps,
-				     luffd__pt_mode(f->region->flags));
+		ret = luffd__pt_zero(rs->uffd, f->addr, ps, fault_mode(f));
 	}
 	if (ret == -EAGAIN) {
 		luffd__inc(rs->stats->eagain, 1);
