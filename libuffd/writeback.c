@@ -20,6 +20,12 @@
  * the next write-back writes it whatever this one copied, so no write is
  * lost, however the two interleave.
  *
+ * A write that can time out (from a copy) is given up read_timeout_ms
+ * after it started, each on its own as each read is, so a long write-back
+ * over a slow store that answers goes on; the call then returns
+ * -ETIMEDOUT, the pages of every write still out stay dirty and the batch
+ * is left to their late completions.
+ *
  * Up to WB_INFLIGHT writes of up to WB_PIECE bytes are in flight per
  * call.  A store that writes through io_uring (the file store) gets an
  * entry of the calling thread's own ring, set up at the first write of the
@@ -167,9 +173,12 @@ static void settle(struct luffd__wbatch *b, struct luffd__wreq *w)
 		w->buf = (const char *)w->buf + res;
 		w->len -= (uint64_t)res;
 		w->done += (uint64_t)res;
-		if (start(b, w) == 0)
+		if (w->copy)
+			w->deadline = luffd__deadline(&b->ctx->cfg,
+						      luffd__now_ns());
+		res = start(b, w);
+		if (res == 0)
 			return;
-		res = -EIO;
 	}
 	if (res == 0)
 		res = -EIO; /* no progress */
@@ -191,11 +200,26 @@ static void settle(struct luffd__wbatch *b, struct luffd__wreq *w)
 	req_free(b, w);
 }
 
-/* Reap what completed; block: wait for at least one (until deadline,
- * CLOCK_MONOTONIC ns, UINT64_MAX for none).  False on timeout. */
-static bool reap(struct luffd__wbatch *b, bool block, uint64_t deadline)
+/* When the oldest write out stops being waited for (CLOCK_MONOTONIC ns,
+ * UINT64_MAX for never): each write has read_timeout_ms of its own, as
+ * each read has, so a long write-back over a slow but answering store
+ * does not time out. */
+static uint64_t next_deadline(const struct luffd__wbatch *b)
+{
+	uint64_t d = UINT64_MAX;
+
+	for (unsigned int i = 0; i < WB_INFLIGHT; i++)
+		if (!(b->free_mask & 1u << i) && b->reqs[i].deadline < d)
+			d = b->reqs[i].deadline;
+	return d;
+}
+
+/* Reap what completed; block: wait for at least one, until the oldest
+ * write's deadline.  False on timeout. */
+static bool reap(struct luffd__wbatch *b, bool block)
 {
 	struct luffd__wreq *w, *next;
+	uint64_t deadline = block ? next_deadline(b) : UINT64_MAX;
 
 	if (b->ring_out) {
 		struct io_uring_cqe *cqe;
@@ -245,7 +269,7 @@ static bool reap(struct luffd__wbatch *b, bool block, uint64_t deadline)
  * their late completions free the batch. */
 static void abandon(struct luffd__wbatch *b)
 {
-	reap(b, false, 0);
+	reap(b, false);
 	pthread_mutex_lock(&b->lock);
 	b->abandoned = true;
 	for (struct luffd__wreq *w = b->done; w; w = w->next)
@@ -258,23 +282,23 @@ static void abandon(struct luffd__wbatch *b)
 }
 
 /* Wait for every write out; false on timeout. */
-static bool drain(struct luffd__wbatch *b, uint64_t deadline)
+static bool drain(struct luffd__wbatch *b)
 {
 	while (b->out)
-		if (!reap(b, true, deadline))
+		if (!reap(b, true))
 			return false;
 	return true;
 }
 
 /* Write [addr, addr+len) of b->r (dirty, protected again) to its store. */
-static int piece(struct luffd__wbatch *b, uint64_t addr, uint64_t len,
-		 uint64_t deadline)
+static int piece(struct luffd__wbatch *b, uint64_t addr, uint64_t len)
 {
 	struct luffd__region *r = b->r;
 	struct luffd_store *s = r->store;
 	uint64_t off = r->off + (addr - r->start), bytes = len;
 	struct luffd__wreq *w;
 	unsigned int i;
+	int e;
 
 	if (off >= s->size)
 		return 0; /* wholly past the store: nothing to write */
@@ -282,13 +306,14 @@ static int piece(struct luffd__wbatch *b, uint64_t addr, uint64_t len,
 		bytes = s->size - off; /* the tail of the last page: as a
 					  shared mapping of a file */
 	while (!b->free_mask)
-		if (!reap(b, true, deadline))
+		if (!reap(b, true))
 			return -ETIMEDOUT;
 	i = (unsigned int)__builtin_ctz(b->free_mask);
 	b->free_mask &= ~(1u << i);
 	w = &b->reqs[i];
 	*w = (struct luffd__wreq){ .off = off, .len = bytes, .addr = addr,
-				   .plen = len, .b = b };
+				   .plen = len, .b = b,
+				   .deadline = UINT64_MAX };
 	if (s->caps & LUFFD__CAP_WRITE_INPLACE) {
 		w->buf = (const void *)(uintptr_t)addr;
 	} else {
@@ -302,13 +327,16 @@ static int piece(struct luffd__wbatch *b, uint64_t addr, uint64_t len,
 		}
 		memcpy(copy, (const void *)(uintptr_t)addr, bytes);
 		w->buf = w->copy = copy;
+		w->deadline = luffd__deadline(&b->ctx->cfg, luffd__now_ns());
 	}
 	b->out++;
 	atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&b->l->stats.wb_writes, 1,
 				  memory_order_relaxed);
-	if (start(b, w) < 0) {
-		w->res = -EIO;
+	/* Not w->res: a completion may already have set it. */
+	e = start(b, w);
+	if (e < 0) {
+		w->res = e; /* refused at once: its errno */
 		settle(b, w);
 	}
 	return 0;
@@ -319,13 +347,9 @@ static int region_writeback(struct luffd__wbatch *b, uint64_t lo,
 			    uint64_t hi)
 {
 	struct luffd_range rg[WB_RANGES];
-	const struct luffd__cfg *cfg = &b->ctx->cfg;
-	bool timed = !(b->r->store->caps & LUFFD__CAP_WRITE_INPLACE);
-	uint64_t deadline = UINT64_MAX, pos = lo, next = lo;
+	uint64_t pos = lo, next = lo;
 	int err = 0;
 
-	if (timed)
-		deadline = luffd__deadline(cfg, luffd__now_ns());
 	while (pos < hi && !err) {
 		ssize_t k = luffd__dirty_scan(b->ctx, pos, hi, rg, WB_RANGES,
 					      false);
@@ -340,10 +364,10 @@ static int region_writeback(struct luffd__wbatch *b, uint64_t lo,
 				uint64_t n = rg[j].addr + rg[j].len - a;
 
 				n = n < WB_PIECE ? n : WB_PIECE;
-				err = piece(b, a, n, deadline);
+				err = piece(b, a, n);
 				if (!err)
 					next = a + n;
-				reap(b, false, deadline);
+				reap(b, false);
 			}
 		if (err) {
 			/* The runs not started stay dirty. */
@@ -361,7 +385,7 @@ static int region_writeback(struct luffd__wbatch *b, uint64_t lo,
 		if (k < WB_RANGES)
 			break;
 	}
-	if (!drain(b, deadline))
+	if (!drain(b))
 		err = -ETIMEDOUT;
 	return err ? err : b->err;
 }

@@ -60,6 +60,9 @@ struct luffd__wreq {
 	uint64_t done;       /* bytes written by earlier parts (a short
 				write is continued) */
 	int64_t res;
+	uint64_t deadline;   /* given up at (CLOCK_MONOTONIC ns): started
+				plus read_timeout_ms for a store whose writes
+				can time out, else UINT64_MAX */
 	void *copy;          /* the batch's copy of the bytes, or NULL */
 	struct luffd__wbatch *b;
 	void *priv;          /* the store's */
