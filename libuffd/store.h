@@ -88,8 +88,11 @@ struct luffd__store_ops {
 	 * (writeback.c). */
 	int (*write)(struct luffd_store *s, struct luffd__wreq *w);
 	/* CAP_WRITE: make every write completed so far durable (fsync, NBD
-	 * flush).  Blocks; 0 or -errno.  NULL: nothing to do. */
-	int (*flush)(struct luffd_store *s);
+	 * flush).  Blocks; 0 or -errno.  A store without CAP_WRITE_INPLACE
+	 * gives up at deadline (CLOCK_MONOTONIC ns, read_timeout_ms from
+	 * the call; UINT64_MAX for none) with -ETIMEDOUT, and the flush's
+	 * late answer is then harmless.  NULL: nothing to do. */
+	int (*flush)(struct luffd_store *s, uint64_t deadline);
 	/* The store is about to be written: later stores over the same
 	 * data must not share its cache key (NULL: they never do). */
 	void (*unshare)(struct luffd_store *s);

@@ -465,7 +465,12 @@ int luffd__writeback(struct luffd_ctx *ctx, uint64_t start, uint64_t end,
 			b = NULL;
 		}
 		if (!e && durable && s->ops->flush) {
-			e = s->ops->flush(s);
+			uint64_t dl = UINT64_MAX;
+
+			if (!(s->caps & LUFFD__CAP_WRITE_INPLACE))
+				dl = luffd__deadline(&ctx->cfg,
+						     luffd__now_ns());
+			e = s->ops->flush(s, dl);
 			atomic_fetch_add_explicit(&l->stats.wb_flushes, 1,
 						  memory_order_relaxed);
 			if (e)
