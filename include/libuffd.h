@@ -1207,8 +1207,8 @@ struct luffd_stats {
 	 * (blocktime) but are not timed or traced. */
 	uint64_t wp_joined;
 	/* Write-back (LUFFD_MAP_WRITEBACK): pages written to their store,
-	 * store writes issued, writes (and flushes) that failed, and
-	 * flushes (LUFFD_MSYNC_DURABLE). */
+	 * store writes issued, writes (and flushes) that failed or were
+	 * given up (read_timeout_ms), and flushes (LUFFD_MSYNC_DURABLE). */
 	uint64_t written_back;
 	uint64_t writeback_writes;
 	uint64_t writeback_errors;

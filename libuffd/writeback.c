@@ -277,8 +277,11 @@ static void abandon(struct luffd__wbatch *b)
 	b->done = NULL;
 	pthread_mutex_unlock(&b->lock);
 	for (unsigned int i = 0; i < WB_INFLIGHT; i++)
-		if (!(b->free_mask & 1u << i))
+		if (!(b->free_mask & 1u << i)) {
 			keep_dirty(b, &b->reqs[i]);
+			atomic_fetch_add_explicit(&b->l->stats.wb_errors, 1,
+						  memory_order_relaxed);
+		}
 }
 
 /* Wait for every write out; false on timeout. */
