@@ -72,6 +72,10 @@ struct nbd_conn {
 	struct nbd_handle *h;
 	int fd;
 	struct nbd_poller *pollers; /* the store's lock */
+	/* Held around every nbd_aio_notify_read() (see conn_read()). */
+	pthread_mutex_t rlock;
+	bool shared;                /* more than one thread reads it in
+				       (rlock) */
 };
 
 struct nbd_store {
@@ -132,6 +136,35 @@ static int done_cb(void *arg, int *error)
 	return 1; /* retire the command */
 }
 
+/*
+ * Hand libnbd the socket of c to read replies from.  libnbd told of a
+ * readable socket that holds nothing (another thread read the reply in
+ * first) stays in REPLY.START until the next reply comes, and holds every
+ * command issued meanwhile unsent (libnbd 1.14 to at least 1.15.12); with
+ * nothing else in flight, for ever.  So once more than one thread polls c
+ * (several handlers), a zero-timeout poll under rlock, which every reader
+ * takes, must still see the socket readable; before that, rlock alone
+ * (uncontended) keeps the switch from racing with a reader.  check: look
+ * whatever the case (a poll that failed says nothing of the socket).
+ */
+static void conn_read(struct nbd_conn *c, bool check)
+{
+	struct pollfd p = { .fd = c->fd, .events = POLLIN };
+
+	pthread_mutex_lock(&c->rlock);
+	if (!(check || c->shared) || poll(&p, 1, 0) > 0)
+		nbd_aio_notify_read(c->h);
+	pthread_mutex_unlock(&c->rlock);
+}
+
+/* From now on, c is read by more than one thread. */
+static void conn_share(struct nbd_conn *c)
+{
+	pthread_mutex_lock(&c->rlock);
+	c->shared = true;
+	pthread_mutex_unlock(&c->rlock);
+}
+
 static struct nbd_poller *poller_of(struct luffd_store *s,
 				    struct nbd_conn *c, struct luffd__cq *cq)
 {
@@ -149,6 +182,8 @@ static struct nbd_poller *poller_of(struct luffd_store *s,
 			np->p.fd = c->fd;
 			np->c = c;
 			np->next = c->pollers;
+			if (c->pollers)
+				conn_share(c); /* a second handler */
 			c->pollers = np;
 		}
 	}
@@ -242,7 +277,7 @@ static void *bg_main(void *arg)
 			struct nbd_handle *h = n->conn[idx[j]].h;
 
 			if (pfd[j].revents & (POLLIN | POLLHUP | POLLERR))
-				nbd_aio_notify_read(h);
+				conn_read(&n->conn[idx[j]], false);
 			if ((pfd[j].revents & POLLOUT) ||
 			    (nbd_aio_get_direction(h) &
 			     LIBNBD_AIO_DIRECTION_WRITE))
@@ -347,8 +382,8 @@ static void nbd_poll_done(struct luffd_store *s, struct luffd__poller *p,
 		pr_debug("nbd: poll: %s\n", luffd_strerror(res));
 	/* Replies in, and their callbacks run (a dead connection retires
 	 * every command with an error); then what is left to send. */
-	if (res & (POLLIN | POLLHUP | POLLERR) || res < 0)
-		nbd_aio_notify_read(h);
+	if (res < 0 || res & (POLLIN | POLLHUP | POLLERR))
+		conn_read(np->c, res < 0);
 	if ((res > 0 && (res & POLLOUT)) ||
 	    (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE))
 		nbd_aio_notify_write(h);
@@ -386,6 +421,8 @@ static void nbd_destroy(struct luffd_store *s)
 			free(np);
 		}
 	}
+	for (int i = 0; i < NBD_CONNS; i++)
+		pthread_mutex_destroy(&n->conn[i].rlock);
 	pthread_mutex_destroy(&n->lock);
 	pthread_mutex_destroy(&n->qlock);
 	free(n);
@@ -481,6 +518,8 @@ int luffd_store_nbd(const char *uri, unsigned int flags,
 		n->conn[i].fd = nbd_aio_get_fd(n->conn[i].h);
 	pthread_mutex_init(&n->lock, NULL);
 	pthread_mutex_init(&n->qlock, NULL);
+	for (int i = 0; i < NBD_CONNS; i++)
+		pthread_mutex_init(&n->conn[i].rlock, NULL);
 	if (n->nconn > 1) {
 		n->evfd = eventfd(0, EFD_CLOEXEC);
 		if (n->evfd < 0 ||

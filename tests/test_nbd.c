@@ -207,6 +207,50 @@ START_TEST(sixteen_threads)
 }
 END_TEST
 
+/* One connection (no multi-conn) read by four handler threads (a striped
+ * region), each polling its socket: every reply is read in by one of them
+ * and the others must not be told of it (libnbd would then stop sending
+ * until a reply came, and none would).  Every page right, no timeout. */
+START_TEST(handlers_share_one_conn)
+{
+	const size_t npg = t_size(8192, 2048), len = npg * t_ps;
+	char *path = t_make_file(len, SEED);
+	const char *args[] = { "--filter=multi-conn", "file", path,
+			       "multi-conn-mode=disable", NULL };
+	LUFFD_OPTS(luffd_ctx_opts, o, .readahead_bytes = LUFFD_NO_READAHEAD,
+		   .handler_threads = 4, .stripe_bytes = 64 * t_ps,
+		   .read_timeout_ms = 10000);
+	struct luffd_ctx *ctx = t_ctx(&o);
+	LUFFD_OPTS(luffd_stats, st);
+	struct toucher w[8];
+	struct server sv;
+	struct luffd_store *s;
+	void *m;
+
+	start(&sv, args);
+	s = open_store(&sv);
+	ck_assert_int_eq(luffd_map(ctx, s, 0, len, PROT_READ, 0, &m), 0);
+	luffd_store_put(s);
+	for (int i = 0; i < 8; i++) {
+		w[i] = (struct toucher){ .m = m, .npg = npg, .first = (size_t)i,
+					 .len = len };
+		ck_assert_int_eq(pthread_create(&w[i].t, NULL, touch_main,
+						&w[i]), 0);
+	}
+	for (int i = 0; i < 8; i++) {
+		pthread_join(w[i].t, NULL);
+		ck_assert_int_eq(w[i].bad, 0);
+	}
+	t_stats(ctx, &st);
+	ck_assert_uint_eq(st.faults[LUFFD_ERROR], 0);
+	ck_assert_uint_eq(st.read_timeouts, 0);
+	ck_assert_int_eq(luffd_unmap(ctx, m, len), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	stop(&sv);
+	free(path);
+}
+END_TEST
+
 /* An export of 3 pages and 100 bytes: its last page ends in zeroes, the
  * page after it gives SIGBUS. */
 START_TEST(past_the_end)
@@ -681,6 +725,7 @@ static Suite *make(void)
 
 	tcase_add_test(tc, data_identical);
 	tcase_add_test(tc, sixteen_threads);
+	tcase_add_test(tc, handlers_share_one_conn);
 	tcase_add_test(tc, past_the_end);
 	tcase_add_test(tc, server_errors);
 	tcase_add_test(tc, server_killed);
