@@ -161,6 +161,32 @@ static int start(struct luffd__wbatch *b, struct luffd__wreq *w)
 static void invalidate(struct luffd_ctx *ctx, const struct luffd_store *s,
 		       uint64_t pg, uint64_t npg);
 
+#ifdef LUFFD__TSAN
+/*
+ * The copy of pages that the application may be writing meanwhile: a race
+ * by design (a write after the scan's protection makes the page dirty
+ * again, and the next write-back writes it whatever this copy saw), which
+ * ThreadSanitizer cannot know.  Word by word through volatile, so that the
+ * compiler makes no memcpy() of it, which TSan would check.
+ */
+__attribute__((no_sanitize("thread")))
+static void copy_pages(void *dst, const void *src, size_t n)
+{
+	const volatile unsigned char *s = src;
+	unsigned char *d = dst;
+
+	for (; n >= 8; n -= 8, s += 8, d += 8) {
+		uint64_t v = *(const volatile uint64_t *)s;
+
+		__builtin_memcpy(d, &v, 8);
+	}
+	for (; n; n--)
+		*d++ = *s++;
+}
+#else
+#define copy_pages memcpy
+#endif
+
 /* Act on a completed write: done, continued (short), or failed. */
 static void settle(struct luffd__wbatch *b, struct luffd__wreq *w)
 {
@@ -328,7 +354,7 @@ static int piece(struct luffd__wbatch *b, uint64_t addr, uint64_t len)
 			b->free_mask |= 1u << i;
 			return -ENOMEM;
 		}
-		memcpy(copy, (const void *)(uintptr_t)addr, bytes);
+		copy_pages(copy, (const void *)(uintptr_t)addr, bytes);
 		w->buf = w->copy = copy;
 		w->deadline = luffd__deadline(&b->ctx->cfg, luffd__now_ns());
 	}
