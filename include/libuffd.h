@@ -531,8 +531,9 @@ LUFFD_API int luffd_store_memory(const void *base, size_t len,
  * Reads are asynchronous: each fetch is sent at once from the handler
  * thread, which polls the connection's socket from its own io_uring, so
  * any number are in flight on the one connection and no thread waits per
- * request.  Where the server offers multi-conn the store makes three more
- * connections, for prefetch and the push, driven by a thread of its own.
+ * request.  Where the server offers multi-conn the store makes up to three
+ * more connections, for prefetch and the push, driven by a thread of its
+ * own.
  * Holes in structured replies read as zeroes (a fetch that was hole end to
  * end gives a ZERO fault); a server error fails that fetch's pages only
  * (SIGBUS, each page retried alone first); pages past the export's size
