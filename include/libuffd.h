@@ -535,15 +535,37 @@ LUFFD_API int luffd_store_memory(const void *base, size_t len,
  * Reads are asynchronous: each fetch is sent at once from the handler
  * thread, which polls the connection's socket from its own io_uring, so
  * any number are in flight on the one connection and no thread waits per
- * request.  Holes in structured replies read as zeroes (a fetch that was
- * hole end to end gives a ZERO fault); a server error fails that fetch's
- * pages only (SIGBUS, each page retried alone first); pages past the
- * export's size give SIGBUS.  A server that stops answering is covered by
+ * request.  Where the server offers multi-conn the store makes up to three
+ * more connections, for prefetch and the push, driven by a thread of its
+ * own.
+ * Holes in structured replies read as zeroes (a fetch that was hole end to
+ * end gives a ZERO fault); a server error fails that fetch's pages only
+ * (SIGBUS, each page retried alone first); pages past the export's size
+ * give SIGBUS.  A server that stops answering is covered by
  * read_timeout_ms (SIGBUS, teardown returns); NBD cannot cancel a
  * command, so its buffers stay the connection's until the reply.  A server
  * that dies fails everything in flight, and every later fetch, with
- * SIGBUS.  Release with luffd_store_put(); the connection closes with the
- * last reference.
+ * SIGBUS.
+ *
+ * Write-back (LUFFD_MAP_WRITEBACK; -EACCES when the export is read-only):
+ * the writing thread hands the writes (copies of the pages, up to 16 of
+ * 256 KiB at a time) to the store's thread, which sends them on the
+ * multi-conn connections round-robin, or on the only one (that thread is
+ * then started at the first write-back).  luffd_msync() returns once the
+ * server has answered every write: with -errno for a write the server
+ * failed (-EIO, -ENOSPC, ... : its pages stay dirty), at once with
+ * -ENOTCONN for a server that died, and with -ETIMEDOUT when a write was
+ * not answered within read_timeout_ms of its start (its pages stay dirty;
+ * the write may still land, and a later write of the same pages is sent
+ * only after it was answered, so the stale bytes never land last).
+ * LUFFD_MSYNC_DURABLE then sends NBD_CMD_FLUSH on every connection that
+ * carried writes, waiting at most read_timeout_ms (-ETIMEDOUT); over a
+ * server that cannot flush, every write carries FUA where the server
+ * takes it (durable once answered), and where it takes neither, it has no
+ * volatile cache to flush and DURABLE adds nothing.  Data cached by
+ * another store over the same export is not updated.  Release with
+ * luffd_store_put(); the connections close with the last reference (writes
+ * still out then are dropped: their write-backs returned -ETIMEDOUT).
  */
 LUFFD_API int luffd_store_nbd(const char *uri, unsigned int flags,
 			      struct luffd_store **storep);
@@ -895,14 +917,15 @@ LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
  *
  * The store must be one that can be written (-EACCES otherwise): a file
  * store over a descriptor open O_RDWR (LUFFD_FILE_WRITE), a callback or
- * asynchronous store with write().  The first write-back region over a store gives the store
- * a cache key of its own (-EBUSY while another region uses the store or,
- * for file stores, the same file through another store), so pages cached
- * before a write are never served after it; other stores over the same
- * file opened later do not share it either.  Data that libuffd installed
- * or cached for other, read-only mappings of the same file is not updated
- * by a write-back (a kernel MAP_PRIVATE mapping would see the write until
- * its own first write to the page).
+ * asynchronous store with write(), an NBD store over a writable export.
+ * The first write-back region over a store gives the store a cache key of
+ * its own (-EBUSY while another region uses the store or, for file
+ * stores, the same file through another store), so pages cached before a
+ * write are never served after it; other stores over the same file opened
+ * later do not share it either.  Data that libuffd installed or cached for
+ * other, read-only mappings of the same file is not updated by a
+ * write-back (a kernel MAP_PRIVATE mapping would see the write until its
+ * own first write to the page).
  *
  * What is written: whole pages, except that the last page of the store is
  * written only up to the store's size (the tail beyond it is dropped, as
@@ -917,7 +940,7 @@ LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
 #define LUFFD_MAP_WRITEBACK LUFFD_REGISTER_WRITEBACK
 
 /* luffd_msync(): make the writes durable once done (fdatasync() for a file
- * store, the callback store's flush()). */
+ * store, the callback store's flush(), NBD_CMD_FLUSH for an NBD store). */
 #define LUFFD_MSYNC_DURABLE (1u << 0)
 
 /*
@@ -925,16 +948,20 @@ LUFFD_API int luffd_unmap(struct luffd_ctx *ctx, void *addr, size_t length);
  * for a shared mapping: every page written before the call is in the store
  * when it returns 0.  Each run of dirty pages is write-protected again
  * (so a write from now on is seen), then written to the store from the
- * region itself (or, for a store whose writes can time out, from a copy
- * taken after the protection), up to 16 writes of 256 KiB in flight.  A
- * thread that writes to a page meanwhile is not stopped for long and its
- * write is never lost: the page is dirty again, for the next call.
+ * region itself (or, for a store whose writes can time out, an NBD store,
+ * from a copy taken after the protection), up to 16 writes of 256 KiB in
+ * flight.  A thread that writes to a page meanwhile is not stopped for
+ * long and its write is never lost: the page is dirty again, for the next
+ * call.
  *
  * Returns 0 (also when nothing was dirty), or the first error: a store
  * write's (-EIO, -ENOSPC, the callback's errno; -ETIMEDOUT when a store
- * whose writes can time out did not answer within read_timeout_ms), or
- * LUFFD_MSYNC_DURABLE's flush.  The pages of a write that failed stay
- * dirty (the next call tries them again); the other pages were written.
+ * whose writes can time out did not answer one within read_timeout_ms of
+ * its start: each write has its own, so a long write-back that the store
+ * keeps answering goes on), or LUFFD_MSYNC_DURABLE's flush (-ETIMEDOUT
+ * after read_timeout_ms for such a store).  The pages of a write that
+ * failed stay dirty (the next call tries them again); the other pages were
+ * written.
  * stats.written_back, writeback_writes, writeback_errors and
  * writeback_flushes count them.
  *
@@ -1253,8 +1280,8 @@ struct luffd_stats {
 	 * (blocktime) but are not timed or traced. */
 	uint64_t wp_joined;
 	/* Write-back (LUFFD_MAP_WRITEBACK): pages written to their store,
-	 * store writes issued, writes (and flushes) that failed, and
-	 * flushes (LUFFD_MSYNC_DURABLE). */
+	 * store writes issued, writes (and flushes) that failed or were
+	 * given up (read_timeout_ms), and flushes (LUFFD_MSYNC_DURABLE). */
 	uint64_t written_back;
 	uint64_t writeback_writes;
 	uint64_t writeback_errors;

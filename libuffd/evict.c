@@ -374,8 +374,6 @@ static uint64_t window(struct luffd__evictor *ev, uint64_t a, uint64_t e,
 		goto out;
 	/* Dirty candidates are written back (and protected again) first,
 	 * all the window's runs in flight at once. */
-	if (ndirty && ev->wb)
-		luffd__wbatch_begin(ev->wb, r->store);
 	for (size_t i = 0; ndirty && i <= n; i++) {
 		if (i < n && cand[i] == 2) {
 			if (!run++)

@@ -43,13 +43,6 @@
  * precedes the new map); say so with a release after every ring exit and
  * an acquire after every ring setup, on one shared address.
  */
-#if defined(__SANITIZE_THREAD__)
-#define LUFFD__TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define LUFFD__TSAN 1
-#endif
-#endif
 #ifdef LUFFD__TSAN
 #include <sanitizer/tsan_interface.h>
 static char ring_reuse;

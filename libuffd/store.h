@@ -85,11 +85,16 @@ struct luffd__store_ops {
 	 * w->off (0: it completes later through luffd__wreq_done(), from
 	 * any thread or inside this call), or fail at once (-errno: it never
 	 * completes).  Runs on the application thread that writes back
-	 * (writeback.c). */
+	 * (writeback.c).  Without CAP_WRITE_INPLACE the writer may give w
+	 * up while the store still writes it: a later write of the same
+	 * bytes must not land before it (store_nbd.c holds it back). */
 	int (*write)(struct luffd_store *s, struct luffd__wreq *w);
 	/* CAP_WRITE: make every write completed so far durable (fsync, NBD
-	 * flush).  Blocks; 0 or -errno.  NULL: nothing to do. */
-	int (*flush)(struct luffd_store *s);
+	 * flush).  Blocks; 0 or -errno.  A store without CAP_WRITE_INPLACE
+	 * gives up at deadline (CLOCK_MONOTONIC ns, read_timeout_ms from
+	 * the call; UINT64_MAX for none) with -ETIMEDOUT, and the flush's
+	 * late answer is then harmless.  NULL: nothing to do. */
+	int (*flush)(struct luffd_store *s, uint64_t deadline);
 	/* The store is about to be written: later stores over the same
 	 * data must not share its cache key (NULL: they never do). */
 	void (*unshare)(struct luffd_store *s);

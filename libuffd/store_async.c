@@ -71,7 +71,7 @@ static int as_write(struct luffd_store *s, struct luffd__wreq *w)
 	return err < -4095 ? -EIO : err;
 }
 
-static int as_flush(struct luffd_store *s)
+static int as_flush(struct luffd_store *s, uint64_t deadline LUFFD__UNUSED)
 {
 	struct async_store *a = s->priv;
 	int err;

@@ -68,11 +68,12 @@ static int cb_write(struct luffd_store *s, struct luffd__wreq *w)
 	return 0;
 }
 
-static int cb_flush(struct luffd_store *s)
+static int cb_flush(struct luffd_store *s, uint64_t deadline)
 {
 	struct cb_store *cb = s->priv;
 	int err;
 
+	(void)deadline; /* flush() runs here, on the caller's thread */
 	if (!cb->ops.flush)
 		return 0;
 	err = cb->ops.flush(cb->arg);

@@ -333,8 +333,9 @@ static int file_write(struct luffd_store *s, struct luffd__wreq *w)
 	return 0;
 }
 
-static int file_flush(struct luffd_store *s)
+static int file_flush(struct luffd_store *s, uint64_t deadline)
 {
+	(void)deadline; /* a local fdatasync() always returns */
 	return fdatasync(F(s)->wfd) < 0 ? -errno : 0;
 }
 

@@ -20,6 +20,15 @@
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 
+/* A ThreadSanitizer build (GCC says so one way, clang another). */
+#if defined(__SANITIZE_THREAD__)
+#define LUFFD__TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define LUFFD__TSAN 1
+#endif
+#endif
+
 /* 2 MiB: the size of a staging chunk, and the alignment of luffd_map()
  * ranges that can take chunks. */
 #define LUFFD__HP_SHIFT 21

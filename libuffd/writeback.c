@@ -20,6 +20,12 @@
  * the next write-back writes it whatever this one copied, so no write is
  * lost, however the two interleave.
  *
+ * A write that can time out (from a copy) is given up read_timeout_ms
+ * after it started, each on its own as each read is, so a long write-back
+ * over a slow store that answers goes on; the call then returns
+ * -ETIMEDOUT, the pages of every write still out stay dirty and the batch
+ * is left to their late completions.
+ *
  * Up to WB_INFLIGHT writes of up to WB_PIECE bytes are in flight per
  * call.  A store that writes through io_uring (the file store) gets an
  * entry of the calling thread's own ring, set up at the first write of the
@@ -68,7 +74,6 @@ struct luffd__wbatch {
 	unsigned int out;         /* writes not yet settled */
 	uint32_t free_mask;       /* of reqs[] */
 	int err;                  /* the first error */
-	uint64_t deadline;        /* the evictor's batch: of this window */
 	struct luffd__wreq reqs[WB_INFLIGHT];
 };
 
@@ -158,6 +163,32 @@ static int start(struct luffd__wbatch *b, struct luffd__wreq *w)
 static void invalidate(struct luffd_ctx *ctx, const struct luffd_store *s,
 		       uint64_t pg, uint64_t npg);
 
+#ifdef LUFFD__TSAN
+/*
+ * The copy of pages that the application may be writing meanwhile: a race
+ * by design (a write after the scan's protection makes the page dirty
+ * again, and the next write-back writes it whatever this copy saw), which
+ * ThreadSanitizer cannot know.  Word by word through volatile, so that the
+ * compiler makes no memcpy() of it, which TSan would check.
+ */
+__attribute__((no_sanitize("thread")))
+static void copy_pages(void *dst, const void *src, size_t n)
+{
+	const volatile unsigned char *s = src;
+	unsigned char *d = dst;
+
+	for (; n >= 8; n -= 8, s += 8, d += 8) {
+		uint64_t v = *(const volatile uint64_t *)s;
+
+		__builtin_memcpy(d, &v, 8);
+	}
+	for (; n; n--)
+		*d++ = *s++;
+}
+#else
+#define copy_pages memcpy
+#endif
+
 /* Act on a completed write: done, continued (short), or failed. */
 static void settle(struct luffd__wbatch *b, struct luffd__wreq *w)
 {
@@ -170,9 +201,12 @@ static void settle(struct luffd__wbatch *b, struct luffd__wreq *w)
 		w->buf = (const char *)w->buf + res;
 		w->len -= (uint64_t)res;
 		w->done += (uint64_t)res;
-		if (start(b, w) == 0)
+		if (w->copy)
+			w->deadline = luffd__deadline(&b->ctx->cfg,
+						      luffd__now_ns());
+		res = start(b, w);
+		if (res == 0)
 			return;
-		res = -EIO;
 	}
 	if (res == 0)
 		res = -EIO; /* no progress */
@@ -194,11 +228,26 @@ static void settle(struct luffd__wbatch *b, struct luffd__wreq *w)
 	req_free(b, w);
 }
 
-/* Reap what completed; block: wait for at least one (until deadline,
- * CLOCK_MONOTONIC ns, UINT64_MAX for none).  False on timeout. */
-static bool reap(struct luffd__wbatch *b, bool block, uint64_t deadline)
+/* When the oldest write out stops being waited for (CLOCK_MONOTONIC ns,
+ * UINT64_MAX for never): each write has read_timeout_ms of its own, as
+ * each read has, so a long write-back over a slow but answering store
+ * does not time out. */
+static uint64_t next_deadline(const struct luffd__wbatch *b)
+{
+	uint64_t d = UINT64_MAX;
+
+	for (unsigned int i = 0; i < WB_INFLIGHT; i++)
+		if (!(b->free_mask & 1u << i) && b->reqs[i].deadline < d)
+			d = b->reqs[i].deadline;
+	return d;
+}
+
+/* Reap what completed; block: wait for at least one, until the oldest
+ * write's deadline.  False on timeout. */
+static bool reap(struct luffd__wbatch *b, bool block)
 {
 	struct luffd__wreq *w, *next;
+	uint64_t deadline = block ? next_deadline(b) : UINT64_MAX;
 
 	if (b->ring_out) {
 		struct io_uring_cqe *cqe;
@@ -248,7 +297,7 @@ static bool reap(struct luffd__wbatch *b, bool block, uint64_t deadline)
  * their late completions free the batch. */
 static void abandon(struct luffd__wbatch *b)
 {
-	reap(b, false, 0);
+	reap(b, false);
 	pthread_mutex_lock(&b->lock);
 	b->abandoned = true;
 	for (struct luffd__wreq *w = b->done; w; w = w->next)
@@ -265,23 +314,23 @@ static void abandon(struct luffd__wbatch *b)
 }
 
 /* Wait for every write out; false on timeout. */
-static bool drain(struct luffd__wbatch *b, uint64_t deadline)
+static bool drain(struct luffd__wbatch *b)
 {
 	while (b->out)
-		if (!reap(b, true, deadline))
+		if (!reap(b, true))
 			return false;
 	return true;
 }
 
 /* Write [addr, addr+len) of b->r (dirty, protected again) to its store. */
-static int piece(struct luffd__wbatch *b, uint64_t addr, uint64_t len,
-		 uint64_t deadline)
+static int piece(struct luffd__wbatch *b, uint64_t addr, uint64_t len)
 {
 	struct luffd__region *r = b->r;
 	struct luffd_store *s = r->store;
 	uint64_t off = r->off + (addr - r->start), bytes = len;
 	struct luffd__wreq *w;
 	unsigned int i;
+	int e;
 
 	if (off >= s->size)
 		return 0; /* wholly past the store: nothing to write */
@@ -289,13 +338,14 @@ static int piece(struct luffd__wbatch *b, uint64_t addr, uint64_t len,
 		bytes = s->size - off; /* the tail of the last page: as a
 					  shared mapping of a file */
 	while (!b->free_mask)
-		if (!reap(b, true, deadline))
+		if (!reap(b, true))
 			return -ETIMEDOUT;
 	i = (unsigned int)__builtin_ctz(b->free_mask);
 	b->free_mask &= ~(1u << i);
 	w = &b->reqs[i];
 	*w = (struct luffd__wreq){ .off = off, .len = bytes, .addr = addr,
-				   .plen = len, .b = b };
+				   .plen = len, .b = b,
+				   .deadline = UINT64_MAX };
 	if (s->caps & LUFFD__CAP_WRITE_INPLACE) {
 		w->buf = (const void *)(uintptr_t)addr;
 	} else {
@@ -307,15 +357,18 @@ static int piece(struct luffd__wbatch *b, uint64_t addr, uint64_t len,
 			b->free_mask |= 1u << i;
 			return -ENOMEM;
 		}
-		memcpy(copy, (const void *)(uintptr_t)addr, bytes);
+		copy_pages(copy, (const void *)(uintptr_t)addr, bytes);
 		w->buf = w->copy = copy;
+		w->deadline = luffd__deadline(&b->ctx->cfg, luffd__now_ns());
 	}
 	b->out++;
 	atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&b->l->stats.wb_writes, 1,
 				  memory_order_relaxed);
-	if (start(b, w) < 0) {
-		w->res = -EIO;
+	/* Not w->res: a completion may already have set it. */
+	e = start(b, w);
+	if (e < 0) {
+		w->res = e; /* refused at once: its errno */
 		settle(b, w);
 	}
 	return 0;
@@ -339,7 +392,6 @@ void luffd__wbatch_free(struct luffd__wbatch *b)
 int luffd__wbatch_run(struct luffd__wbatch *b, struct luffd__loop *l,
 		      struct luffd__region *r, uint64_t a, uint64_t len)
 {
-	uint64_t deadline = b->deadline;
 	int err;
 
 	b->r = r;
@@ -350,19 +402,12 @@ int luffd__wbatch_run(struct luffd__wbatch *b, struct luffd__loop *l,
 	for (uint64_t at = a; !err && at < a + len; at += WB_PIECE) {
 		uint64_t n = a + len - at;
 
-		err = piece(b, at, n < WB_PIECE ? n : WB_PIECE, deadline);
-		reap(b, false, deadline);
+		err = piece(b, at, n < WB_PIECE ? n : WB_PIECE);
+		reap(b, false);
 	}
 	if (err)
 		luffd__pt_protect(r->tab->uffd, a, len, false, 0);
 	return err;
-}
-
-void luffd__wbatch_begin(struct luffd__wbatch *b, struct luffd_store *s)
-{
-	b->deadline = (s->caps & LUFFD__CAP_WRITE_INPLACE) ?
-			      UINT64_MAX :
-			      luffd__deadline(&b->ctx->cfg, luffd__now_ns());
 }
 
 int luffd__wbatch_drain(struct luffd__wbatch **bp)
@@ -371,7 +416,7 @@ int luffd__wbatch_drain(struct luffd__wbatch **bp)
 	struct luffd_ctx *ctx = b->ctx;
 	int err;
 
-	if (!drain(b, b->deadline)) {
+	if (!drain(b)) {
 		/* A store that does not answer: the writes out stay with
 		 * it (their pages dirty), a new batch goes on. */
 		abandon(b);
@@ -389,13 +434,9 @@ static int region_writeback(struct luffd__wbatch *b, uint64_t lo,
 			    uint64_t hi)
 {
 	struct luffd_range rg[WB_RANGES];
-	const struct luffd__cfg *cfg = &b->ctx->cfg;
-	bool timed = !(b->r->store->caps & LUFFD__CAP_WRITE_INPLACE);
-	uint64_t deadline = UINT64_MAX, pos = lo, next = lo;
+	uint64_t pos = lo, next = lo;
 	int err = 0;
 
-	if (timed)
-		deadline = luffd__deadline(cfg, luffd__now_ns());
 	while (pos < hi && !err) {
 		ssize_t k = luffd__dirty_scan(b->ctx, pos, hi, rg, WB_RANGES,
 					      false);
@@ -410,10 +451,10 @@ static int region_writeback(struct luffd__wbatch *b, uint64_t lo,
 				uint64_t n = rg[j].addr + rg[j].len - a;
 
 				n = n < WB_PIECE ? n : WB_PIECE;
-				err = piece(b, a, n, deadline);
+				err = piece(b, a, n);
 				if (!err)
 					next = a + n;
-				reap(b, false, deadline);
+				reap(b, false);
 			}
 		if (err) {
 			/* The runs not started stay dirty. */
@@ -431,7 +472,7 @@ static int region_writeback(struct luffd__wbatch *b, uint64_t lo,
 		if (k < WB_RANGES)
 			break;
 	}
-	if (!drain(b, deadline))
+	if (!drain(b))
 		err = -ETIMEDOUT;
 	return err ? err : b->err;
 }
@@ -451,7 +492,6 @@ static struct luffd__wbatch *batch_new(struct luffd_ctx *ctx)
 	atomic_init(&b->refs, 1);
 	b->ctx = ctx;
 	b->free_mask = (1u << WB_INFLIGHT) - 1;
-	b->deadline = UINT64_MAX;
 	return b;
 }
 
@@ -553,7 +593,12 @@ static int writeback_range(struct luffd_ctx *ctx, uint64_t start,
 			b = NULL;
 		}
 		if (!e && durable && s->ops->flush) {
-			e = s->ops->flush(s);
+			uint64_t dl = UINT64_MAX;
+
+			if (!(s->caps & LUFFD__CAP_WRITE_INPLACE))
+				dl = luffd__deadline(&ctx->cfg,
+						     luffd__now_ns());
+			e = s->ops->flush(s, dl);
 			atomic_fetch_add_explicit(&l->stats.wb_flushes, 1,
 						  memory_order_relaxed);
 			if (e)

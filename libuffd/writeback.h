@@ -62,6 +62,9 @@ struct luffd__wreq {
 	uint64_t done;       /* bytes written by earlier parts (a short
 				write is continued) */
 	int64_t res;
+	uint64_t deadline;   /* given up at (CLOCK_MONOTONIC ns): started
+				plus read_timeout_ms for a store whose writes
+				can time out, else UINT64_MAX */
 	void *copy;          /* the batch's copy of the bytes, or NULL */
 	struct luffd__wbatch *b;
 	void *priv;          /* the store's */
@@ -98,9 +101,6 @@ int luffd__writeback_locked(struct luffd_ctx *ctx, uint64_t start,
  */
 struct luffd__wbatch *luffd__wbatch_new(struct luffd_ctx *ctx);
 void luffd__wbatch_free(struct luffd__wbatch *b);
-/* Before a window's runs over store s: their deadline (read_timeout_ms
- * from now for a store whose writes can hang). */
-void luffd__wbatch_begin(struct luffd__wbatch *b, struct luffd_store *s);
 int luffd__wbatch_run(struct luffd__wbatch *b, struct luffd__loop *l,
 		      struct luffd__region *r, uint64_t a, uint64_t len);
 /* -ETIMEDOUT: the store did not answer in time; *bp is then a new batch
