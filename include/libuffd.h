@@ -1185,9 +1185,9 @@ struct luffd_latency {
  * a faulting thread.
  *
  * A snapshot counts a thread blocked right now up to the snapshot's time.
- * A fault ends just after its thread is woken (as it is counted): call
- * luffd_ctx_sync() first for totals that end every fault the caller has
- * seen served.
+ * A fault ends just after its thread is woken (as it is counted):
+ * luffd_stats_get() waits for that (luffd_stats_peek() does not), so its
+ * totals end every fault the caller has seen served.
  */
 #define LUFFD_BLOCKTIME_MAX_THREADS 1024
 
@@ -1299,16 +1299,29 @@ struct luffd_stats {
 
 /*
  * Snapshot the counters and histograms of ctx (summed over its handler
- * threads) into *st (st->sz must be set).  Thread-safe.  The counters are
- * read without a lock: the snapshot is consistent per counter, not across
+ * threads) into *st (st->sz must be set).  Thread-safe.  Complete: every
+ * fault whose thread was woken before the call is in it (a handler records
+ * a fault just after the install that wakes its thread, so the call first
+ * waits for each handler to finish what it served, as luffd_ctx_sync()
+ * does: one round trip to each handler thread, tens of microseconds).
+ * From one of ctx's own threads (a trace or store callback) it does not
+ * wait, and is what luffd_stats_peek() gives.  The counters are read
+ * without a lock: the snapshot is consistent per counter, not across
  * counters, while faults are being served.  The blocktime fields are read
  * together under the context's blocktime lock (held for a pass over the
- * thread table; handlers take it at each fault's start and end).  A fault
- * is counted just after its thread is woken: call luffd_ctx_sync() first
- * for a snapshot that includes every fault the caller has seen served.
+ * thread table; handlers take it at each fault's start and end).
  */
 LUFFD_API int luffd_stats_get(const struct luffd_ctx *ctx,
 			      struct luffd_stats *st);
+
+/*
+ * The same without the wait, for callers that poll: lock-free and costs no
+ * system call, but a fault whose thread was woken just before may be
+ * missing (counted by the next snapshot).  Thread-safe, and safe from
+ * callbacks.
+ */
+LUFFD_API int luffd_stats_peek(const struct luffd_ctx *ctx,
+			       struct luffd_stats *st);
 
 /*
  * Any percentile p (0 < p <= 100) of the service latency of class cls

@@ -191,6 +191,17 @@ static void latency_of(const struct luffd_ctx *ctx, int c,
 
 int luffd_stats_get(const struct luffd_ctx *ctx, struct luffd_stats *out)
 {
+	if (!ctx || !out || out->sz < offsetof(struct luffd_stats, latency))
+		return -EINVAL;
+	/* Complete: the faults served so far are counted (see the header);
+	 * the wait changes only the handlers' sync counters. */
+	if (!luffd__on_library_thread(ctx))
+		luffd_ctx_sync((struct luffd_ctx *)(uintptr_t)ctx);
+	return luffd_stats_peek(ctx, out);
+}
+
+int luffd_stats_peek(const struct luffd_ctx *ctx, struct luffd_stats *out)
+{
 	struct luffd_stats st;
 
 	if (!ctx || !out || out->sz < offsetof(struct luffd_stats, latency))

@@ -664,12 +664,68 @@ START_TEST(stats_per_context)
 }
 END_TEST
 
+/* luffd_stats_get() right after pthread_join() of the faulting threads
+ * counts every fault (it waits for the handler's last records), with no
+ * luffd_ctx_sync() first; luffd_stats_peek() never counts more. */
+struct jtoucher {
+	const char *p;
+	pthread_t th;
+};
+
+static void *jtoucher_main(void *arg)
+{
+	struct jtoucher *t = arg;
+
+	(void)*(volatile const char *)t->p;
+	return NULL;
+}
+
+START_TEST(stats_complete_after_join)
+{
+	size_t npg = 4 * 100;
+	char *mem = malloc(npg * t_ps);
+	LUFFD_OPTS(luffd_ctx_opts, o, .readahead_bytes = LUFFD_NO_READAHEAD,
+		   .install_ahead_bytes = LUFFD_NO_INSTALL_AHEAD);
+	struct luffd_ctx *ctx = t_ctx(&o);
+	struct luffd_store *st;
+	char *m;
+
+	memset(mem, 1, npg * t_ps);
+	ck_assert_int_eq(luffd_store_memory(mem, npg * t_ps, &st), 0);
+	ck_assert_int_eq(luffd_map(ctx, st, 0, npg * t_ps, PROT_READ, 0,
+				   (void **)&m), 0);
+	for (size_t round = 0; round < npg / 4; round++) {
+		struct jtoucher t[4];
+		LUFFD_OPTS(luffd_stats, s);
+		LUFFD_OPTS(luffd_stats, p);
+
+		for (int i = 0; i < 4; i++) {
+			t[i].p = m + (round * 4 + (size_t)i) * t_ps;
+			ck_assert_int_eq(pthread_create(&t[i].th, NULL,
+							jtoucher_main, &t[i]),
+					 0);
+		}
+		for (int i = 0; i < 4; i++)
+			pthread_join(t[i].th, NULL);
+		ck_assert_int_eq(luffd_stats_get(ctx, &s), 0);
+		ck_assert_uint_eq(t_total_faults(&s), round * 4 + 4);
+		ck_assert_int_eq(luffd_stats_peek(ctx, &p), 0);
+		ck_assert_uint_eq(t_total_faults(&p), round * 4 + 4);
+	}
+	ck_assert_int_eq(luffd_unmap(ctx, m, npg * t_ps), 0);
+	ck_assert_int_eq(luffd_ctx_destroy(ctx), 0);
+	luffd_store_put(st);
+	free(mem);
+}
+END_TEST
+
 static Suite *make(void)
 {
 	Suite *s = suite_create("classify");
 	TCase *tc = t_tcase(s, "classify");
 
 	tcase_add_test(tc, file_fixed_64k);
+	tcase_add_test(tc, stats_complete_after_join);
 	tcase_add_test(tc, file_fixed_128k);
 	tcase_add_test(tc, file_no_readahead);
 	tcase_add_test(tc, file_no_thread_id);
