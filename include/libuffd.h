@@ -372,9 +372,11 @@ struct luffd_ctx_opts {
 	/* Resident limit (bytes, a multiple of the page size; 0, the
 	 * default: none): the most memory that the pages installed in the
 	 * context's evictable regions may hold, summed over them.  Evictable:
-	 * write-back regions (LUFFD_MAP_WRITEBACK: a written page is written
-	 * back before it is dropped) and luffd_map() regions without
-	 * PROT_WRITE (which must not be made writable with mprotect());
+	 * luffd_map() regions with LUFFD_MAP_WRITEBACK (a written page is
+	 * written back before it is dropped) or without PROT_WRITE (which
+	 * must not be made writable with mprotect()); not luffd_register()
+	 * ranges (the memory is the caller's: shmem, say, keeps its pages
+	 * when they are dropped from the page tables);
 	 * other regions are neither counted nor evicted (a page written
 	 * there holds the only copy of that write; libuffd's cache and
 	 * staging buffers, cache_bytes, come on top).  Past 95% of the

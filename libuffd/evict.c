@@ -42,6 +42,12 @@
  * The whole window runs under the context's write-back lock, so a
  * luffd_msync() cannot un-protect a page (a failed write) in between.
  *
+ * Not covered: an application that munmap()s a region itself and maps
+ * something else at the same address between the evictor's last look at
+ * the page tables and its madvise() would lose those new pages
+ * (madvise(), unlike the userfaultfd ioctls, does not check whose range it
+ * is).  luffd_unmap() waits for the evictor.
+ *
  * The drop is an madvise() from this thread, not from a handler: the
  * kernel holds madvise() until the handler has read the REMOVE event it
  * raises, and a handler doing it would wait for itself.  (Through

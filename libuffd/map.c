@@ -360,8 +360,6 @@ int luffd_register(struct luffd_ctx *ctx, void *addr, size_t length,
 		if (!(store->caps & LUFFD__CAP_WRITE))
 			return -EACCES;
 		flags |= LUFFD_REGISTER_WP;
-		if (ctx->cfg.resident_pages)
-			flags |= LUFFD__REGION_EVICT;
 	}
 	return add_region(ctx, (uint64_t)(uintptr_t)addr, length, store,
 			  offset, false, false, flags);
