@@ -16,5 +16,12 @@ int main()
 	    luffd_dirty(nullptr, nullptr, 0, &r, 1, 0) != -22 ||
 	    luffd_push_wait(nullptr, nullptr, 0, 0) != -22)
 		return 1;
+	/* Write-back and the resident limit (exported: these link). */
+	o.resident_bytes = 0;
+	if (!(LUFFD_MAP_WRITEBACK & LUFFD_REGISTER_WRITEBACK) ||
+	    luffd_msync(nullptr, nullptr, 0, LUFFD_MSYNC_DURABLE) != -22 ||
+	    luffd_write_complete(nullptr, 0, 0) != -22 ||
+	    luffd_stats_peek(nullptr, &st) != -22)
+		return 1;
 	return luffd_stats_get(nullptr, &st) == -22 ? 0 : 1;
 }
