@@ -144,10 +144,16 @@ uint64_t luffd__evict_room(struct luffd__loop *l, bool ahead)
 bool luffd__evict_hold(struct luffd__loop *l, uint64_t t0)
 {
 	struct luffd__evictor *ev = l->ctx->ev;
+	uint64_t hold = EV_HOLD_MS * 1000000ull;
 
+	/* Well inside read_timeout_ms, which fails a fault that waited
+	 * that long (see luffd__faults_rerun()). */
+	if (l->cfg->read_timeout_ms &&
+	    hold > (uint64_t)l->cfg->read_timeout_ms * 500000ull)
+		hold = (uint64_t)l->cfg->read_timeout_ms * 500000ull;
 	if (luffd__evict_room(l, false) ||
 	    atomic_load_explicit(&ev->stop, memory_order_relaxed) ||
-	    luffd__now_ns() - t0 > EV_HOLD_MS * 1000000ull)
+	    luffd__now_ns() - t0 > hold)
 		return false;
 	if (!atomic_exchange_explicit(&ev->kick, true, memory_order_acq_rel)) {
 		pthread_mutex_lock(&ev->lock);
@@ -338,7 +344,7 @@ static uint64_t window(struct luffd__evictor *ev, uint64_t a, uint64_t e,
 	size_t niov = 0;
 	struct luffd__region *r;
 	struct luffd__loop *l;
-	size_t n, ncand = 0, ndirty = 0;
+	size_t n, n2, ncand = 0, ndirty = 0;
 	bool ro;
 
 	r = luffd__hold_at(ctx, a, &l);
@@ -394,10 +400,10 @@ static uint64_t window(struct luffd__evictor *ev, uint64_t a, uint64_t e,
 		luffd__wbatch_drain(&ev->wb);
 	/* Only what is still present and protected goes (a failed write
 	 * left its pages dirty). */
-	n = entries(ev, a, n, ent);
+	n2 = entries(ev, a, n, ent); /* n2 < n: the rest is left */
 	run = 0;
-	for (size_t i = 0; i <= n; i++) {
-		bool go = i < n && cand[i] && PM_PRESENT(ent[i]) &&
+	for (size_t i = 0; i <= n2; i++) {
+		bool go = i < n2 && cand[i] && PM_PRESENT(ent[i]) &&
 			  (ro || PM_UFFD_WP(ent[i]));
 
 		if (go) {
@@ -413,6 +419,7 @@ static uint64_t window(struct luffd__evictor *ev, uint64_t a, uint64_t e,
 	}
 	if (niov)
 		dropped = drop(ev, r, iov, niov);
+	/* Every candidate of the first look, whatever the second read. */
 	for (size_t i = 0; i < n; i++)
 		if (cand[i])
 			atomic_fetch_and(pst_of(r, a + ((uint64_t)i << shift)),

@@ -471,8 +471,10 @@ static void rerun(struct luffd__loop *l, struct luffd__flist *q, uint64_t now)
 		next = F(l, i)->next;
 		F(l, i)->next = LUFFD__NIL;
 		/* A fault that never got a read (every one stuck on a store
-		 * that does not answer) fails like one whose read did. */
-		if (ns && now - F(l, i)->t0 >= ns &&
+		 * that does not answer) fails like one whose read did.  Not
+		 * a write-protect fault: it needs no read, only the evictor
+		 * to be done with its page (evict.c), which it will be. */
+		if (ns && !F(l, i)->wp && now - F(l, i)->t0 >= ns &&
 		    !luffd__region_dead(F(l, i)->region))
 			luffd__serve_error(&l->rs, i, -ETIMEDOUT);
 		else

@@ -77,8 +77,6 @@ struct luffd__wbatch {
 	struct luffd__wreq reqs[WB_INFLIGHT];
 };
 
-static struct luffd__wbatch *batch_new(struct luffd_ctx *ctx);
-
 static void batch_put(struct luffd__wbatch *b)
 {
 	if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) != 1)
@@ -378,11 +376,6 @@ static int piece(struct luffd__wbatch *b, uint64_t addr, uint64_t len)
  * For the evictor: runs it knows are dirty, one batch for all of them
  * ---------------------------------------------------------------------- */
 
-struct luffd__wbatch *luffd__wbatch_new(struct luffd_ctx *ctx)
-{
-	return batch_new(ctx);
-}
-
 void luffd__wbatch_free(struct luffd__wbatch *b)
 {
 	if (b)
@@ -421,7 +414,7 @@ int luffd__wbatch_drain(struct luffd__wbatch **bp)
 		 * it (their pages dirty), a new batch goes on. */
 		abandon(b);
 		batch_put(b);
-		*bp = batch_new(ctx);
+		*bp = luffd__wbatch_new(ctx);
 		return -ETIMEDOUT;
 	}
 	err = b->err;
@@ -477,7 +470,7 @@ static int region_writeback(struct luffd__wbatch *b, uint64_t lo,
 	return err ? err : b->err;
 }
 
-static struct luffd__wbatch *batch_new(struct luffd_ctx *ctx)
+struct luffd__wbatch *luffd__wbatch_new(struct luffd_ctx *ctx)
 {
 	struct luffd__wbatch *b = calloc(1, sizeof(*b));
 	pthread_condattr_t ca;
@@ -522,12 +515,6 @@ int luffd__writeback(struct luffd_ctx *ctx, uint64_t start, uint64_t end,
 	err = writeback_range(ctx, start, end, durable);
 	pthread_mutex_unlock(&ctx->wb_lock);
 	return err;
-}
-
-int luffd__writeback_locked(struct luffd_ctx *ctx, uint64_t start,
-			    uint64_t end)
-{
-	return writeback_range(ctx, start, end, false);
 }
 
 /* The start of the first region of ctx above addr, or UINT64_MAX: a
@@ -576,7 +563,7 @@ static int writeback_range(struct luffd_ctx *ctx, uint64_t start,
 			continue;
 		}
 		if (!b)
-			b = batch_new(ctx);
+			b = luffd__wbatch_new(ctx);
 		if (!b) {
 			luffd__region_put(r);
 			err = -ENOMEM;

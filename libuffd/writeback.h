@@ -86,10 +86,6 @@ struct io_uring_sqe *luffd__wreq_sqe(struct luffd__wreq *w);
  * write failed stay dirty. */
 int luffd__writeback(struct luffd_ctx *ctx, uint64_t start, uint64_t end,
 		     bool durable, bool strict);
-/* The same for [start, end) of write-back regions, ctx->wb_lock held by
- * the caller (the evictor). */
-int luffd__writeback_locked(struct luffd_ctx *ctx, uint64_t start,
-			    uint64_t end);
 /*
  * The evictor's: a batch kept for many write-backs (its ring set up once).
  * luffd__wbatch_run() protects [a, a+len) of region r (held, of handler
