@@ -371,12 +371,14 @@ t_ooc() {
 		echo "SKIP: $(cat "$TMP/why")" >&2
 		exit 77
 	fi
-	# 32 MiB file, 8 MiB resident limit; the cgroups get 16 MiB, room
-	# for the bench's own memory and libuffd's cache besides.  Two
+	# 32 MiB file, 8 MiB resident limit; the cgroups get 24 MiB, room
+	# for the bench's own memory, libuffd's cache and the page cache
+	# its write-backs leave dirty (with 16 MiB the cgroup's OOM killer
+	# took libuffd in one CI run of many).  Two
 	# passes: pages are read again after they were written (and, with
 	# the limit in effect, after they were evicted).
 	expect_exit 0 --workload ooc --size 32M --resident 8M \
-		--memory-limit 16M --threads 2 --write-ratio 0.5 --passes 2 \
+		--memory-limit 24M --threads 2 --write-ratio 0.5 --passes 2 \
 		--json "$TMP/o.json"
 	grep -q "libuffd also keeps itself under resident_bytes" "$TMP/out" ||
 		fail "the output does not say how libuffd is held"
@@ -392,7 +394,7 @@ for k in ("resident_bytes", "write_ratio", "passes", "memory_limit_bytes",
           "mmap_advice", "cgroup", "cgroup_unavailable",
           "resident_limit_in_effect", "resident_probe", "lose_write"):
     assert k in o, "missing config.ooc key " + k
-assert o["resident_bytes"] == 8 << 20 and o["memory_limit_bytes"] == 16 << 20
+assert o["resident_bytes"] == 8 << 20 and o["memory_limit_bytes"] == 24 << 20
 assert o["write_ratio"] == 0.5 and o["passes"] == 2
 assert o["cgroup"] in ("v1", "v2"), o
 assert sorted(r["engine"] for r in d["runs"]) == ["libuffd", "mmap-shared"]
@@ -421,7 +423,7 @@ for r in d["runs"]:
     assert (x["cgroup"] is not None) == limited, (r["engine"], x["cgroup"])
     if limited:
         g = x["cgroup"]
-        assert g["limit_bytes"] == 16 << 20
+        assert g["limit_bytes"] == 24 << 20
         assert 0 < g["peak_bytes"] <= g["limit_bytes"], g
         assert g["oom_kills"] == 0, g
     if r["engine"] == "libuffd":
