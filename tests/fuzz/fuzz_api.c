@@ -265,12 +265,32 @@ struct region {
 	int mapped; /* luffd_map(), else luffd_register() */
 };
 
+/*
+ * Is [addr, addr+len), a luffd_map() range, gone?  Nothing mapped there,
+ * or something else: a library thread (a callback worker's stack, the
+ * allocator of an evictor or a handler) may map memory at any moment,
+ * and may get the address just freed; the mapping was ours only if a
+ * mapping spans exactly the range.
+ */
 static int unmapped(const void *addr, size_t len)
 {
 	unsigned char vec[64];
 	size_t n = len / ps < 64 ? len : 64 * ps;
+	unsigned long lo, hi, a = (unsigned long)(uintptr_t)addr;
+	char line[512];
+	int ours = 0;
+	FILE *f;
 
-	return mincore((void *)addr, n, vec) != 0 && errno == ENOMEM;
+	if (mincore((void *)addr, n, vec) != 0 && errno == ENOMEM)
+		return 1;
+	f = fopen("/proc/self/maps", "r");
+	if (!f)
+		return 0;
+	while (!ours && fgets(line, sizeof(line), f))
+		ours = sscanf(line, "%lx-%lx", &lo, &hi) == 2 && lo == a &&
+		       hi == a + len;
+	fclose(f);
+	return !ours;
 }
 
 static int fuzz_ctx(struct in *in, struct luffd_ctx **ctxp)
